@@ -1,0 +1,440 @@
+r"""Recurrent cells as records of pure functions.
+
+A :class:`Cell` is to a recurrent network what optax's ``GradientTransformation``
+is to an optimizer: an immutable record of pure functions, with no hidden state.
+The parameters live in a plain dict you pass around; the carry is an array (or a
+small NamedTuple of arrays) you pass around.
+
+Every cell splits its step in two, so that the unroll can do the expensive part
+once::
+
+    xp = cell.project(params, xs)            # x_t W_i + b for ALL t: one matmul
+    carry, h_t = cell.recur(params, carry, xp[t])   # one fused h W_h matmul per step
+
+``cell.step(params, carry, x_t)`` composes the two for a single step.
+
+Parameters of every cell are ``{"w_i": (I, G*H), "w_h": (H, G*H), "b": (G*H,)}``
+with the ``G`` gate blocks side by side along the last axis (GRU adds
+``"b_hn": (H,)``). Inputs multiply from the left: ``x @ w_i``. PyTorch keeps two
+biases, ``b_ih + b_hh``; wherever they are only ever summed we keep the sum, so
+``b`` is one vector (see :mod:`jaxrnn.interop`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxrnn import _checks
+
+Array = jax.Array
+Params = dict[str, Array]
+Carry = Any
+Initializer = Callable[[Array, tuple[int, ...], Any], Array]
+
+ACTIVATIONS: Mapping[str, Callable[[Array], Array]] = {
+    "tanh": jnp.tanh,
+    "relu": jax.nn.relu,
+    # No nonlinearity: the backward pass multiplies by W_h^T exactly, which makes
+    # the decay of gradients analytic (used to check the diagnostics).
+    "identity": lambda x: x,
+}
+INIT_SCHEMES = ("default", "torch")
+
+
+class LSTMState(NamedTuple):
+    """The carry of an LSTM: hidden state ``h`` and memory cell ``c``, each (..., H).
+
+    Note the order: PyTorch returns ``(h_n, c_n)`` and so do we; flax's LSTM
+    cells use ``(c, h)``.
+    """
+
+    h: Array
+    c: Array
+
+
+class Cell(NamedTuple):
+    """A recurrent cell: an immutable record of pure functions.
+
+    Attributes:
+      kind: ``"vanilla"``, ``"lstm"`` or ``"gru"``.
+      hidden_size: H, the size of ``h_t``.
+      num_gates: G, the number of H-wide blocks in the fused projections.
+      init: ``init(key, input_size) -> params``.
+      initial_carry: ``initial_carry(batch_size=None) -> carry``; zeros of shape
+        (batch_size, H), or (H,) when ``batch_size`` is None.
+      project: ``project(params, xs) -> xp``, the input projection
+        ``xs @ w_i + b`` of shape (..., G*H); any number of leading axes.
+      recur: ``recur(params, carry, xp_t) -> (carry, h_t)``, one step given the
+        already projected input.
+      gates: ``gates(params, carry, xp_t) -> {name: activation}``, the gate
+        values of one step (empty for vanilla), for diagnostics.
+      param_shapes: ``param_shapes(input_size) -> {name: shape}``.
+      options: the constructor's options as ``(name, value)`` pairs.
+    """
+
+    kind: str
+    hidden_size: int
+    num_gates: int
+    init: Callable[[Array, int], Params]
+    initial_carry: Callable[..., Carry]
+    project: Callable[[Params, Array], Array]
+    recur: Callable[[Params, Carry, Array], tuple[Carry, Array]]
+    gates: Callable[[Params, Carry, Array], dict[str, Array]]
+    param_shapes: Callable[[int], dict[str, tuple[int, ...]]]
+    options: tuple[tuple[str, Any], ...]
+
+    def step(self, params: Params, carry: Carry, x_t: Array) -> tuple[Carry, Array]:
+        """One step on a raw input ``x_t`` (..., I): ``recur(project(x_t))``."""
+        return self.recur(params, carry, self.project(params, x_t))
+
+    def option(self, name: str) -> Any:
+        return dict(self.options)[name]
+
+    def check_params(self, params: Any, input_size: int | None = None) -> None:
+        """Raise if ``params`` were not made for this cell (and ``input_size``)."""
+        if not isinstance(params, Mapping):
+            raise TypeError(
+                f"params: expected the dict made by {self.kind}(...).init, got {type(params).__name__}"
+            )
+        size = input_size if input_size is not None else _input_size_of(params)
+        expected = self.param_shapes(size)
+        given = {k: tuple(jnp.shape(v)) for k, v in params.items()}
+        if given != expected:
+            raise ValueError(
+                f"params: expected {self.kind} cell parameters (hidden_size={self.hidden_size}, "
+                f"input_size={size}) with shapes {expected}, got {given}; "
+                "were these params made by a different cell?"
+            )
+
+
+def _input_size_of(params: Mapping[str, Any]) -> int:
+    w_i = params.get("w_i")
+    return int(jnp.shape(w_i)[0]) if w_i is not None and jnp.ndim(w_i) == 2 else -1
+
+
+def _per_gate(init: Initializer, key: Array, shape: tuple[int, int], gates: int, dtype) -> Array:
+    """Initialise each H-wide gate block on its own (orthogonal per gate, say)."""
+    keys = jax.random.split(key, gates)
+    # Draw in float32 and cast: orthogonal init needs a QR, which has no bf16 kernel.
+    return jnp.concatenate([init(k, shape, jnp.float32) for k in keys], axis=-1).astype(dtype)
+
+
+def _make_cell(
+    kind: str,
+    hidden_size: int,
+    num_gates: int,
+    recur: Callable,
+    gates: Callable,
+    *,
+    use_bias: bool,
+    init: str,
+    kernel_init: Initializer | None,
+    recurrent_init: Initializer | None,
+    bias_offsets: dict[int, float],
+    dtype: Any,
+    param_dtype: Any,
+    options: tuple[tuple[str, Any], ...],
+    separate_hn_bias: bool = False,
+) -> Cell:
+    """Everything the three cells share: shapes, initialisation, projection, carry."""
+    H, G = hidden_size, num_gates
+    _checks.check_choice("init", init, INIT_SCHEMES)
+
+    def param_shapes(input_size: int) -> dict[str, tuple[int, ...]]:
+        shapes = {"w_i": (input_size, G * H), "w_h": (H, G * H)}
+        if use_bias:
+            shapes["b"] = (G * H,)
+            if separate_hn_bias:
+                shapes["b_hn"] = (H,)
+        return shapes
+
+    def init_fn(key: Array, input_size: int) -> Params:
+        _checks.check_positive_int("input_size", input_size)
+        k_i, k_h, k_b1, k_b2, k_hn = jax.random.split(key, 5)
+        if init == "torch":
+            # torch.nn.RNN/LSTM/GRU: every weight and bias ~ U(-1/sqrt(H), 1/sqrt(H)).
+            # torch's two biases b_ih + b_hh are summed wherever we keep one b.
+            uniform = _torch_uniform(H)
+            k_in, k_rec = kernel_init or uniform, recurrent_init or uniform
+        else:
+            k_in = kernel_init or jax.nn.initializers.glorot_uniform()
+            k_rec = recurrent_init or jax.nn.initializers.orthogonal()
+        params = {
+            "w_i": _per_gate(k_in, k_i, (input_size, H), G, param_dtype),
+            "w_h": _per_gate(k_rec, k_h, (H, H), G, param_dtype),
+        }
+        if use_bias:
+            if init == "torch":
+                uniform = _torch_uniform(H)
+                b = uniform(k_b1, (G * H,), param_dtype)
+                summed = G * H - (H if separate_hn_bias else 0)  # GRU's b_in has no b_hh twin
+                b = b.at[:summed].add(uniform(k_b2, (summed,), param_dtype))
+            else:
+                b = jnp.zeros((G * H,), param_dtype)
+            for gate, offset in bias_offsets.items():
+                b = b.at[gate * H : (gate + 1) * H].add(offset)
+            params["b"] = b
+            if separate_hn_bias:
+                params["b_hn"] = (
+                    _torch_uniform(H)(k_hn, (H,), param_dtype)
+                    if init == "torch"
+                    else jnp.zeros((H,), param_dtype)
+                )
+        return params
+
+    def initial_carry(batch_size: int | None = None) -> Carry:
+        shape = (H,) if batch_size is None else (batch_size, H)
+        zeros = jnp.zeros(shape, dtype)
+        return LSTMState(zeros, zeros) if kind == "lstm" else zeros
+
+    def project(params: Params, xs: Array) -> Array:
+        xp = jnp.asarray(xs, dtype) @ params["w_i"].astype(dtype)
+        return xp + params["b"].astype(dtype) if use_bias else xp
+
+    return Cell(
+        kind=kind,
+        hidden_size=H,
+        num_gates=G,
+        init=init_fn,
+        initial_carry=initial_carry,
+        project=project,
+        recur=lambda params, carry, xp_t: recur(params, carry, xp_t, dtype),
+        gates=lambda params, carry, xp_t: gates(params, carry, xp_t, dtype),
+        param_shapes=param_shapes,
+        options=options + (("use_bias", use_bias), ("init", init), ("dtype", dtype)),
+    )
+
+
+def identity_init(scale: float = 1.0) -> Initializer:
+    """``scale * I`` for a square recurrent block (the IRNN of Le et al. 2015)."""
+
+    def init(key, shape, dtype=jnp.float32):
+        del key
+        if len(shape) != 2 or shape[0] != shape[1]:
+            raise ValueError(f"identity_init: expected a square shape, got {shape}")
+        return scale * jnp.eye(shape[0], dtype=dtype)
+
+    return init
+
+
+def _torch_uniform(hidden_size: int) -> Initializer:
+    bound = 1.0 / hidden_size**0.5
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def _hh(params: Params, h: Array, dtype) -> Array:
+    return h @ params["w_h"].astype(dtype)
+
+
+def vanilla(
+    hidden_size: int,
+    activation: str = "tanh",
+    *,
+    use_bias: bool = True,
+    init: str = "default",
+    kernel_init: Initializer | None = None,
+    recurrent_init: Initializer | None = None,
+    dtype: Any = jnp.float32,
+    param_dtype: Any = jnp.float32,
+) -> Cell:
+    r"""The Elman RNN cell, as ``torch.nn.RNN``:
+
+    .. math::
+
+        h_t = \phi(x_t W_i + h_{t-1} W_h + b), \qquad \phi \in \{\tanh, \mathrm{relu}, \mathrm{id}\}
+
+    Example::
+
+      >>> import jax, jaxrnn
+      >>> cell = jaxrnn.vanilla(16)
+      >>> params = cell.init(jax.random.key(0), 3)
+      >>> ys, h_T = jaxrnn.scan(cell, params, jax.numpy.ones((2, 5, 3)))
+      >>> ys.shape, h_T.shape
+      ((2, 5, 16), (2, 16))
+
+    Arguments:
+      hidden_size: H, the width of ``h_t``.
+      activation: ``"tanh"`` (default), ``"relu"`` or ``"identity"`` (a linear
+        RNN, whose gradients decay exactly by the spectral radius of ``W_h``).
+      use_bias: whether the cell has ``b``.
+      init: ``"default"``: Glorot-uniform ``W_i``, orthogonal ``W_h``, zero
+        bias. ``"torch"``: PyTorch's ``U(-1/sqrt(H), 1/sqrt(H))`` for every
+        weight, and for ``b`` the sum of two such draws (torch's b_ih + b_hh).
+      kernel_init, recurrent_init: initialisers ``(key, shape, dtype)`` that
+        override the scheme for ``W_i`` / ``W_h``, e.g.
+        ``jax.nn.initializers.orthogonal(scale=rho)`` for a recurrent matrix of
+        spectral radius ``rho``, or :func:`identity_init` with
+        ``activation="relu"`` for the IRNN of Le et al. 2015.
+      dtype: the dtype of the computation and the carry.
+      param_dtype: the dtype of the parameters ``init`` makes.
+
+    Returns:
+      A :class:`Cell` whose carry is ``h`` of shape (B, H).
+    """
+    _checks.check_positive_int("hidden_size", hidden_size)
+    _checks.check_choice("activation", activation, tuple(ACTIVATIONS))
+    phi = ACTIVATIONS[activation]
+
+    def recur(params, h, xp_t, dtype):
+        h = phi(xp_t + _hh(params, h, dtype))
+        return h, h
+
+    return _make_cell(
+        "vanilla", hidden_size, 1, recur, lambda *_: {},
+        use_bias=use_bias, init=init, kernel_init=kernel_init, recurrent_init=recurrent_init,
+        bias_offsets={}, dtype=dtype, param_dtype=param_dtype,
+        options=(("activation", activation),),
+    )
+
+
+def lstm(
+    hidden_size: int,
+    forget_bias: float = 1.0,
+    *,
+    use_bias: bool = True,
+    init: str = "default",
+    kernel_init: Initializer | None = None,
+    recurrent_init: Initializer | None = None,
+    dtype: Any = jnp.float32,
+    param_dtype: Any = jnp.float32,
+) -> Cell:
+    r"""The LSTM cell (Hochreiter & Schmidhuber 1997, with forget gate), as ``torch.nn.LSTM``:
+
+    .. math::
+
+        \begin{array}{ll}
+        [\tilde\imath, \tilde f, \tilde g, \tilde o] = x_t W_i + h_{t-1} W_h + b \\
+        i = \sigma(\tilde\imath), \; f = \sigma(\tilde f), \; g = \tanh(\tilde g), \; o = \sigma(\tilde o) \\
+        c_t = f \odot c_{t-1} + i \odot g \\
+        h_t = o \odot \tanh(c_t)
+        \end{array}
+
+    Gate order along the fused axis is ``i, f, g, o`` (PyTorch's and flax's).
+    The memory cell ``c`` is the gradient highway: ``dc_t/dc_{t-1} = diag(f)``,
+    so with ``f`` near 1 the backward signal passes unscaled. That is why the
+    forget bias defaults to 1 (Gers et al. 2000; Jozefowicz et al. 2015).
+
+    Example::
+
+      >>> import jax, jaxrnn
+      >>> cell = jaxrnn.lstm(16)
+      >>> params = cell.init(jax.random.key(0), 3)
+      >>> ys, state = jaxrnn.scan(cell, params, jax.numpy.ones((2, 5, 3)))
+      >>> ys.shape, state.h.shape, state.c.shape
+      ((2, 5, 16), (2, 16), (2, 16))
+
+    Arguments:
+      hidden_size: H.
+      forget_bias: added to the forget gate's slice of ``b`` at init (both
+        schemes; use ``0.0`` with ``init="torch"`` to reproduce torch exactly).
+      use_bias, init, kernel_init, recurrent_init, dtype, param_dtype: as for
+        :func:`vanilla`; initialisers apply per gate block (orthogonal per gate).
+
+    Returns:
+      A :class:`Cell` whose carry is :class:`LSTMState` ``(h, c)``.
+    """
+    _checks.check_positive_int("hidden_size", hidden_size)
+    H = hidden_size
+
+    def preactivations(params, state, xp_t, dtype):
+        z = xp_t + _hh(params, state.h, dtype)
+        return jax.nn.sigmoid(z[..., : 2 * H]), jnp.tanh(z[..., 2 * H : 3 * H]), jax.nn.sigmoid(z[..., 3 * H :])
+
+    def recur(params, state, xp_t, dtype):
+        i_f, g, o = preactivations(params, state, xp_t, dtype)
+        c = i_f[..., H:] * state.c + i_f[..., :H] * g
+        h = o * jnp.tanh(c)
+        return LSTMState(h, c), h
+
+    def gates(params, state, xp_t, dtype):
+        i_f, _, o = preactivations(params, state, xp_t, dtype)
+        return {"input": i_f[..., :H], "forget": i_f[..., H:], "output": o}
+
+    return _make_cell(
+        "lstm", hidden_size, 4, recur, gates,
+        use_bias=use_bias, init=init, kernel_init=kernel_init, recurrent_init=recurrent_init,
+        bias_offsets={1: forget_bias} if forget_bias else {}, dtype=dtype, param_dtype=param_dtype,
+        options=(("forget_bias", forget_bias),),
+    )
+
+
+def gru(
+    hidden_size: int,
+    *,
+    use_bias: bool = True,
+    init: str = "default",
+    kernel_init: Initializer | None = None,
+    recurrent_init: Initializer | None = None,
+    dtype: Any = jnp.float32,
+    param_dtype: Any = jnp.float32,
+) -> Cell:
+    r"""The GRU cell (Cho et al. 2014) in the PyTorch/cuDNN form:
+
+    .. math::
+
+        \begin{array}{ll}
+        r = \sigma(x_t W_{ir} + h_{t-1} W_{hr} + b_r) \\
+        z = \sigma(x_t W_{iz} + h_{t-1} W_{hz} + b_z) \\
+        n = \tanh(x_t W_{in} + b_{in} + r \odot (h_{t-1} W_{hn} + b_{hn})) \\
+        h_t = (1 - z) \odot n + z \odot h_{t-1}
+        \end{array}
+
+    The reset gate multiplies *after* the hidden matmul, and that product has
+    its own bias ``b_hn`` (``params["b_hn"]``), which is why it cannot be folded
+    into ``b``. Gate order along the fused axis is ``r, z, n``. The update gate
+    ``z`` interpolates: with ``z`` near 1, ``dh_t/dh_{t-1}`` is near identity.
+
+    Example::
+
+      >>> import jax, jaxrnn
+      >>> cell = jaxrnn.gru(16)
+      >>> params = cell.init(jax.random.key(0), 3)
+      >>> ys, h_T = jaxrnn.scan(cell, params, jax.numpy.ones((2, 5, 3)))
+      >>> ys.shape
+      (2, 5, 16)
+
+    Arguments:
+      hidden_size, use_bias, init, kernel_init, recurrent_init, dtype,
+      param_dtype: as for :func:`vanilla`.
+
+    Returns:
+      A :class:`Cell` whose carry is ``h`` of shape (B, H).
+    """
+    _checks.check_positive_int("hidden_size", hidden_size)
+    H = hidden_size
+
+    def parts(params, h, xp_t, dtype):
+        hh = _hh(params, h, dtype)
+        hn = hh[..., 2 * H :]
+        if use_bias:
+            hn = hn + params["b_hn"].astype(dtype)
+        rz = jax.nn.sigmoid(xp_t[..., : 2 * H] + hh[..., : 2 * H])
+        n = jnp.tanh(xp_t[..., 2 * H :] + rz[..., :H] * hn)
+        return rz, n
+
+    def recur(params, h, xp_t, dtype):
+        rz, n = parts(params, h, xp_t, dtype)
+        z = rz[..., H:]
+        h = n + z * (h - n)  # = (1 - z) n + z h, one multiply fewer
+        return h, h
+
+    def gates(params, h, xp_t, dtype):
+        rz, _ = parts(params, h, xp_t, dtype)
+        return {"reset": rz[..., :H], "update": rz[..., H:]}
+
+    return _make_cell(
+        "gru", hidden_size, 3, recur, gates,
+        use_bias=use_bias, init=init, kernel_init=kernel_init, recurrent_init=recurrent_init,
+        bias_offsets={}, dtype=dtype, param_dtype=param_dtype, options=(),
+        separate_hn_bias=True,
+    )
+
+
+CELLS: Mapping[str, Callable[..., Cell]] = {"vanilla": vanilla, "lstm": lstm, "gru": gru}

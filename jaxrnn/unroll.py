@@ -1,0 +1,182 @@
+"""The one unroll every cell, layer and diagnostic goes through.
+
+``scan`` does three things around ``jax.lax.scan``:
+
+1. the input projection of every time step is ONE matmul before the loop, so
+   the loop body holds only the recurrent matmul and elementwise gate math;
+2. padding (``lengths``) and packed sequences (``resets``) become two masks the
+   body applies with ``where``, so every row of a batch runs the same program;
+3. ``reverse`` runs each row backwards over its own valid part, by permuting
+   time per row, so padding stays at the end in both directions.
+
+A worked example of ``resets`` (one row holding two sequences, ``a`` and ``b``)::
+
+    x:       a0   a1   a2   b0   b1
+    resets:  F    F    F    T    F
+    carry:   c0 → a0 → a1 → a2      (reset: carry := initial) c0 → b0 → b1
+
+and of ``reverse=True`` on a row of length 3 padded to 5::
+
+    x:        x0 x1 x2 pad pad     processing order: x2, x1, x0
+    outputs:  y0 y1 y2 0   0       (y0 saw x2, x1, x0; returned in place)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxrnn import _checks
+from jaxrnn.cells import Carry, Cell, Params
+
+Array = jax.Array
+
+
+def tree_where(cond: Array, x: Any, y: Any) -> Any:
+    """``where(cond, x, y)`` on matching pytrees; ``cond`` (B,) broadcasts over features."""
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(cond[..., None], a, b), x, y)
+
+
+def reverse_permutation(lengths: Array, time: int) -> Array:
+    """Per-row time indices (T, B) that reverse each row's first ``lengths[b]`` steps.
+
+    Padding positions map to themselves, and the permutation is its own inverse,
+    so the same gather un-reverses the outputs.
+    """
+    t = jnp.arange(time)[:, None]
+    return jnp.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)
+
+
+def _gather_time(x: Array, perm: Array) -> Array:
+    """x[perm[t, b], b, ...] for a time-major x of shape (T, B, ...)."""
+    index = perm.reshape(perm.shape + (1,) * (x.ndim - 2))
+    return jnp.take_along_axis(x, index, axis=0)
+
+
+def scan(
+    cell: Cell,
+    params: Params,
+    xs: Array,
+    *,
+    initial_carry: Carry | None = None,
+    lengths: Array | None = None,
+    resets: Array | None = None,
+    reverse: bool = False,
+    time_major: bool = False,
+    unroll: int | bool = 1,
+) -> tuple[Array, Carry]:
+    r"""Run ``cell`` over a sequence: ``(carry_t, y_t) = cell.step(params, carry_{t-1}, x_t)``.
+
+    Example::
+
+      >>> import jax, jax.numpy as jnp, jaxrnn
+      >>> cell = jaxrnn.gru(8)
+      >>> params = cell.init(jax.random.key(0), 4)
+      >>> xs = jnp.ones((3, 10, 4))                      # (B, T, I)
+      >>> ys, h = jaxrnn.scan(cell, params, xs, lengths=jnp.array([10, 4, 0]))
+      >>> ys.shape, bool((ys[1, 4:] == 0).all()), bool((h[2] == 0).all())
+      ((3, 10, 8), True, True)
+
+    Arguments:
+      cell: a :class:`~jaxrnn.Cell`.
+      params: the cell's parameters.
+      xs: (B, T, I), or (T, B, I) with ``time_major=True``, or (T, I) for one
+        unbatched sequence (then ``lengths`` is a scalar, ``resets`` is (T,)
+        and the carry has no batch axis).
+      initial_carry: the carry before step 0; zeros by default.
+      lengths: (B,) integers in [0, T] for right-padded batches. Outputs at
+        padded steps are zero, the carry stops changing after each row's last
+        valid step, and ``final_carry`` is the carry at that step (the initial
+        carry for length 0).
+      resets: (B, T) booleans (time-major: (T, B)). Where true, the carry is set
+        back to ``initial_carry`` before step t consumes x_t, so independent
+        sequences packed in one row do not leak state into each other.
+      reverse: run each row backwards over its valid part; outputs are returned
+        in the original order (padding stays at the end). With ``resets``,
+        each packed segment is reversed on its own.
+      time_major: layout of ``xs``, ``resets`` and the outputs.
+      unroll: passed to ``jax.lax.scan``.
+
+    Returns:
+      ``(ys, final_carry)``: ys (B, T, H) (or (T, B, H)); final_carry as
+      ``cell.initial_carry``.
+    """
+    xs = jnp.asarray(xs)
+    if xs.ndim == 2:  # one unbatched sequence: run it as a batch of one
+        add = lambda a: None if a is None else jax.tree_util.tree_map(lambda v: jnp.asarray(v)[None], a)
+        ys, carry = scan(
+            cell, params, xs[None], initial_carry=add(initial_carry),
+            lengths=add(lengths), resets=add(resets), reverse=reverse, unroll=unroll,
+        )
+        return ys[0], jax.tree_util.tree_map(lambda v: v[0], carry)
+    if xs.ndim != 3:
+        layout = "(T, B, features)" if time_major else "(B, T, features)"
+        raise ValueError(
+            f"xs: expected rank 3 {layout}, or rank 2 (T, features) for one unbatched "
+            f"sequence; got shape {xs.shape} (rank {xs.ndim})"
+        )
+    cell.check_params(params)
+    input_size = params["w_i"].shape[0]
+    if xs.shape[-1] != input_size:
+        raise ValueError(
+            f"xs: expected feature size {input_size} (params['w_i'] has shape "
+            f"{tuple(params['w_i'].shape)}), got xs of shape {xs.shape} with feature size {xs.shape[-1]}"
+        )
+    T, B = (xs.shape[0], xs.shape[1]) if time_major else (xs.shape[1], xs.shape[0])
+
+    default_carry = cell.initial_carry(B)
+    if initial_carry is None:
+        initial_carry = default_carry
+    else:
+        _checks.check_same_structure("initial_carry", initial_carry, default_carry)
+        initial_carry = jax.tree_util.tree_map(
+            lambda v, d: jnp.asarray(v, d.dtype), initial_carry, default_carry
+        )
+    if lengths is not None:
+        lengths = _checks.check_lengths(lengths, B, T)
+    if resets is not None:
+        resets = _checks.check_resets(resets, (T, B) if time_major else (B, T), "(T, B)" if time_major else "(B, T)")
+        resets = resets if time_major else resets.T
+
+    # One matmul for all steps, written time-major so the loop slices the leading axis.
+    xp = cell.project(params, xs) if time_major else cell.project(params, jnp.swapaxes(xs, 0, 1))
+
+    perm = None
+    if reverse:
+        if resets is not None:
+            # Reversed, a segment starts where the next forward segment begins:
+            # reset before original step t when step t+1 was a forward reset.
+            resets = jnp.concatenate([resets[1:], jnp.zeros_like(resets[:1])], axis=0)
+        if lengths is None:
+            xp = jnp.flip(xp, axis=0)
+            resets = None if resets is None else jnp.flip(resets, axis=0)
+        else:
+            perm = reverse_permutation(lengths, T)
+            xp = _gather_time(xp, perm)
+            resets = None if resets is None else _gather_time(resets, perm)
+
+    valid = None if lengths is None else jnp.arange(T)[:, None] < lengths[None, :]
+    body = _make_body(cell, params, initial_carry, masked=valid is not None, resetting=resets is not None)
+    final_carry, ys = jax.lax.scan(body, initial_carry, (xp, valid, resets), unroll=unroll)
+
+    if reverse:
+        ys = jnp.flip(ys, axis=0) if perm is None else _gather_time(ys, perm)
+    return (ys if time_major else jnp.swapaxes(ys, 0, 1)), final_carry
+
+
+def _make_body(cell: Cell, params: Params, initial_carry: Carry, *, masked: bool, resetting: bool):
+    """The loop body; masks are applied only when given, so the plain case stays plain."""
+
+    def body(carry, inputs):
+        xp_t, valid_t, reset_t = inputs
+        if resetting:
+            carry = tree_where(reset_t, initial_carry, carry)
+        new_carry, y_t = cell.recur(params, carry, xp_t)
+        if masked:
+            new_carry = tree_where(valid_t, new_carry, carry)
+            y_t = jnp.where(valid_t[:, None], y_t, jnp.zeros_like(y_t))
+        return new_carry, y_t
+
+    return body

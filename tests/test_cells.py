@@ -1,0 +1,112 @@
+"""Cells: equations, initialisers, dtypes and gradients of one step."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import jaxrnn
+from conftest import random_inputs, random_params
+
+
+def test_vanilla_step_matches_equation():
+    cell = jaxrnn.vanilla(5, "tanh")
+    p = random_params(cell, jax.random.key(0), 3)
+    h, x = random_inputs(jax.random.key(1), 2, 5), random_inputs(jax.random.key(2), 2, 3)
+    new, y = cell.step(p, h, x)
+    np.testing.assert_allclose(new, np.tanh(x @ p["w_i"] + h @ p["w_h"] + p["b"]), atol=1e-6)
+    np.testing.assert_array_equal(new, y)
+
+
+def test_lstm_step_matches_equation_gate_order_ifgo():
+    H = 4
+    cell = jaxrnn.lstm(H)
+    p = random_params(cell, jax.random.key(0), 3)
+    h, c = random_inputs(jax.random.key(1), 2, H), random_inputs(jax.random.key(2), 2, H)
+    x = random_inputs(jax.random.key(3), 2, 3)
+    z = x @ p["w_i"] + h @ p["w_h"] + p["b"]
+    sig = lambda a: 1 / (1 + np.exp(-a))
+    i, f, g, o = sig(z[:, :H]), sig(z[:, H : 2 * H]), np.tanh(z[:, 2 * H : 3 * H]), sig(z[:, 3 * H :])
+    state, y = cell.step(p, jaxrnn.LSTMState(h, c), x)
+    np.testing.assert_allclose(state.c, f * c + i * g, atol=1e-6)
+    np.testing.assert_allclose(state.h, o * np.tanh(f * c + i * g), atol=1e-6)
+    np.testing.assert_array_equal(y, state.h)
+
+
+def test_gru_step_matches_cudnn_equation_with_separate_b_hn():
+    H = 4
+    cell = jaxrnn.gru(H)
+    p = random_params(cell, jax.random.key(0), 3)
+    h, x = random_inputs(jax.random.key(1), 2, H), random_inputs(jax.random.key(2), 2, 3)
+    xi, hh = x @ p["w_i"] + p["b"], h @ p["w_h"]
+    sig = lambda a: 1 / (1 + np.exp(-a))
+    r, z = sig(xi[:, :H] + hh[:, :H]), sig(xi[:, H : 2 * H] + hh[:, H : 2 * H])
+    n = np.tanh(xi[:, 2 * H :] + r * (hh[:, 2 * H :] + p["b_hn"]))
+    new, _ = cell.step(p, h, x)
+    np.testing.assert_allclose(new, (1 - z) * n + z * h, atol=1e-6)
+
+
+def test_default_init_orthogonal_per_gate_and_forget_bias():
+    H = 6
+    p = jaxrnn.lstm(H, forget_bias=1.0).init(jax.random.key(0), 3)
+    for g in range(4):
+        block = p["w_h"][:, g * H : (g + 1) * H]
+        np.testing.assert_allclose(block.T @ block, np.eye(H), atol=1e-5)
+    np.testing.assert_array_equal(p["b"][H : 2 * H], 1.0)
+    np.testing.assert_array_equal(p["b"][:H], 0.0)
+    np.testing.assert_array_equal(p["b"][2 * H :], 0.0)
+
+
+def test_torch_init_bounds():
+    H = 16
+    k = 1 / np.sqrt(H)
+    p = jaxrnn.gru(H, init="torch").init(jax.random.key(0), 5)
+    for name in ("w_i", "w_h", "b_hn"):
+        assert np.abs(p[name]).max() <= k
+        assert np.abs(p[name]).max() > 0.8 * k  # a uniform that fills its range
+    # r, z biases are b_ih + b_hh (two draws), n's b_in is one draw.
+    assert np.abs(p["b"][: 2 * H]).max() <= 2 * k
+    assert np.abs(p["b"][2 * H :]).max() <= k
+
+
+def test_custom_initialisers_irnn():
+    cell = jaxrnn.vanilla(4, "relu", recurrent_init=jaxrnn.cells.identity_init())
+    np.testing.assert_array_equal(cell.init(jax.random.key(0), 2)["w_h"], np.eye(4))
+
+
+def test_no_bias():
+    cell = jaxrnn.gru(4, use_bias=False)
+    assert set(cell.init(jax.random.key(0), 2)) == {"w_i", "w_h"}
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("factory", [jaxrnn.vanilla, jaxrnn.lstm, jaxrnn.gru])
+def test_dtype_and_param_dtype(factory, dtype):
+    low = factory(4, dtype=dtype, param_dtype=jnp.float32)
+    p = low.init(jax.random.key(0), 3)
+    assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(p))
+    ys, carry = jaxrnn.scan(low, p, jnp.ones((2, 5, 3)))
+    assert ys.dtype == dtype
+    assert all(x.dtype == dtype for x in jax.tree_util.tree_leaves(carry))
+    ref, _ = jaxrnn.scan(factory(4), p, jnp.ones((2, 5, 3)))
+    np.testing.assert_allclose(np.asarray(ys, np.float32), ref, atol=0.05)
+    assert factory(4, param_dtype=jnp.bfloat16).init(jax.random.key(0), 3)["w_h"].dtype == jnp.bfloat16
+
+
+def test_check_grads_on_each_cell_step(make_cell):
+    cell = make_cell(3)
+    p = random_params(cell, jax.random.key(0), 2)
+    carry = jax.tree_util.tree_map(lambda z: z + 0.3, cell.initial_carry(2))
+    x = random_inputs(jax.random.key(1), 2, 2)
+    f = lambda p, c, x: cell.step(p, c, x)[1]
+    check_grads(f, (p, carry, x), order=1, modes=("fwd", "rev"), atol=1e-2, rtol=1e-2)
+
+
+def test_cells_are_immutable_records():
+    cell = jaxrnn.lstm(4)
+    with pytest.raises(AttributeError):
+        cell.hidden_size = 5
+    assert cell.option("forget_bias") == 1.0
+    chex.assert_type(cell.init(jax.random.key(0), 2)["w_i"], jnp.float32)

@@ -1,0 +1,169 @@
+"""The unroll: lengths, resets, reverse, layouts, transformations and gradients."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jax.test_util import check_grads
+
+import jaxrnn
+from conftest import random_inputs, random_params
+
+B, T, I, H = 3, 7, 2, 4
+
+
+def setup(cell, seed=0):
+    params = random_params(cell, jax.random.key(seed), I)
+    xs = random_inputs(jax.random.key(seed + 1), B, T, I)
+    return params, xs
+
+
+def manual_loop(cell, params, xs, carry=None):
+    """The reference: a Python loop of cell.step over one unbatched sequence."""
+    carry = cell.initial_carry(None) if carry is None else carry
+    ys = []
+    for x_t in xs:
+        carry, y = cell.step(params, carry, x_t)
+        ys.append(y)
+    return (jnp.stack(ys) if ys else jnp.zeros((0, cell.hidden_size))), carry
+
+
+class TestScanVariants(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_jit_and_no_jit_agree_with_python_loop(self):
+        for cell in (jaxrnn.vanilla(H), jaxrnn.lstm(H), jaxrnn.gru(H)):
+            params, xs = setup(cell)
+            lengths = jnp.array([7, 3, 0])
+            run = self.variant(lambda p, x, n: jaxrnn.scan(cell, p, x, lengths=n))
+            ys, final = run(params, xs, lengths)
+            for b in range(B):
+                n = int(lengths[b])
+                ref_ys, ref_final = manual_loop(cell, params, xs[b, :n])
+                chex.assert_trees_all_close(ys[b, :n], ref_ys, atol=1e-5)
+                chex.assert_trees_all_close(ys[b, n:], jnp.zeros_like(ys[b, n:]))
+                chex.assert_trees_all_close(jax.tree_util.tree_map(lambda v: v[b], final), ref_final, atol=1e-5)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.integers(0, T), min_size=B, max_size=B))
+def test_lengths_equal_running_each_truncated_sequence(lengths):
+    cell = jaxrnn.lstm(H)
+    params, xs = setup(cell)
+    for reverse in (False, True):
+        ys, final = jaxrnn.scan(cell, params, xs, lengths=jnp.array(lengths), reverse=reverse)
+        for b, n in enumerate(lengths):
+            alone, alone_final = jaxrnn.scan(cell, params, xs[b : b + 1, :n], reverse=reverse)
+            np.testing.assert_allclose(ys[b, :n], alone[0], atol=1e-5)
+            np.testing.assert_array_equal(ys[b, n:], 0.0)
+            chex.assert_trees_all_close(
+                jax.tree_util.tree_map(lambda v: v[b], final),
+                jax.tree_util.tree_map(lambda v: v[0], alone_final), atol=1e-5,
+            )
+
+
+def segments_of(reset_row):
+    starts = [0] + [t for t in range(1, len(reset_row)) if reset_row[t]] + [len(reset_row)]
+    return list(zip(starts[:-1], starts[1:]))
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.booleans(), min_size=B * T, max_size=B * T), st.booleans())
+def test_resets_equal_running_segments_one_by_one(flags, reverse):
+    cell = jaxrnn.gru(H)
+    params, xs = setup(cell)
+    resets = np.array(flags).reshape(B, T)
+    h0 = random_inputs(jax.random.key(9), B, H)
+    ys, _ = jaxrnn.scan(cell, params, xs, resets=resets, initial_carry=h0, reverse=reverse)
+    for b in range(B):
+        for s, e in segments_of(resets[b]):
+            seg, _ = jaxrnn.scan(cell, params, xs[b, s:e], initial_carry=h0[b], reverse=reverse)
+            np.testing.assert_allclose(ys[b, s:e], seg, atol=1e-5)
+
+
+def test_reverse_equals_flipping_by_hand(make_cell):
+    cell = make_cell(H)
+    params, xs = setup(cell)
+    ys, final = jaxrnn.scan(cell, params, xs, reverse=True)
+    ref, ref_final = jaxrnn.scan(cell, params, jnp.flip(xs, 1))
+    np.testing.assert_allclose(ys, jnp.flip(ref, 1), atol=1e-6)
+    chex.assert_trees_all_close(final, ref_final, atol=1e-6)
+
+
+def test_reverse_with_lengths_keeps_padding_at_end():
+    cell = jaxrnn.vanilla(H)
+    params, xs = setup(cell)
+    lengths = jnp.array([5, 1, 0])
+    ys, _ = jaxrnn.scan(cell, params, xs, lengths=lengths, reverse=True)
+    for b, n in enumerate([5, 1, 0]):
+        ref, _ = manual_loop(cell, params, xs[b, :n][::-1])
+        np.testing.assert_allclose(ys[b, :n], ref[::-1], atol=1e-5)
+        np.testing.assert_array_equal(ys[b, n:], 0.0)
+
+
+def test_time_major_matches_batch_major(make_cell):
+    cell = make_cell(H)
+    params, xs = setup(cell)
+    resets = np.zeros((B, T), bool)
+    resets[1, 3] = True
+    ys, f = jaxrnn.scan(cell, params, xs, lengths=jnp.array([7, 5, 2]), resets=resets)
+    ys_tm, f_tm = jaxrnn.scan(
+        cell, params, jnp.swapaxes(xs, 0, 1), lengths=jnp.array([7, 5, 2]), resets=resets.T, time_major=True
+    )
+    np.testing.assert_allclose(ys, jnp.swapaxes(ys_tm, 0, 1), atol=1e-6)
+    chex.assert_trees_all_close(f, f_tm)
+
+
+def test_unbatched_and_vmap_equal_batched(make_cell):
+    cell = make_cell(H)
+    params, xs = setup(cell)
+    lengths = jnp.array([7, 4, 1])
+    ys, final = jaxrnn.scan(cell, params, xs, lengths=lengths)
+    one, one_final = jaxrnn.scan(cell, params, xs[1], lengths=lengths[1])
+    np.testing.assert_allclose(one, ys[1], atol=1e-6)
+    chex.assert_trees_all_close(one_final, jax.tree_util.tree_map(lambda v: v[1], final), atol=1e-6)
+    vys, vfinal = jax.vmap(lambda x, n: jaxrnn.scan(cell, params, x, lengths=n))(xs, lengths)
+    np.testing.assert_allclose(vys, ys, atol=1e-6)
+    chex.assert_trees_all_close(vfinal, final, atol=1e-6)
+
+
+def test_zero_length_sequence_returns_empty_outputs_and_initial_carry(make_cell):
+    cell = make_cell(H)
+    params = cell.init(jax.random.key(0), I)
+    carry0 = jax.tree_util.tree_map(lambda z: z + 1.5, cell.initial_carry(B))
+    ys, final = jaxrnn.scan(cell, params, jnp.zeros((B, 0, I)), initial_carry=carry0)
+    assert ys.shape == (B, 0, H)
+    chex.assert_trees_all_close(final, carry0)
+
+
+def test_unroll_does_not_change_values():
+    cell = jaxrnn.lstm(H)
+    params, xs = setup(cell)
+    a, _ = jaxrnn.scan(cell, params, xs, unroll=1)
+    b, _ = jaxrnn.scan(cell, params, xs, unroll=4)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_check_grads_through_scan_with_lengths_and_resets(make_cell):
+    cell = make_cell(3)
+    params = random_params(cell, jax.random.key(0), 2, scale=0.3)
+    xs = random_inputs(jax.random.key(1), 2, 5, 2)
+    resets = np.array([[False, False, True, False, False], [False, True, False, False, True]])
+    lengths = jnp.array([5, 3])
+
+    def f(p, x):
+        ys, final = jaxrnn.scan(cell, p, x, lengths=lengths, resets=resets)
+        return ys, final
+
+    check_grads(f, (params, xs), order=1, modes=("rev",), atol=1e-2, rtol=1e-2)
+
+
+def test_grad_is_zero_for_padded_inputs():
+    cell = jaxrnn.gru(H)
+    params, xs = setup(cell)
+    lengths = jnp.array([7, 3, 0])
+    g = jax.grad(lambda x: jnp.sum(jaxrnn.scan(cell, params, x, lengths=lengths)[0] ** 2))(xs)
+    np.testing.assert_array_equal(g[1, 3:], 0.0)
+    np.testing.assert_array_equal(g[2], 0.0)
+    assert np.abs(g[1, :3]).sum() > 0
