@@ -23,7 +23,7 @@ and of ``reverse=True`` on a row of length 3 padded to 5::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -117,6 +117,45 @@ def scan(
             f"xs: expected rank 3 {layout}, or rank 2 (T, features) for one unbatched "
             f"sequence; got shape {xs.shape} (rank {xs.ndim})"
         )
+    prep = prepare(
+        cell, params, xs, initial_carry=initial_carry, lengths=lengths, resets=resets,
+        reverse=reverse, time_major=time_major,
+    )
+    body = make_body(cell, params, prep)
+    final_carry, ys = jax.lax.scan(body, prep.initial_carry, (prep.xp, prep.valid, prep.resets), unroll=unroll)
+    if reverse:
+        ys = jnp.flip(ys, axis=0) if prep.perm is None else _gather_time(ys, prep.perm)
+    return (ys if time_major else jnp.swapaxes(ys, 0, 1)), final_carry
+
+
+class Prepared(NamedTuple):
+    """A batch ready for the loop: everything time-major, masks only where asked for."""
+
+    xp: Array  # (T, B, G*H) projected inputs, in processing order
+    valid: Array | None  # (T, B) step t < lengths[b]
+    resets: Array | None  # (T, B)
+    initial_carry: Carry
+    perm: Array | None  # (T, B) per-row time permutation applied for reverse with lengths
+
+
+def prepare(
+    cell: Cell,
+    params: Params,
+    xs: Array,
+    *,
+    initial_carry: Carry | None = None,
+    lengths: Array | None = None,
+    resets: Array | None = None,
+    reverse: bool = False,
+    time_major: bool = False,
+) -> Prepared:
+    """Check every argument against the cell and project all inputs in one matmul."""
+    if xs.ndim != 3:
+        layout = "(T, B, features)" if time_major else "(B, T, features)"
+        raise ValueError(
+            f"xs: expected rank 3 {layout}, or rank 2 (T, features) for one unbatched "
+            f"sequence; got shape {xs.shape} (rank {xs.ndim})"
+        )
     cell.check_params(params)
     input_size = params["w_i"].shape[0]
     if xs.shape[-1] != input_size:
@@ -137,11 +176,12 @@ def scan(
     if lengths is not None:
         lengths = _checks.check_lengths(lengths, B, T)
     if resets is not None:
-        resets = _checks.check_resets(resets, (T, B) if time_major else (B, T), "(T, B)" if time_major else "(B, T)")
+        layout = "(T, B)" if time_major else "(B, T)"
+        resets = _checks.check_resets(resets, (T, B) if time_major else (B, T), layout)
         resets = resets if time_major else resets.T
 
     # One matmul for all steps, written time-major so the loop slices the leading axis.
-    xp = cell.project(params, xs) if time_major else cell.project(params, jnp.swapaxes(xs, 0, 1))
+    xp = cell.project(params, xs if time_major else jnp.swapaxes(xs, 0, 1))
 
     perm = None
     if reverse:
@@ -158,16 +198,15 @@ def scan(
             resets = None if resets is None else _gather_time(resets, perm)
 
     valid = None if lengths is None else jnp.arange(T)[:, None] < lengths[None, :]
-    body = _make_body(cell, params, initial_carry, masked=valid is not None, resetting=resets is not None)
-    final_carry, ys = jax.lax.scan(body, initial_carry, (xp, valid, resets), unroll=unroll)
-
-    if reverse:
-        ys = jnp.flip(ys, axis=0) if perm is None else _gather_time(ys, perm)
-    return (ys if time_major else jnp.swapaxes(ys, 0, 1)), final_carry
+    return Prepared(xp, valid, resets, initial_carry, perm)
 
 
-def _make_body(cell: Cell, params: Params, initial_carry: Carry, *, masked: bool, resetting: bool):
-    """The loop body; masks are applied only when given, so the plain case stays plain."""
+def make_body(cell: Cell, params: Params, prep: Prepared):
+    """The loop body ``(carry, (xp_t, valid_t, reset_t)) -> (carry, y_t)``.
+
+    Masks are applied only when given, so the plain case stays plain.
+    """
+    initial_carry, masked, resetting = prep.initial_carry, prep.valid is not None, prep.resets is not None
 
     def body(carry, inputs):
         xp_t, valid_t, reset_t = inputs
