@@ -1,0 +1,1 @@
+"""Benchmarks that ship with the package, so that ``jaxrnn <command>`` runs them after ``pip install``."""

@@ -1,0 +1,423 @@
+"""The gradient-flow benchmark: how far back does the gradient reach, per cell and length?
+
+For vanilla tanh (orthogonal recurrent matrix, and a sweep of its spectral
+radius), LSTM (forget bias 0 and 1) and GRU, on the adding problem, at
+initialisation and after a short training run, it measures with
+:mod:`jaxrnn.diagnostics`:
+
+* the gradient profile ``log10 ||dL/ds_t||`` against the distance from the
+  loss, for every sequence length;
+* its summary (decay per step, ``||dL/ds_1|| / ||dL/ds_T||``, effective horizon);
+* the largest singular value of each step's Jacobian;
+* the cost of the profile against one forward+backward pass at T = 10,000;
+* how much of the profile a plain float32 backward pass would have lost.
+
+Run ``jaxrnn gradient-flow`` (or ``python benchmarks/gradient_flow.py``); the
+run folder it prints at the end holds the PNG plots, ``results.json``,
+``profiles.csv`` and ``table.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import datetime
+import json
+import pathlib
+import platform
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+import jaxrnn
+from jaxrnn import diagnostics, tasks
+
+INPUT_SIZE = 2  # the adding problem's (value, marker) channels
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """One row of the benchmark: a cell kind and how to initialise it."""
+
+    name: str
+    kind: str  # "vanilla" | "lstm" | "gru": models of a kind share compiled functions
+    radius: float | None = None  # vanilla: spectral radius of the orthogonal W_h
+    forget_bias: float = 1.0  # lstm
+
+
+def models(cells: list[str], radii: list[float]) -> list[Model]:
+    """The benchmark's models: the named cells, then the vanilla spectral-radius sweep."""
+    table = {
+        "vanilla": Model("vanilla tanh (orthogonal)", "vanilla", radius=1.0),
+        "lstm-fb0": Model("lstm (forget bias 0)", "lstm", forget_bias=0.0),
+        "lstm-fb1": Model("lstm (forget bias 1)", "lstm", forget_bias=1.0),
+        "gru": Model("gru", "gru"),
+    }
+    unknown = set(cells) - set(table)
+    if unknown:
+        raise ValueError(f"cells: unknown {sorted(unknown)}, expected some of {sorted(table)}")
+    sweep = [r for r in radii if not (r == 1.0 and "vanilla" in cells)]  # rho = 1 is "vanilla" itself
+    return [table[c] for c in cells] + [Model(f"vanilla tanh rho={r:g}", "vanilla", radius=r) for r in sweep]
+
+
+def build(model: Model, hidden_size: int) -> jaxrnn.Cell:
+    """The model's cell at the benchmark's hidden size."""
+    if model.kind == "vanilla":
+        return jaxrnn.vanilla(hidden_size, recurrent_init=jax.nn.initializers.orthogonal(scale=model.radius))
+    if model.kind == "lstm":
+        return jaxrnn.lstm(hidden_size, forget_bias=model.forget_bias)
+    return jaxrnn.gru(hidden_size)
+
+
+def init_model(model: Model, hidden_size: int, key: jax.Array) -> dict:
+    k_cell, k_out = jax.random.split(key)
+    return {
+        "cell": build(model, hidden_size).init(k_cell, INPUT_SIZE),
+        "readout": {
+            "w": jax.random.normal(k_out, (hidden_size,)) / np.sqrt(hidden_size),
+            "b": jnp.ones(()),  # start at the baseline guess, 1.0
+        },
+    }
+
+
+class Compiled:
+    """jit-compiled functions, one set per cell kind: models of a kind share them."""
+
+    def __init__(self, hidden_size: int):
+        self.hidden_size = hidden_size
+        self.cells = {k: jaxrnn.CELLS[k](hidden_size) for k in ("vanilla", "lstm", "gru")}
+        self._cache: dict[tuple, Callable] = {}
+
+    def _get(self, name: str, kind: str, make: Callable) -> Callable:
+        if (name, kind) not in self._cache:
+            self._cache[(name, kind)] = jax.jit(make(self.cells[kind]))
+        return self._cache[(name, kind)]
+
+    @staticmethod
+    def loss_fn(readout, targets):
+        """MSE of a linear readout of the last output: the adding problem's loss."""
+        return lambda ys: jnp.mean((ys[:, -1] @ readout["w"] + readout["b"] - targets) ** 2)
+
+    def profile(self, kind: str) -> Callable:
+        return self._get("profile", kind, lambda cell: lambda p, xs, y: diagnostics.gradient_profile(
+            cell, p["cell"], xs, self.loss_fn(p["readout"], y)))
+
+    def jacobian(self, kind: str) -> Callable:
+        return self._get("jacobian", kind, lambda cell: lambda p, xs: diagnostics.jacobian_spectral_norms(
+            cell, p["cell"], xs, num_iters=30))
+
+    def plain(self, kind: str) -> Callable:
+        return self._get("plain", kind, lambda cell: lambda p, xs, y: diagnostics.probe_gradients(
+            cell, p["cell"], xs, self.loss_fn(p["readout"], y)))
+
+    def loss(self, kind: str) -> Callable:
+        return self._get("loss", kind, lambda cell: lambda p, xs, y: self.loss_fn(p["readout"], y)(
+            jaxrnn.scan(cell, p["cell"], xs)[0]))
+
+    def train_chunk(self, kind: str, optimizer, length: int, batch_size: int, steps: int) -> Callable:
+        """``steps`` Adam steps on fresh adding batches, inside one compiled lax.scan."""
+
+        def make(cell):
+            def loss(p, batch):
+                return self.loss_fn(p["readout"], batch.targets)(jaxrnn.scan(cell, p["cell"], batch.xs)[0])
+
+            def step(state, key):
+                p, opt = state
+                value, grads = jax.value_and_grad(loss)(p, tasks.adding(key, batch_size, length))
+                updates, opt = optimizer.update(grads, opt, p)
+                return (optax.apply_updates(p, updates), opt), value
+
+            return lambda p, opt, key: jax.lax.scan(step, (p, opt), jax.random.split(key, steps))
+
+        return self._get(f"train-{length}-{batch_size}-{steps}", kind, make)
+
+
+def train(compiled: Compiled, model: Model, params: dict, args, key: jax.Array, bar) -> tuple[dict, list[float]]:
+    """A short Adam run on the adding problem at ``args.train_length``; returns params and losses."""
+    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(args.lr))
+    opt = optimizer.init(params)
+    chunk = 100
+    run = compiled.train_chunk(model.kind, optimizer, args.train_length, args.batch_size, chunk)
+    losses = []
+    for i in range(args.train_steps // chunk):
+        (params, opt), values = run(params, opt, jax.random.fold_in(key, i))
+        losses.extend(np.asarray(values).tolist())
+        bar.update(1)
+        bar.set_postfix(model=model.name, loss=f"{np.mean(losses[-chunk:]):.4f}")
+    return params, losses
+
+
+def time_call(fn: Callable, *args, repeats: int = 3) -> float:
+    """The median wall time of ``fn(*args)`` after one warm-up call, in seconds."""
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def cost_check(compiled: Compiled, length: int, batch_size: int, key: jax.Array) -> list[dict]:
+    """Wall time of the gradient profile against one forward+backward pass (grad wrt params)."""
+    rows = []
+    batch = tasks.adding(key, batch_size, length)
+    for kind in ("vanilla", "lstm"):
+        params = init_model(Model(kind, kind, radius=1.0), compiled.hidden_size, key)
+        grad = jax.jit(jax.grad(compiled.loss(kind)))
+        t_grad = time_call(grad, params, batch.xs, batch.targets)
+        t_prof = time_call(compiled.profile(kind), params, batch.xs, batch.targets)
+        rows.append({"cell": kind, "T": length, "forward_backward_s": t_grad, "profile_s": t_prof,
+                     "ratio": t_prof / t_grad})
+    return rows
+
+
+def summarize_row(phase: str, model: Model, length: int, log10_norm: np.ndarray) -> dict:
+    s = diagnostics.summarize(log10_norm)
+    return {"phase": phase, "model": model.name, "kind": model.kind, "radius": model.radius, "T": length,
+            "log10_ratio": s.log10_ratio, "decay_per_step": s.decay_per_step,
+            "effective_horizon": s.effective_horizon}
+
+
+def run(args) -> pathlib.Path:
+    out = pathlib.Path(args.out or f"runs/gradient-flow-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    out.mkdir(parents=True, exist_ok=True)
+    compiled = Compiled(args.hidden_size)
+    all_models = models(args.cells, args.radii)
+    trained_models = [m for m in all_models if m.radius in (None, 1.0)] if args.train_steps else []
+    lengths = sorted(args.lengths)
+    jac_length = max([t for t in lengths if t <= 300] or lengths[:1])
+
+    results: dict[str, Any] = {
+        "config": {k: v for k, v in vars(args).items() if k != "func"},
+        "machine": {"platform": platform.platform(), "devices": [str(d) for d in jax.devices()],
+                    "jax": jax.__version__},
+        "summaries": [], "profiles": {}, "jacobian": {}, "training": {}, "underflow": [], "cost": [],
+    }
+    csv_file = (out / "profiles.csv").open("w", newline="")
+    writer = csv.writer(csv_file)
+    writer.writerow(["phase", "model", "T", "distance", "log10_norm_mean", "log10_norm_min", "log10_norm_max"])
+
+    def measure(phase: str, model: Model, params: dict, seed: int):
+        for length in lengths:
+            batch = tasks.adding(jax.random.key(10_000 + length), args.batch_size, length)
+            prof = compiled.profile(model.kind)(params, batch.xs, batch.targets)
+            key = f"{phase}|{model.name}|{length}"
+            results["profiles"].setdefault(key, []).append(np.asarray(prof.log10_norm))
+            if length == max(lengths) and seed == args.seeds[0]:
+                plain = compiled.plain(model.kind)(params, batch.xs, batch.targets)
+                zero = np.all([np.all(np.asarray(g) == 0, axis=-1) for g in jax.tree_util.tree_leaves(plain)], axis=0)
+                results["underflow"].append({
+                    "phase": phase, "model": model.name, "T": length,
+                    "plain_float32_zero_steps": int(zero.sum()), "steps": int(zero.size),
+                    "flagged_steps": int(np.asarray(prof.plain_underflow).sum()),
+                    "min_log10_norm": float(np.nanmin(prof.log10_norm)),
+                })
+            if length == jac_length:
+                sig = compiled.jacobian(model.kind)(params, batch.xs)
+                results["jacobian"].setdefault(f"{phase}|{model.name}", []).append(np.asarray(sig).mean(0))
+            bar.update(1)
+
+    jobs = len(args.seeds) * (len(lengths) * (len(all_models) + len(trained_models))
+                              + len(trained_models) * (args.train_steps // 100))
+    bar = tqdm(total=jobs, desc="gradient flow", unit="job", smoothing=0.0)
+    for seed in args.seeds:
+        for model in all_models:
+            bar.set_postfix(model=model.name, phase="init")
+            measure("init", model, init_model(model, args.hidden_size, jax.random.key(seed)), seed)
+        for model in trained_models:
+            params = init_model(model, args.hidden_size, jax.random.key(seed))
+            params, losses = train(compiled, model, params, args, jax.random.key(1000 + seed), bar)
+            results["training"].setdefault(model.name, []).append(losses)
+            measure("trained", model, params, seed)
+    bar.close()
+
+    # Aggregate over seeds and batch (mean of log10), write the CSV rows and summaries.
+    for key, profs in results["profiles"].items():
+        phase, name, length = key.split("|")
+        stacked = np.concatenate(profs, axis=0)  # (seeds * B, T)
+        mean = np.mean(stacked, axis=0)
+        model = next(m for m in all_models if m.name == name)
+        results["summaries"].append(summarize_row(phase, model, int(length), stacked))
+        for t in range(int(length)):
+            writer.writerow([phase, name, length, int(length) - 1 - t, f"{mean[t]:.6g}",
+                             f"{stacked[:, t].min():.6g}", f"{stacked[:, t].max():.6g}"])
+        results["profiles"][key] = mean.tolist()
+    csv_file.close()
+    results["jacobian"] = {k: np.mean(v, axis=0).tolist() for k, v in results["jacobian"].items()}
+    results["training"] = {k: np.mean(v, axis=0).tolist() for k, v in results["training"].items()}
+
+    if args.cost_length:
+        results["cost"] = cost_check(compiled, args.cost_length, args.batch_size, jax.random.key(0))
+
+    table = markdown_table(results, lengths)
+    (out / "table.md").write_text(table)
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
+    plot(results, all_models, trained_models, lengths, jac_length, out)
+    print(table)
+    print(f"\nwrote {out}/: gradient_decay.png, spectral_radius.png, jacobian.png, training.png, "
+          "results.json, profiles.csv, table.md")
+    return out
+
+
+def markdown_table(results: dict, lengths: list[int]) -> str:
+    rows = results["summaries"]
+    names = list(dict.fromkeys((r["phase"], r["model"]) for r in rows))
+    get = {(r["phase"], r["model"], r["T"]): r for r in rows}
+    fmt = {
+        "log10_ratio": ("log10 ||dL/ds_1|| / ||dL/ds_T||", lambda v: f"{v:.1f}"),
+        "decay_per_step": ("decay per step (log10 units, fitted)", lambda v: f"{v:+.4f}"),
+        "effective_horizon": ("effective horizon (steps to fall below 1e-3 of the norm at the loss)",
+                              lambda v: "> T" if np.isinf(v) else f"{v:.0f}"),
+    }
+    lines = [f"Adding problem, hidden size {results['config']['hidden_size']}, "
+             f"batch {results['config']['batch_size']}, seeds {results['config']['seeds']}; "
+             f"'trained' = {results['config']['train_steps']} Adam steps at T = {results['config']['train_length']}.\n"]
+    for metric, (title, f) in fmt.items():
+        lines.append(f"\n**{title}**\n")
+        lines.append("| cell | phase | " + " | ".join(f"T={t}" for t in lengths) + " |")
+        lines.append("|---|---|" + "---:|" * len(lengths))
+        for phase, name in names:
+            cells = [f(get[(phase, name, t)][metric]) if (phase, name, t) in get else "" for t in lengths]
+            lines.append(f"| {name} | {phase} | " + " | ".join(cells) + " |")
+    if results["underflow"]:
+        lines.append("\n**float32 underflow** (T = {}): steps where plain float32 autodiff returns exactly 0, "
+                     "which the renormalised profile measures\n".format(results["underflow"][0]["T"]))
+        lines.append("| cell | phase | plain float32 zero steps | smallest log10 norm measured |")
+        lines.append("|---|---|---:|---:|")
+        for r in results["underflow"]:
+            lines.append(f"| {r['model']} | {r['phase']} | {r['plain_float32_zero_steps']} / {r['steps']} "
+                         f"| {r['min_log10_norm']:.1f} |")
+    if results["cost"]:
+        lines.append("\n**cost of the one-pass profile** (median wall time)\n")
+        lines.append("| cell | T | forward+backward | profile | ratio |")
+        lines.append("|---|---:|---:|---:|---:|")
+        for r in results["cost"]:
+            lines.append(f"| {r['cell']} | {r['T']} | {1e3 * r['forward_backward_s']:.0f} ms "
+                         f"| {1e3 * r['profile_s']:.0f} ms | {r['ratio']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, all_models, trained_models, lengths, jac_length, out: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = plt.cm.viridis(np.linspace(0, 0.9, len(lengths)))
+    phases = ["init", "trained"] if trained_models else ["init"]
+
+    # 1. log10 gradient norm against distance from the loss: a panel per cell, a line per length.
+    fig, axes = plt.subplots(len(phases), len(trained_models), figsize=(4 * len(trained_models), 3.4 * len(phases)),
+                             squeeze=False, sharey=True)
+    for row, phase in enumerate(phases):
+        for col, model in enumerate(trained_models):
+            ax = axes[row, col]
+            for length, color in zip(lengths, colors):
+                prof = results["profiles"].get(f"{phase}|{model.name}|{length}")
+                if prof is not None:  # distance + 1 so that the loss step sits at 1 on a log axis
+                    ax.plot(np.arange(length)[::-1] + 1, prof, color=color, label=f"T={length}")
+            ax.axhline(np.log10(np.finfo(np.float32).tiny), color="red", ls=":", lw=1)
+            ax.set_title(f"{model.name} ({phase})", fontsize=10)
+            ax.set_xscale("log")
+            ax.set_xlabel("distance from the loss + 1 (steps)")
+            if col == 0:
+                ax.set_ylabel("log10 ||dL/ds_t||")
+    axes[0, 0].legend(fontsize=8)
+    axes[0, -1].text(0.98, 0.02, "red: float32 smallest normal", transform=axes[0, -1].transAxes,
+                     ha="right", fontsize=7, color="red")
+    fig.suptitle("Gradient reaching each step back from a loss at the last step (adding problem)")
+    fig.tight_layout()
+    fig.savefig(out / "gradient_decay.png", dpi=110)
+    plt.close(fig)
+
+    # 2. decay per step against the spectral radius of W_h (vanilla tanh), gated cells as references.
+    summ = [r for r in results["summaries"] if r["phase"] == "init"]
+    sweep_length = max([t for t in lengths if t <= 300] or lengths)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for length, color in zip(lengths, colors):
+        pts = sorted((r["radius"], r["decay_per_step"]) for r in summ
+                     if r["kind"] == "vanilla" and r["T"] == length and r["radius"] is not None)
+        if pts:
+            ax.plot(*zip(*pts), "o-", color=color, label=f"vanilla tanh, T={length}")
+    radii = np.array(sorted({r["radius"] for r in summ if r["radius"] is not None}))
+    if len(radii):
+        ax.plot(radii, np.log10(radii), "k--", lw=1, label="linear RNN: log10(rho)")
+    gated = [r for r in summ if r["kind"] != "vanilla" and r["T"] == sweep_length]
+    for r, ls in zip(gated, [":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3))]):
+        ax.axhline(r["decay_per_step"], ls=ls, lw=1.4, color="tab:red",
+                   label=f"{r['model']} (T={sweep_length})")
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.set_xlabel("spectral radius of W_h (orthogonal x rho)")
+    ax.set_ylabel("decay per step (log10 units)")
+    ax.set_title("Vanishing (< 0) and exploding (> 0) regimes at initialisation", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "spectral_radius.png", dpi=110)
+    plt.close(fig)
+
+    # 3. the largest singular value of each step's Jacobian.
+    fig, ax = plt.subplots(figsize=(7, 4))
+    palette = {m.name: plt.cm.tab10(i) for i, m in enumerate(trained_models or all_models)}
+    for key, sig in results["jacobian"].items():
+        phase, name = key.split("|")
+        if name in palette:
+            ax.plot(sig, color=palette[name], ls="-" if phase == "init" else "--", lw=1, label=f"{name} ({phase})")
+    ax.axhline(1.0, color="gray", lw=0.8)
+    ax.set_xlabel("time step t")
+    ax.set_ylabel("sigma_max(ds_t / ds_{t-1})")
+    ax.set_title(f"Largest singular value of each step's Jacobian (T = {jac_length}, batch mean)\n"
+                 "an upper bound on the gradient's growth per step, not its rate", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "jacobian.png", dpi=110)
+    plt.close(fig)
+
+    # 4. training curves of the short adding-problem run.
+    if results["training"]:
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        for name, losses in results["training"].items():
+            smooth = np.convolve(losses, np.ones(25) / 25, mode="valid")
+            ax.plot(smooth, label=name)
+        ax.axhline(tasks.ADDING_BASELINE_MSE, color="gray", ls="--", lw=1, label="baseline (predict 1.0)")
+        ax.set_yscale("log")
+        ax.set_xlabel("Adam step")
+        ax.set_ylabel("training MSE")
+        ax.set_title(f"Adding problem at T = {results['config']['train_length']}", fontsize=10)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "training.png", dpi=110)
+        plt.close(fig)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cells", nargs="+", default=["vanilla", "lstm-fb0", "lstm-fb1", "gru"],
+                        help="models to train and profile (vanilla, lstm-fb0, lstm-fb1, gru)")
+    parser.add_argument("--radii", nargs="*", type=float, default=[0.5, 0.75, 1.0, 1.25, 1.5],
+                        help="spectral radii of W_h for the vanilla tanh sweep (at init)")
+    parser.add_argument("--lengths", nargs="+", type=int, default=[10, 30, 100, 300, 1000])
+    parser.add_argument("--hidden-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--train-steps", type=int, default=1500, help="0 skips training (multiple of 100)")
+    parser.add_argument("--train-length", type=int, default=100)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--cost-length", type=int, default=10_000,
+                        help="T of the profile-cost check (0 skips it)")
+    parser.add_argument("--out", help="run folder (default runs/gradient-flow-<timestamp>)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="jaxrnn gradient-flow", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
