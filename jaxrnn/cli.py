@@ -1,4 +1,4 @@
-"""The ``jaxrnn`` command: ``jaxrnn gradient-flow ...``."""
+"""The ``jaxrnn`` command: ``gradient-flow``, ``train char-lm``, ``sample``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> None:
+    from jaxrnn import charlm
     from jaxrnn.bench import gradient_flow
 
     parser = argparse.ArgumentParser(prog="jaxrnn", description="jaxrnn benchmarks and experiments")
@@ -17,6 +18,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     gradient_flow.add_arguments(flow)
     flow.set_defaults(func=gradient_flow.run)
+
+    train = commands.add_parser("train", help="train a model").add_subparsers(dest="model", required=True)
+    lm = train.add_parser("char-lm", help="a character-level language model",
+                          description=charlm.__doc__.split("\n\n")[0])
+    charlm.add_train_arguments(lm)
+    lm.set_defaults(func=charlm.train)
+    sample = commands.add_parser("sample", help="sample from a trained char-lm run")
+    charlm.add_sample_arguments(sample)
+    sample.set_defaults(func=charlm.sample)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     args.func(args)
 

@@ -96,6 +96,7 @@ class RNN:
         xs: Array,
         *,
         lengths: Array | None = None,
+        resets: Array | None = None,
         initial_state: Carry | None = None,
         key: Array | None = None,
         unroll: int = 1,
@@ -106,6 +107,9 @@ class RNN:
           params: from :meth:`init`.
           xs: (B, T, I) (or (T, B, I) if ``time_major``), or (T, I) unbatched.
           lengths: (B,) valid lengths of right-padded rows.
+          resets: (B, T) booleans: reset every layer's state to ``initial_state``
+            before step t (independent sequences packed in one row), as in
+            :func:`jaxrnn.scan`.
           initial_state: (L * D, B, H) per carry leaf, as :meth:`initial_state`.
           key: a PRNG key; enables dropout (leave None for inference).
           unroll: passed to ``jax.lax.scan``.
@@ -137,7 +141,7 @@ class RNN:
                 carry0 = None if initial_state is None else _index(initial_state, index)
                 out, final = scan(
                     self.cell, layer_params[direction], ys, initial_carry=carry0,
-                    lengths=lengths, reverse=direction == "bwd", time_major=self.time_major,
+                    lengths=lengths, resets=resets, reverse=direction == "bwd", time_major=self.time_major,
                     unroll=unroll,
                 )
                 outs.append(out)

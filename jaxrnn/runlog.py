@@ -1,0 +1,78 @@
+"""Run logs: JSONL metrics, TensorBoard event files when a writer is installed.
+
+``metrics.jsonl`` gets one JSON object per logged step, flushed at once so a
+crash loses nothing already logged. A resumed run appends; when steps repeat
+(the ones between the last checkpoint and a crash), the later line wins:
+:func:`read_metrics` returns them that way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from typing import Any
+
+
+def _tensorboard_writer(directory: pathlib.Path):
+    """A SummaryWriter from tensorboardX or torch.utils.tensorboard, or None if neither is installed."""
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return None
+    return SummaryWriter(str(directory))
+
+
+def _plain(value: Any) -> Any:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return value
+    return value if math.isfinite(value) else str(value)
+
+
+class RunLog:
+    """Append metrics to ``<directory>/metrics.jsonl`` (and TensorBoard, if available)."""
+
+    def __init__(self, directory: str | pathlib.Path, tensorboard: bool = True):
+        self.directory = pathlib.Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._file = (self.directory / "metrics.jsonl").open("a", buffering=1)
+        self._tb = _tensorboard_writer(self.directory / "tensorboard") if tensorboard else None
+
+    @property
+    def has_tensorboard(self) -> bool:
+        return self._tb is not None
+
+    def write(self, step: int, metrics: dict[str, Any]) -> None:
+        record = {"step": int(step)} | {k: _plain(v) for k, v in metrics.items()}
+        self._file.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, float):
+                    self._tb.add_scalar(k, v, int(step))
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(directory: str | pathlib.Path, key: str | None = None) -> dict[int, dict[str, Any]]:
+    """``{step: record}`` from ``metrics.jsonl``, later lines overriding earlier ones.
+
+    With ``key``, only records that have it (e.g. ``"val_loss"``).
+    """
+    records: dict[int, dict[str, Any]] = {}
+    path = pathlib.Path(directory) / "metrics.jsonl"
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a crash
+            continue
+        if key is None or key in record:
+            records[record["step"]] = record
+    return records

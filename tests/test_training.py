@@ -1,0 +1,228 @@
+"""Training toolkit: optimizers, clipping metrics, schedules, TBPTT, divergence guard,
+checkpoints (including a SIGKILL mid-run), data parallelism and logs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxrnn
+from jaxrnn import training
+from jaxrnn.charlm import CharLM
+from jaxrnn.checkpoints import Checkpoints
+from jaxrnn.runlog import RunLog, read_metrics
+
+
+def quadratic_loss(params, carry, batch, key):
+    return jnp.sum((params["w"] - batch) ** 2), (carry, {})
+
+
+@pytest.mark.parametrize("name", training.OPTIMIZERS)
+def test_every_optimizer_descends(name):
+    opt = training.make_optimizer(name, 0.05)
+    step = training.make_train_step(quadratic_loss, opt)
+    state = training.init_state({"w": jnp.zeros(3)}, opt, jax.random.key(0))
+    target = jnp.array([1.0, -2.0, 0.5])
+    losses = []
+    for _ in range(30):
+        state, m = step(state, target)
+        losses.append(float(m["loss"]))
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_grad_norm_before_and_after_clipping():
+    opt = training.make_optimizer("sgd", 0.1, clip_norm=1.0)
+    step = training.make_train_step(quadratic_loss, opt)
+    state = training.init_state({"w": jnp.zeros(2)}, opt, jax.random.key(0))
+    state, m = step(state, jnp.array([30.0, 40.0]))  # gradient (-60, -80): norm 100
+    assert float(m["grad_norm"]) == pytest.approx(100.0)
+    assert float(m["grad_norm_clipped"]) == pytest.approx(1.0)
+    np.testing.assert_allclose(state.params["w"], [0.06, 0.08], rtol=1e-5)  # lr * clipped gradient
+
+
+def test_elementwise_clip_as_char_rnn():
+    opt = training.make_optimizer("sgd", 1.0, clip_value=5.0)
+    step = training.make_train_step(quadratic_loss, opt)
+    state = training.init_state({"w": jnp.zeros(2)}, opt, jax.random.key(0))
+    state, m = step(state, jnp.array([1.0, 100.0]))  # gradient (-2, -200)
+    np.testing.assert_allclose(state.params["w"], [2.0, 5.0])
+    assert float(m["grad_norm_clipped"]) == pytest.approx(np.hypot(2, 5), rel=1e-5)
+
+
+def test_schedules():
+    cos = training.make_schedule(1.0, "warmup_cosine", total_steps=100, warmup_steps=10)
+    assert float(cos(0)) == 0.0 and float(cos(10)) == pytest.approx(1.0) and float(cos(100)) == pytest.approx(0.0)
+    stepped = training.make_schedule(1.0, "step", decay_every=10, decay_rate=0.5)
+    assert [float(stepped(s)) for s in (0, 9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
+    with pytest.raises(ValueError, match="total_steps"):
+        training.make_schedule(1.0, "warmup_cosine")
+    with pytest.raises(ValueError, match="schedule: expected one of"):
+        training.make_schedule(1.0, "linear")
+
+
+def test_length_curriculum_grows_to_maximum():
+    f = training.length_curriculum(20, 200, ramp_steps=400, stages=3)
+    lengths = [f(s) for s in range(0, 600, 50)]
+    assert lengths[0] == 20 and lengths[-1] == 200 and lengths == sorted(lengths)
+    assert len(set(lengths)) == 4
+
+
+def test_stream_batches_are_consecutive_chunks():
+    tokens = np.arange(2 * 21)  # two rows of 21
+    chunks = training.stream_batches(tokens, batch_size=2, seq_len=5)
+    assert chunks.shape == (4, 2, 6)
+    np.testing.assert_array_equal(chunks[0, 1], [21, 22, 23, 24, 25, 26])
+    np.testing.assert_array_equal(chunks[1, 0], [5, 6, 7, 8, 9, 10])  # starts where chunk 0 ended
+    with pytest.raises(ValueError, match="too few"):
+        training.stream_batches(np.arange(5), 2, 5)
+
+
+def test_truncated_bptt_carries_state_across_chunks_and_resets_at_documents():
+    lm = CharLM(vocab_size=7, cell="gru", hidden_size=8, num_layers=2, separator=0)
+    params = lm.init(jax.random.key(0))
+    stream = jax.random.randint(jax.random.key(1), (2, 21), 1, 7)
+    whole, _, _ = lm.apply(params, stream)
+    a, state, _ = lm.apply(params, stream[:, :10])
+    b, _, _ = lm.apply(params, stream[:, 10:], state)
+    np.testing.assert_allclose(jnp.concatenate([a, b], 1), whole, atol=1e-5)
+    # a separator resets the state: what follows it equals a fresh start at the separator
+    with_doc = stream.at[:, 12].set(0)
+    logits, _, _ = lm.apply(params, with_doc)
+    fresh, _, _ = lm.apply(params, with_doc[:, 12:])
+    np.testing.assert_allclose(logits[:, 12:], fresh, atol=1e-5)
+
+
+def nan_on_flag_loss(params, carry, batch, key):
+    value = jnp.sum((params["w"] - batch["target"]) ** 2)
+    return value * jnp.where(batch["poison"], jnp.nan, 1.0), (carry, {})
+
+
+def test_divergence_guard_stops_with_step_and_norm_and_keeps_last_checkpoint(tmp_path):
+    opt = training.make_optimizer("sgd", 0.1)
+    step = training.make_train_step(nan_on_flag_loss, opt)
+    state = training.init_state({"w": jnp.zeros(2)}, opt, jax.random.key(0))
+    ckpt = Checkpoints(tmp_path)
+    good = lambda: {"target": jnp.ones(2), "poison": jnp.array(False)}
+    with pytest.raises(training.DivergenceError, match=r"at step 4: loss=nan, gradient global norm=nan"):
+        for i in range(1, 10):
+            state, m = step(state, good() if i != 4 else {"target": jnp.ones(2), "poison": jnp.array(True)})
+            training.check_finite(jax.device_get(m), i)
+            ckpt.save(i, state)
+    ckpt.close()
+    like = training.init_state({"w": jnp.zeros(2)}, opt, jax.random.key(0))
+    restored, meta = Checkpoints(tmp_path).restore_latest(like)
+    assert meta["step"] == 3 and np.isfinite(restored.params["w"]).all()
+
+
+def test_skip_nonfinite_leaves_params_untouched_and_counts():
+    opt = training.make_optimizer("adam", 0.1)
+    step = training.make_train_step(nan_on_flag_loss, opt, skip_nonfinite=True)
+    state = training.init_state({"w": jnp.zeros(2)}, opt, jax.random.key(0))
+    state, _ = step(state, {"target": jnp.ones(2), "poison": jnp.array(False)})
+    before = np.asarray(state.params["w"])
+    state, m = step(state, {"target": jnp.ones(2), "poison": jnp.array(True)})
+    np.testing.assert_array_equal(state.params["w"], before)
+    assert int(m["skipped"]) == 1 and not bool(m["finite"])
+    state, m = step(state, {"target": jnp.ones(2), "poison": jnp.array(False)})
+    assert int(m["skipped"]) == 1 and not np.array_equal(state.params["w"], before)
+
+
+def test_checkpoints_keep_best_by_validation_loss(tmp_path):
+    ckpt = Checkpoints(tmp_path, keep=2)
+    for step, val in [(1, 3.0), (2, 1.0), (3, 2.0), (4, 5.0)]:
+        ckpt.save(step, {"w": jnp.full(2, float(step))})
+        ckpt.save_if_best(step, {"w": jnp.full(2, float(step))}, val)
+    ckpt.close()
+    again = Checkpoints(tmp_path)
+    best, meta = again.restore_best({"w": jnp.zeros(2)})
+    assert meta["step"] == 2 and meta["val_loss"] == 1.0 and float(best["w"][0]) == 2.0
+    assert again.latest.all_steps() == [3, 4]  # the newest two periodic ones
+    assert again.best_val == 1.0  # a reopened run remembers its best
+    again.close()
+
+
+def train_command(out, text, steps, resume=False):
+    cmd = [sys.executable, "-m", "jaxrnn.cli", "train", "char-lm", "--text", str(text), "--cell", "gru",
+           "--hidden-size", "16", "--num-layers", "1", "--seq-len", "16", "--batch-size", "4",
+           "--steps", str(steps), "--eval-every", "50", "--checkpoint-every", "10", "--sample-every", "0",
+           "--val-batches", "2", "--out", str(out), "--quiet"]
+    return cmd + (["--resume"] if resume else [])
+
+
+def test_sigkill_and_resume_gives_the_same_losses_step_for_step(tmp_path):
+    text = tmp_path / "corpus.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 200)
+    steps = 600
+    subprocess.run(train_command(tmp_path / "whole", text, steps), check=True, capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(train_command(killed, text, steps), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill it once a few checkpoints exist, mid-run
+        metrics = killed / "metrics.jsonl"
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 35:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    logged = len((killed / "metrics.jsonl").read_text().splitlines())
+    assert 35 <= logged < steps, "the run was not killed mid-way"
+
+    resumed = subprocess.run(train_command(killed, text, steps, resume=True), check=True, capture_output=True, text=True)
+    start = int(resumed.stdout.split("resumed from step ")[1].split()[0])
+    assert 0 < start <= logged
+    whole, again = read_metrics(tmp_path / "whole"), read_metrics(killed)
+    assert sorted(whole) == sorted(again) == list(range(1, steps + 1))
+    np.testing.assert_array_equal([again[s]["loss"] for s in whole], [whole[s]["loss"] for s in whole])
+    assert resumed.stdout.strip().splitlines()[-1].startswith("val_loss_nats=")
+
+
+def test_data_parallel_over_four_cpu_devices_equals_one_device():
+    code = textwrap.dedent("""
+        import jax, jax.numpy as jnp, numpy as np
+        from jaxrnn import training
+        from jaxrnn.charlm import CharLM
+        assert len(jax.devices()) == 4
+        lm = CharLM(vocab_size=11, cell="lstm", hidden_size=8, num_layers=2)
+        chunks = np.asarray(jax.random.randint(jax.random.key(1), (5, 8, 13), 0, 11))
+        def run(devices):
+            mesh, shard, replicate = training.data_parallel(devices)
+            opt = training.make_optimizer("adam", 1e-2, clip_norm=1.0)
+            state = replicate(training.init_state(lm.init(jax.random.key(0)), opt, jax.random.key(2),
+                                                  lm.initial_state(8)))
+            step = training.make_train_step(lm.loss_fn(), opt)
+            losses = []
+            for c in chunks:
+                state, m = step(state, shard(jnp.asarray(c)))
+                losses.append(float(m["loss"]))
+            return losses, state.params
+        l4, p4 = run(jax.devices())
+        l1, p1 = run(jax.devices()[:1])
+        np.testing.assert_allclose(l4, l1, rtol=1e-5)
+        jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), p4, p1)
+        print("OK", l4)
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("OK")
+
+
+def test_runlog_jsonl_and_tensorboard(tmp_path):
+    log = RunLog(tmp_path)
+    log.write(1, {"loss": np.float32(2.5), "finite": True})
+    log.write(2, {"loss": float("nan")})
+    log.write(1, {"loss": 2.0})  # a resumed run repeats step 1: the later line wins
+    log.close()
+    records = read_metrics(tmp_path)
+    assert records[1]["loss"] == 2.0 and records[2]["loss"] == "nan"
+    assert log.has_tensorboard  # tensorboardX is in the dev extra
+    assert any((tmp_path / "tensorboard").iterdir())
