@@ -137,6 +137,9 @@ class TrainState(NamedTuple):
 
 
 def init_state(params: Any, optimizer: Optimizer, key: Array, carry: Any = ()) -> TrainState:
+    """A fresh state. It holds copies of ``params`` and ``carry``: the train step
+    donates its state's buffers, and the caller's arrays must survive that."""
+    params, carry = jax.tree_util.tree_map(jnp.copy, (params, carry))
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
         carry=carry, key=jax.random.key_data(key), skipped=jnp.zeros((), jnp.int32),

@@ -1,0 +1,97 @@
+"""What the experiments share: a many-to-one regressor on the adding problem, a train loop, outputs."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import pathlib
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+import jaxrnn
+from jaxrnn import training
+
+
+def run_folder(name: str, out: str | None) -> pathlib.Path:
+    folder = pathlib.Path(out or f"runs/{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def regressor(cell: jaxrnn.Cell, input_size: int, key: jax.Array) -> dict:
+    """A cell and a linear readout of its last output, the readout starting at the mean guess 1.0."""
+    return {"cell": cell.init(key, input_size), "w": jnp.zeros(cell.hidden_size), "b": jnp.ones(())}
+
+
+def predict(cell: jaxrnn.Cell, params: dict, xs, *, resets=None) -> jax.Array:
+    """The readout at every step (B, T)."""
+    ys, _ = jaxrnn.scan(cell, params["cell"], xs, resets=resets)
+    return ys @ params["w"] + params["b"]
+
+
+def last_step_mse(cell: jaxrnn.Cell) -> training.LossFn:
+    """loss_fn for make_train_step: MSE of the prediction at the last step of batch = (xs, targets)."""
+
+    def loss(params, carry, batch, key):
+        del key
+        return jnp.mean((predict(cell, params, batch.xs)[:, -1] - batch.targets) ** 2), (carry, {})
+
+    return loss
+
+
+def fit(loss_fn: training.LossFn, params: dict, optimizer: training.Optimizer, batch_at: Callable[[int], Any],
+        steps: int, *, desc: str, evaluate: Callable[[dict], float] | None = None, eval_every: int = 0,
+        stop_when: Callable[[float], bool] | None = None, skip_nonfinite: bool = True) -> tuple[list[dict], dict]:
+    """Train for ``steps`` steps (``batch_at(step)`` gives each batch); returns every step's
+    metrics and the final params.
+
+    With ``evaluate`` and ``eval_every``, adds ``eval`` to every ``eval_every``-th record, and stops
+    early once ``stop_when(eval)`` holds.
+    """
+    step_fn = training.make_train_step(loss_fn, optimizer, skip_nonfinite=skip_nonfinite)
+    state = training.init_state(params, optimizer, jax.random.key(0))
+    history = []
+    for step in tqdm(range(steps), desc=desc, leave=False, mininterval=1.0):
+        state, metrics = step_fn(state, batch_at(step))
+        record = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        record["step"] = step + 1
+        if evaluate is not None and eval_every and (step + 1) % eval_every == 0:
+            record["eval"] = evaluate(state.params)
+            if stop_when is not None and stop_when(record["eval"]):
+                history.append(record)
+                break
+        history.append(record)
+    return history, state.params
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(folder: pathlib.Path, table: str, results: dict) -> None:
+    (folder / "results.md").write_text(table)
+    (folder / "results.json").write_text(json.dumps(results, indent=1, default=float))
+    print(table)
+    print(f"wrote {folder}/")
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def nanmean_tail(values: list[float], fraction: float = 0.1) -> float:
+    tail = np.asarray(values[-max(1, int(len(values) * fraction)):], np.float64)
+    finite = tail[np.isfinite(tail)]
+    return float(finite.mean()) if finite.size else float("nan")

@@ -1,0 +1,63 @@
+"""Fast smoke runs of the seeds' experiments on tiny sizes; each checks the claim it measures."""
+
+import json
+
+import jax
+import numpy as np
+
+from experiments import clipping, curriculum, state_reset
+
+
+def test_clipping_smoke(tmp_path):
+    args = clipping.parser().parse_args(["--lrs", "0.1", "--steps", "60", "--out", str(tmp_path)])
+    results = clipping.run(args)
+    runs = results["runs"]
+    unclipped = next(v for k, v in runs.items() if "no clipping" in k)
+    clipped = next(v for k, v in runs.items() if "clip_by_global_norm" in k)
+    assert unclipped["nonfinite_steps"] > 0 or unclipped["spikes"] > 0  # it explodes...
+    assert clipped["nonfinite_steps"] == 0 and np.isfinite(clipped["final_loss"])  # ...the clipped one does not
+    assert max(clipped["grad_norm"]) < 1e3
+    assert (tmp_path / "clipping.png").exists() and "| run |" in (tmp_path / "results.md").read_text()
+
+
+def test_curriculum_smoke(tmp_path):
+    args = curriculum.parser().parse_args(["--length", "16", "--start", "4", "--stages", "2", "--ramp-steps", "20",
+                                           "--steps", "40", "--eval-every", "10", "--hidden-size", "16",
+                                           "--target", "1e-9", "--out", str(tmp_path)])
+    results = curriculum.run(args)
+    lengths = results["runs"]["curriculum"]["lengths"]
+    assert lengths[0] == 4 and lengths[-1] == 16 and lengths == sorted(lengths)
+    assert set(results["runs"]["direct"]["lengths"]) == {16}
+    assert len(results["runs"]["direct"]["evals"]) == 4  # the target was not reached: the whole budget ran
+    assert json.loads((tmp_path / "results.json").read_text())["first_to_target"] is None
+    assert (tmp_path / "curriculum.png").exists()
+
+
+def test_packed_rows_are_independent_adding_problems():
+    xs, targets, resets, ends = state_reset.packed(jax.random.key(0), 64, 3, 4, 9)
+    xs, targets, resets, ends = map(np.asarray, (xs, targets, resets, ends))
+    for b in range(64):
+        starts = np.flatnonzero(resets[b])
+        assert len(starts) == 3 and starts[0] == 0
+        bounds = list(starts) + [ends[b, -1] + 1]
+        for k in range(3):
+            seg = xs[b, bounds[k]:bounds[k + 1]]
+            assert ends[b, k] == bounds[k + 1] - 1 and 4 <= len(seg) <= 9
+            assert seg[:, 1].sum() == 2  # two markers, one per half
+            half = len(seg) // 2
+            assert seg[:half, 1].sum() == 1
+            np.testing.assert_allclose(targets[b, k], (seg[:, 0] * seg[:, 1]).sum(), rtol=1e-6)
+        assert (xs[b, bounds[-1]:] == 0).all()
+
+
+def test_state_reset_smoke(tmp_path):
+    args = state_reset.parser().parse_args(["--steps", "30", "--hidden-size", "16", "--segments", "3",
+                                            "--min-length", "4", "--max-length", "8", "--out", str(tmp_path)])
+    results = state_reset.run(args)
+    runs = results["runs"]
+    assert set(runs) == {"reset at every example", "no reset (state leaks)"}
+    for r in runs.values():
+        assert len(r["eval_own_mode"]) == 3 and len(r["train_loss"]) == 30
+        # segment 1 has nothing before it: with or without resets it is the same computation
+        assert np.isclose(r["eval_own_mode"][0], r["eval_other_mode"][0], rtol=1e-5)
+    assert (tmp_path / "state_reset.png").exists()
