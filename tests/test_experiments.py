@@ -61,3 +61,33 @@ def test_state_reset_smoke(tmp_path):
         # segment 1 has nothing before it: with or without resets it is the same computation
         assert np.isclose(r["eval_own_mode"][0], r["eval_other_mode"][0], rtol=1e-5)
     assert (tmp_path / "state_reset.png").exists()
+
+
+def test_char_lm_script_trains_and_plots(tmp_path, capsys):
+    from experiments import char_lm
+
+    text = tmp_path / "t.txt"
+    text.write_text("to be or not to be, that is the question. " * 100)
+    out = tmp_path / "run"
+    char_lm.main(["train", "--text", str(text), "--cell", "gru", "--hidden-size", "16", "--num-layers", "1",
+                  "--seq-len", "16", "--batch-size", "4", "--steps", "60", "--eval-every", "20",
+                  "--sample-every", "0", "--out", str(out), "--quiet"])
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("val_loss_nats=")
+    char_lm.main(["plot", str(out), "--png", str(tmp_path / "curves.png")])
+    assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_loss_per_step_metric_on_request():
+    import jax.numpy as jnp
+    from jaxrnn import training
+    from jaxrnn.charlm import CharLM
+
+    lm = CharLM(vocab_size=6, cell="lstm", hidden_size=8, num_layers=1)
+    opt = training.make_optimizer("adam", 1e-3)
+    step = training.make_train_step(lm.loss_fn(per_step=True), opt)
+    state = training.init_state(lm.init(jax.random.key(0)), opt, jax.random.key(1), lm.initial_state(3))
+    chunk = jax.random.randint(jax.random.key(2), (3, 11), 0, 6)
+    _, metrics = step(state, chunk)
+    assert metrics["loss_per_step"].shape == (10,)
+    np.testing.assert_allclose(jnp.mean(metrics["loss_per_step"]), metrics["loss"], rtol=1e-5)
+    assert float(metrics["h_norm"]) > 0
