@@ -68,7 +68,13 @@ class Cell(NamedTuple):
       project: ``project(params, xs) -> xp``, the input projection
         ``xs @ w_i + b`` of shape (..., G*H); any number of leading axes.
       recur: ``recur(params, carry, xp_t) -> (carry, h_t)``, one step given the
-        already projected input.
+        already projected input: ``elementwise(params, carry, xp_t, hh_t)``
+        with ``hh_t = hidden(carry) @ w_h``, the step's one matmul.
+      elementwise: ``elementwise(params, carry, xp_t, hh_t) -> (carry, h_t)``,
+        everything of a step but the recurrent matmul. The unroll's backward
+        pass differentiates this part per step and computes ``dW_h`` for all
+        steps at once (:mod:`jaxrnn.unroll`).
+      hidden: ``hidden(carry) -> h``, the part of the carry that multiplies ``w_h``.
       gates: ``gates(params, carry, xp_t) -> {name: activation}``, the gate
         values of one step (empty for vanilla), for diagnostics.
       param_shapes: ``param_shapes(input_size) -> {name: shape}``.
@@ -82,6 +88,8 @@ class Cell(NamedTuple):
     initial_carry: Callable[..., Carry]
     project: Callable[[Params, Array], Array]
     recur: Callable[[Params, Carry, Array], tuple[Carry, Array]]
+    elementwise: Callable[[Params, Carry, Array, Array], tuple[Carry, Array]]
+    hidden: Callable[[Carry], Array]
     gates: Callable[[Params, Carry, Array], dict[str, Array]]
     param_shapes: Callable[[int], dict[str, tuple[int, ...]]]
     options: tuple[tuple[str, Any], ...]
@@ -126,7 +134,7 @@ def _make_cell(
     kind: str,
     hidden_size: int,
     num_gates: int,
-    recur: Callable,
+    elementwise: Callable,
     gates: Callable,
     *,
     use_bias: bool,
@@ -190,6 +198,12 @@ def _make_cell(
         zeros = jnp.zeros(shape, dtype)
         return LSTMState(zeros, zeros) if kind == "lstm" else zeros
 
+    def hidden(carry: Carry) -> Array:
+        return carry.h if kind == "lstm" else carry
+
+    def hh(params: Params, carry: Carry) -> Array:
+        return hidden(carry) @ params["w_h"].astype(dtype)
+
     def project(params: Params, xs: Array) -> Array:
         xp = jnp.asarray(xs, dtype) @ params["w_i"].astype(dtype)
         return xp + params["b"].astype(dtype) if use_bias else xp
@@ -201,8 +215,10 @@ def _make_cell(
         init=init_fn,
         initial_carry=initial_carry,
         project=project,
-        recur=lambda params, carry, xp_t: recur(params, carry, xp_t, dtype),
-        gates=lambda params, carry, xp_t: gates(params, carry, xp_t, dtype),
+        recur=lambda params, carry, xp_t: elementwise(params, carry, xp_t, hh(params, carry), dtype),
+        elementwise=lambda params, carry, xp_t, hh_t: elementwise(params, carry, xp_t, hh_t, dtype),
+        hidden=hidden,
+        gates=lambda params, carry, xp_t: gates(params, carry, xp_t, hh(params, carry), dtype),
         param_shapes=param_shapes,
         options=options + (("use_bias", use_bias), ("init", init), ("dtype", dtype)),
     )
@@ -227,10 +243,6 @@ def _torch_uniform(hidden_size: int) -> Initializer:
         return jax.random.uniform(key, shape, dtype, -bound, bound)
 
     return init
-
-
-def _hh(params: Params, h: Array, dtype) -> Array:
-    return h @ params["w_h"].astype(dtype)
 
 
 def vanilla(
@@ -282,12 +294,12 @@ def vanilla(
     _checks.check_choice("activation", activation, tuple(ACTIVATIONS))
     phi = ACTIVATIONS[activation]
 
-    def recur(params, h, xp_t, dtype):
-        h = phi(xp_t + _hh(params, h, dtype))
+    def elementwise(params, h, xp_t, hh_t, dtype):
+        h = phi(xp_t + hh_t)
         return h, h
 
     return _make_cell(
-        "vanilla", hidden_size, 1, recur, lambda *_: {},
+        "vanilla", hidden_size, 1, elementwise, lambda *_: {},
         use_bias=use_bias, init=init, kernel_init=kernel_init, recurrent_init=recurrent_init,
         bias_offsets={}, dtype=dtype, param_dtype=param_dtype,
         options=(("activation", activation),),
@@ -343,22 +355,22 @@ def lstm(
     _checks.check_positive_int("hidden_size", hidden_size)
     H = hidden_size
 
-    def preactivations(params, state, xp_t, dtype):
-        z = xp_t + _hh(params, state.h, dtype)
+    def preactivations(xp_t, hh_t):
+        z = xp_t + hh_t
         return jax.nn.sigmoid(z[..., : 2 * H]), jnp.tanh(z[..., 2 * H : 3 * H]), jax.nn.sigmoid(z[..., 3 * H :])
 
-    def recur(params, state, xp_t, dtype):
-        i_f, g, o = preactivations(params, state, xp_t, dtype)
+    def elementwise(params, state, xp_t, hh_t, dtype):
+        i_f, g, o = preactivations(xp_t, hh_t)
         c = i_f[..., H:] * state.c + i_f[..., :H] * g
         h = o * jnp.tanh(c)
         return LSTMState(h, c), h
 
-    def gates(params, state, xp_t, dtype):
-        i_f, _, o = preactivations(params, state, xp_t, dtype)
+    def gates(params, state, xp_t, hh_t, dtype):
+        i_f, _, o = preactivations(xp_t, hh_t)
         return {"input": i_f[..., :H], "forget": i_f[..., H:], "output": o}
 
     return _make_cell(
-        "lstm", hidden_size, 4, recur, gates,
+        "lstm", hidden_size, 4, elementwise, gates,
         use_bias=use_bias, init=init, kernel_init=kernel_init, recurrent_init=recurrent_init,
         bias_offsets={1: forget_bias} if forget_bias else {}, dtype=dtype, param_dtype=param_dtype,
         options=(("forget_bias", forget_bias),),
@@ -410,8 +422,7 @@ def gru(
     _checks.check_positive_int("hidden_size", hidden_size)
     H = hidden_size
 
-    def parts(params, h, xp_t, dtype):
-        hh = _hh(params, h, dtype)
+    def parts(params, xp_t, hh, dtype):
         hn = hh[..., 2 * H :]
         if use_bias:
             hn = hn + params["b_hn"].astype(dtype)
@@ -419,18 +430,18 @@ def gru(
         n = jnp.tanh(xp_t[..., 2 * H :] + rz[..., :H] * hn)
         return rz, n
 
-    def recur(params, h, xp_t, dtype):
-        rz, n = parts(params, h, xp_t, dtype)
+    def elementwise(params, h, xp_t, hh_t, dtype):
+        rz, n = parts(params, xp_t, hh_t, dtype)
         z = rz[..., H:]
         h = n + z * (h - n)  # = (1 - z) n + z h, one multiply fewer
         return h, h
 
-    def gates(params, h, xp_t, dtype):
-        rz, _ = parts(params, h, xp_t, dtype)
+    def gates(params, h, xp_t, hh_t, dtype):
+        rz, _ = parts(params, xp_t, hh_t, dtype)
         return {"reset": rz[..., :H], "update": rz[..., H:]}
 
     return _make_cell(
-        "gru", hidden_size, 3, recur, gates,
+        "gru", hidden_size, 3, elementwise, gates,
         use_bias=use_bias, init=init, kernel_init=kernel_init, recurrent_init=recurrent_init,
         bias_offsets={}, dtype=dtype, param_dtype=param_dtype, options=(),
         separate_hn_bias=True,

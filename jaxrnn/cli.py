@@ -1,4 +1,4 @@
-"""The ``jaxrnn`` command: ``gradient-flow``, ``train char-lm``, ``sample``."""
+"""The ``jaxrnn`` command: ``gradient-flow``, ``speed``, ``train char-lm``, ``sample``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> None:
     from jaxrnn import charlm
-    from jaxrnn.bench import gradient_flow
+    from jaxrnn.bench import gradient_flow, speed
 
     parser = argparse.ArgumentParser(prog="jaxrnn", description="jaxrnn benchmarks and experiments")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -18,6 +18,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     gradient_flow.add_arguments(flow)
     flow.set_defaults(func=gradient_flow.run)
+
+    bench = commands.add_parser("speed", help="speed and memory against flax, equinox, haiku and torch",
+                                description=speed.__doc__.split("\n\n")[0])
+    speed.add_arguments(bench)
+    bench.set_defaults(func=speed.run)
 
     train = commands.add_parser("train", help="train a model").add_subparsers(dest="model", required=True)
     lm = train.add_parser("char-lm", help="a character-level language model",

@@ -66,6 +66,8 @@ def scan(
     reverse: bool = False,
     time_major: bool = False,
     unroll: int | bool = 1,
+    backward: str = "fused",
+    checkpoint_every: int | None = None,
 ) -> tuple[Array, Carry]:
     r"""Run ``cell`` over a sequence: ``(carry_t, y_t) = cell.step(params, carry_{t-1}, x_t)``.
 
@@ -98,6 +100,16 @@ def scan(
         each packed segment is reversed on its own.
       time_major: layout of ``xs``, ``resets`` and the outputs.
       unroll: passed to ``jax.lax.scan``.
+      backward: ``"fused"`` (default): a custom VJP that keeps every step's
+        recurrent matmul output and, after the backward loop, computes
+        ``dW_h`` for all steps as ONE large matmul (as cuDNN does) instead of a
+        small one per step. ``"autodiff"``: JAX's own derivative of the loop.
+        Same values; ``resets`` always uses autodiff.
+      checkpoint_every: memory saving: run the loop in chunks of this many
+        steps and keep only each chunk's first carry for the backward pass,
+        recomputing the rest (``jax.checkpoint``). With a chunk of about
+        sqrt(T), activation memory grows as sqrt(T) instead of T, for about
+        one extra forward pass of time.
 
     Returns:
       ``(ys, final_carry)``: ys (B, T, H) (or (T, B, H)); final_carry as
@@ -109,6 +121,7 @@ def scan(
         ys, carry = scan(
             cell, params, xs[None], initial_carry=add(initial_carry),
             lengths=add(lengths), resets=add(resets), reverse=reverse, unroll=unroll,
+            backward=backward, checkpoint_every=checkpoint_every,
         )
         return ys[0], jax.tree_util.tree_map(lambda v: v[0], carry)
     if xs.ndim != 3:
@@ -121,8 +134,15 @@ def scan(
         cell, params, xs, initial_carry=initial_carry, lengths=lengths, resets=resets,
         reverse=reverse, time_major=time_major,
     )
-    body = make_body(cell, params, prep)
-    final_carry, ys = jax.lax.scan(body, prep.initial_carry, (prep.xp, prep.valid, prep.resets), unroll=unroll)
+    _checks.check_choice("backward", backward, ("fused", "autodiff"))
+    if checkpoint_every is not None:
+        _checks.check_positive_int("checkpoint_every", checkpoint_every)
+        final_carry, ys = _checkpointed(cell, params, prep, checkpoint_every, unroll)
+    elif backward == "fused" and prep.resets is None:
+        final_carry, ys = fused_recurrence(cell, params, prep.xp, prep.initial_carry, prep.valid, unroll)
+    else:
+        body = make_body(cell, params, prep)
+        final_carry, ys = jax.lax.scan(body, prep.initial_carry, (prep.xp, prep.valid, prep.resets), unroll=unroll)
     if reverse:
         ys = jnp.flip(ys, axis=0) if prep.perm is None else _gather_time(ys, prep.perm)
     return (ys if time_major else jnp.swapaxes(ys, 0, 1)), final_carry
@@ -219,3 +239,96 @@ def make_body(cell: Cell, params: Params, prep: Prepared):
         return new_carry, y_t
 
     return body
+
+
+def _tree_add(a, b):
+    return jax.tree_util.tree_map(jnp.add, a, b)
+
+
+def _masked(carry_prev: Carry, new: Carry, y: Array, valid_t: Array | None) -> tuple[Carry, Array]:
+    if valid_t is None:
+        return new, y
+    return tree_where(valid_t, new, carry_prev), jnp.where(valid_t[:, None], y, jnp.zeros_like(y))
+
+
+def fused_recurrence(
+    cell: Cell, params: Params, xp: Array, initial_carry: Carry, valid: Array | None, unroll: int | bool = 1
+) -> tuple[Carry, Array]:
+    """The recurrent loop over projected inputs xp (T, B, G*H), with a cuDNN-style backward pass.
+
+    Forward, every step keeps its input carry and ``hh_t = h_{t-1} W_h``.
+    Backward, a reverse scan differentiates only the elementwise part of each
+    step and sends ``dh_{t-1} = d hh_t W_h^T`` back: one matmul per step. The
+    weight gradient ``dW_h = sum_t h_{t-1}^T d hh_t`` is then one matmul of
+    (H, T*B) by (T*B, G*H), which runs near the machine's GEMM peak, where
+    autodiff would do T small ones inside the loop. ``d xp`` goes back to the
+    projection, whose own derivative is likewise one large matmul for ``dW_i``.
+
+    The elementwise part may use parameters other than ``w_i``, ``w_h`` and
+    ``b`` (GRU's ``b_hn``); their gradients are summed in the backward loop.
+    """
+    w_h = params["w_h"]
+    rest = {k: v for k, v in params.items() if k not in ("w_i", "w_h", "b")}
+
+    def forward(w_h, rest, xp, carry0, valid, keep: bool):
+        def step(carry, inputs):
+            xp_t, valid_t = inputs
+            hh_t = cell.hidden(carry) @ w_h.astype(xp_t.dtype)
+            new, y = _masked(carry, *cell.elementwise(rest, carry, xp_t, hh_t), valid_t)
+            return new, ((y, carry, hh_t) if keep else y)
+
+        return jax.lax.scan(step, carry0, (xp, valid), unroll=unroll)
+
+    @jax.custom_vjp
+    def run(w_h, rest, xp, carry0, valid):
+        return forward(w_h, rest, xp, carry0, valid, keep=False)
+
+    def run_fwd(w_h, rest, xp, carry0, valid):
+        final, (ys, prev, hh) = forward(w_h, rest, xp, carry0, valid, keep=True)
+        return (final, ys), (w_h, rest, xp, valid, prev, hh)
+
+    def run_bwd(residuals, cotangents):
+        w_h, rest, xp, valid, prev, hh = residuals
+        d_final, d_ys = cotangents
+        w_t = w_h.astype(xp.dtype).T
+
+        def back(carry, inputs):
+            d_carry, d_rest = carry
+            carry_prev, xp_t, hh_t, valid_t, dy_t = inputs
+            local = lambda r, c, x, h: _masked(c, *cell.elementwise(r, c, x, h), valid_t)
+            _, vjp = jax.vjp(local, rest, carry_prev, xp_t, hh_t)
+            dr, dc, dxp, dhh = vjp((d_carry, dy_t))
+            _, hidden_vjp = jax.vjp(cell.hidden, carry_prev)
+            dc = _tree_add(dc, hidden_vjp(dhh @ w_t)[0])
+            return (dc, _tree_add(d_rest, dr)), (dxp, dhh)
+
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, rest)
+        (d_carry0, d_rest), (d_xp, d_hh) = jax.lax.scan(
+            back, (d_final, zeros), (prev, xp, hh, valid, d_ys), reverse=True, unroll=unroll
+        )
+        d_w_h = jnp.einsum("tbh,tbg->hg", cell.hidden(prev), d_hh).astype(w_h.dtype)
+        return d_w_h, d_rest, d_xp, d_carry0, None
+
+    run.defvjp(run_fwd, run_bwd)
+    return run(w_h, rest, xp, initial_carry, valid)
+
+
+def _checkpointed(cell: Cell, params: Params, prep: Prepared, chunk: int, unroll: int | bool):
+    """The loop in chunks of ``chunk`` steps, each chunk rematerialised in the backward pass."""
+    T = prep.xp.shape[0]
+    n = -(-T // chunk)
+    pad = n * chunk - T
+    valid = prep.valid
+    if pad:  # pad the time axis to whole chunks; padded steps are masked out
+        valid = jnp.arange(T)[:, None] < jnp.full((1, prep.xp.shape[1]), T) if valid is None else valid
+        grow = lambda a: None if a is None else jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:], a.dtype)])
+        prep = prep._replace(xp=grow(prep.xp), valid=grow(valid), resets=grow(prep.resets))
+    body = make_body(cell, params, prep)
+    split = lambda a: None if a is None else a.reshape((n, chunk) + a.shape[1:])
+
+    @jax.checkpoint
+    def run_chunk(carry, inputs):
+        return jax.lax.scan(body, carry, inputs, unroll=unroll)
+
+    final, ys = jax.lax.scan(run_chunk, prep.initial_carry, tuple(map(split, (prep.xp, prep.valid, prep.resets))))
+    return final, ys.reshape((n * chunk,) + ys.shape[2:])[:T]

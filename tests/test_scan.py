@@ -167,3 +167,45 @@ def test_grad_is_zero_for_padded_inputs():
     np.testing.assert_array_equal(g[1, 3:], 0.0)
     np.testing.assert_array_equal(g[2], 0.0)
     assert np.abs(g[1, :3]).sum() > 0
+
+
+def grads_of(cell, params, xs, **kwargs):
+    h0 = jax.tree_util.tree_map(lambda z: z + 0.2, cell.initial_carry(xs.shape[0]))
+
+    def loss(p, x, c):
+        ys, final = jaxrnn.scan(cell, p, x, initial_carry=c, **kwargs)
+        return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(v ** 2) for v in jax.tree_util.tree_leaves(final))
+
+    return jax.grad(loss, argnums=(0, 1, 2))(params, xs, h0)
+
+
+def test_fused_backward_equals_autodiff(make_cell):
+    cell = make_cell(H)
+    params, xs = setup(cell)
+    for kwargs in ({}, {"lengths": jnp.array([7, 3, 0])}, {"lengths": jnp.array([7, 5, 2]), "reverse": True}):
+        fused = grads_of(cell, params, xs, backward="fused", **kwargs)
+        auto = grads_of(cell, params, xs, backward="autodiff", **kwargs)
+        chex.assert_trees_all_close(fused, auto, atol=2e-6)
+
+
+def test_check_grads_on_the_fused_backward(make_cell):
+    cell = make_cell(3)
+    params = random_params(cell, jax.random.key(0), 2, scale=0.3)
+    xs = random_inputs(jax.random.key(1), 2, 5, 2)
+    f = lambda p, x: jaxrnn.scan(cell, p, x, lengths=jnp.array([5, 3]), backward="fused")
+    check_grads(f, (params, xs), order=1, modes=("rev",), atol=1e-2, rtol=1e-2)
+
+
+def test_checkpointed_chunks_equal_the_plain_loop():
+    cell = jaxrnn.lstm(H)
+    params, xs = setup(cell)  # T = 7: chunks of 3 need padding
+    for kwargs in ({}, {"lengths": jnp.array([7, 4, 1])}):
+        plain = jaxrnn.scan(cell, params, xs, **kwargs)
+        chunked = jaxrnn.scan(cell, params, xs, checkpoint_every=3, **kwargs)
+        chex.assert_trees_all_close(chunked, plain, atol=1e-6)
+        chex.assert_trees_all_close(grads_of(cell, params, xs, checkpoint_every=3, **kwargs),
+                                    grads_of(cell, params, xs, backward="autodiff", **kwargs), atol=2e-6)
+    with np.testing.assert_raises_regex(ValueError, "checkpoint_every: expected a positive int"):
+        jaxrnn.scan(cell, params, xs, checkpoint_every=0)
+    with np.testing.assert_raises_regex(ValueError, "backward: expected one of"):
+        jaxrnn.scan(cell, params, xs, backward="cudnn")

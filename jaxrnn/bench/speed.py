@@ -1,0 +1,298 @@
+"""Speed and memory: jaxrnn against flax, equinox, haiku and torch, in one process.
+
+For each case (cell, batch B, hidden H, length T, forward or forward+backward)
+every implementation is compiled and warmed up first (compile time reported
+apart), then timed in interleaved rounds (A B C A B C ...) so that the shared
+machine's drift hits all of them alike; the median of the rounds is reported,
+each call ending in ``block_until_ready`` (torch: the call returns when done on
+CPU; ``torch.cuda.synchronize`` on a GPU). Inputs are (B, T, H) with input
+size = H; forward+backward differentiates ``sum(outputs**2)`` with respect to
+every parameter and the inputs.
+
+It prints a table (ms per call, sequence steps per second, jaxrnn's speed-up
+over each peer, and the fraction of this machine's float32 GEMM peak, measured
+in the same run with one large matmul) and writes JSON. ``--memory`` adds the
+peak activation memory (XLA's compiled temp buffers) of a forward+backward
+LSTM at T = 10,000, B = 32, H = 256 for jaxrnn, jaxrnn with
+``checkpoint_every=100`` and flax, with their times.
+
+    jaxrnn speed --quick            # LSTM/GRU/vanilla, B=32, H=256, T=100 and 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import pathlib
+import platform
+import statistics
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+import jaxrnn
+
+PEERS = ("jaxrnn", "flax", "equinox", "haiku", "torch")
+GATES = {"lstm": 4, "gru": 3, "vanilla": 1}
+
+
+def installed(name: str) -> bool:
+    return importlib.util.find_spec({"haiku": "haiku", "equinox": "equinox"}.get(name, name)) is not None
+
+
+def _jax_fn(apply: Callable, params, xs, backward: bool) -> tuple[Callable, tuple]:
+    loss = lambda p, x: jnp.sum(apply(p, x) ** 2)
+    fn = jax.jit(jax.grad(loss, argnums=(0, 1)) if backward else apply)
+    return fn, (params, xs)
+
+
+def make_jaxrnn(kind, B, T, H, backward, **options):
+    cell = jaxrnn.CELLS[kind](H)
+    params = cell.init(jax.random.key(0), H)
+    apply = lambda p, x: jaxrnn.scan(cell, p, x, **options)[0]
+    return _jax_fn(apply, params, jax.random.normal(jax.random.key(1), (B, T, H)), backward)
+
+
+def make_flax(kind, B, T, H, backward):
+    import flax.linen as nn
+
+    cell = {"lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell, "vanilla": nn.SimpleCell}[kind](H)
+    model = nn.RNN(cell)
+    xs = jax.random.normal(jax.random.key(1), (B, T, H))
+    return _jax_fn(lambda p, x: model.apply(p, x), model.init(jax.random.key(0), xs), xs, backward)
+
+
+def make_equinox(kind, B, T, H, backward):
+    import equinox as eqx
+
+    if kind == "vanilla":
+        return None  # equinox has no plain RNN cell
+    cell = {"lstm": eqx.nn.LSTMCell, "gru": eqx.nn.GRUCell}[kind](H, H, key=jax.random.key(0))
+    params, static = eqx.partition(cell, eqx.is_array)
+
+    def apply(p, x):
+        c = eqx.combine(p, static)
+        h0 = (jnp.zeros(H), jnp.zeros(H)) if kind == "lstm" else jnp.zeros(H)
+
+        def one(seq):
+            def step(state, x_t):
+                state = c(x_t, state)
+                return state, state[0] if kind == "lstm" else state
+
+            return jax.lax.scan(step, h0, seq)[1]
+
+        return jax.vmap(one)(x)
+
+    return _jax_fn(apply, params, jax.random.normal(jax.random.key(1), (B, T, H)), backward)
+
+
+def make_haiku(kind, B, T, H, backward):
+    import haiku as hk
+
+    core = {"lstm": hk.LSTM, "gru": hk.GRU, "vanilla": hk.VanillaRNN}[kind]
+
+    def forward(x):
+        rnn = core(H)
+        ys, _ = hk.dynamic_unroll(rnn, x, rnn.initial_state(B), time_major=False)
+        return ys
+
+    model = hk.without_apply_rng(hk.transform(forward))
+    xs = jax.random.normal(jax.random.key(1), (B, T, H))
+    return _jax_fn(model.apply, model.init(jax.random.key(0), xs), xs, backward)
+
+
+def make_torch(kind, B, T, H, backward):
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "vanilla": torch.nn.RNN}[kind](H, H, batch_first=True)
+    module = module.to(device)
+    xs = torch.randn(B, T, H, device=device, requires_grad=backward)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def run():
+        if backward:
+            module.zero_grad(set_to_none=True)
+            xs.grad = None
+            (module(xs)[0] ** 2).sum().backward()
+        else:
+            with torch.no_grad():
+                module(xs)
+        sync()
+
+    return run, ()
+
+
+MAKERS = {"jaxrnn": make_jaxrnn, "flax": make_flax, "equinox": make_equinox, "haiku": make_haiku, "torch": make_torch}
+
+
+def prepare(name: str, kind: str, B: int, T: int, H: int, backward: bool):
+    """(callable with no arguments, compile+first-call seconds), or None if the peer lacks this cell."""
+    made = MAKERS[name](kind, B, T, H, backward)
+    if made is None:
+        return None
+    fn, args = made
+    call = (lambda: jax.block_until_ready(fn(*args))) if name != "torch" else fn
+    t0 = time.perf_counter()
+    call()
+    first = time.perf_counter() - t0
+    call()  # one more warm-up
+    return call, first
+
+
+def gemm_peak(n: int = 2048, repeats: int = 5) -> float:
+    """This machine's float32 GEMM rate (FLOP/s) from one large jitted matmul, median of repeats."""
+    a = jax.random.normal(jax.random.key(0), (n, n))
+    mm = jax.jit(lambda x: x @ x)
+    jax.block_until_ready(mm(a))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(mm(a))
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times)
+
+
+def flops(kind: str, B: int, T: int, H: int, backward: bool) -> float:
+    """Matmul FLOPs of the RNN (input size H): x W_i and h W_h per step; backward costs two more."""
+    forward = 2 * B * T * (2 * H) * GATES[kind] * H
+    return forward * (3 if backward else 1)
+
+
+def run_case(kind, B, T, H, backward, peers, repeats) -> dict:
+    calls, compile_s, missing = {}, {}, {}
+    for name in peers:
+        if not installed(name if name != "jaxrnn" else "jax"):
+            missing[name] = "not installed"
+            continue
+        prepared = prepare(name, kind, B, T, H, backward)
+        if prepared is None:
+            missing[name] = f"no {kind} cell"
+            continue
+        calls[name], compile_s[name] = prepared
+    times = {name: [] for name in calls}
+    for _ in range(repeats):  # interleaved rounds
+        for name, call in calls.items():
+            t0 = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - t0)
+    return {
+        "cell": kind, "B": B, "T": T, "H": H, "mode": "fwd+bwd" if backward else "fwd",
+        "ms": {n: 1e3 * statistics.median(t) for n, t in times.items()},
+        "first_call_s": compile_s, "missing": missing,
+    }
+
+
+def memory_case(T: int = 10_000, B: int = 32, H: int = 256, chunk: int = 100, repeats: int = 3) -> list[dict]:
+    """Peak activation memory (XLA temp buffers) and time of a forward+backward LSTM step."""
+    rows = []
+    variants = {
+        "jaxrnn": lambda: make_jaxrnn("lstm", B, T, H, True),
+        f"jaxrnn checkpoint_every={chunk}": lambda: make_jaxrnn("lstm", B, T, H, True, checkpoint_every=chunk),
+        "flax": lambda: make_flax("lstm", B, T, H, True),
+    }
+    for name, make in variants.items():
+        fn, args = make()
+        compiled = fn.lower(*args).compile()
+        stats = compiled.memory_analysis()
+        jax.block_until_ready(compiled(*args))
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(compiled(*args))
+            times.append(time.perf_counter() - t0)
+        rows.append({"impl": name, "T": T, "B": B, "H": H, "temp_MiB": stats.temp_size_in_bytes / 2**20,
+                     "ms": 1e3 * statistics.median(times)})
+    return rows
+
+
+def table(results: list[dict], peak: float, peers: list[str]) -> str:
+    others = [p for p in peers if p != "jaxrnn"]
+    head = ["cell", "mode", "B", "T", "H"] + [f"{p} ms" for p in peers] + ["jaxrnn seq-steps/s"] \
+        + [f"x {p}" for p in others] + ["jaxrnn % GEMM peak", "torch % GEMM peak"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        ms = r["ms"]
+        cell = lambda p: f"{ms[p]:.1f}" if p in ms else r["missing"].get(p, "-")
+        ratio = lambda p: f"{ms[p] / ms['jaxrnn']:.2f}" if p in ms and "jaxrnn" in ms else "-"
+        pct = lambda p: f"{100 * flops(r['cell'], r['B'], r['T'], r['H'], r['mode'] != 'fwd') / (ms[p] / 1e3) / peak:.0f}%" \
+            if p in ms else "-"
+        sps = f"{r['B'] * r['T'] / (ms['jaxrnn'] / 1e3):,.0f}" if "jaxrnn" in ms else "-"
+        lines.append("| " + " | ".join([r["cell"], r["mode"], str(r["B"]), str(r["T"]), str(r["H"])]
+                                       + [cell(p) for p in peers] + [sps] + [ratio(p) for p in others]
+                                       + [pct("jaxrnn"), pct("torch")]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run(args) -> dict:
+    cells = args.cells
+    if args.quick:
+        grid = [(b, h, t) for b in (32,) for h in (256,) for t in (100, 1000)]
+    else:
+        grid = [(b, h, t) for b in args.batch for h in args.hidden for t in args.lengths]
+    modes = [False, True] if args.mode == "both" else [args.mode == "fwd+bwd"]
+    cases = [(k, b, t, h, m) for k in cells for (b, h, t) in grid for m in modes]
+    peak = gemm_peak()
+    results = []
+    for case in tqdm(cases, desc="speed", unit="case"):
+        results.append(run_case(*case, args.peers, args.repeats))
+    import torch
+
+    out = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+                    "jax_devices": [str(d) for d in jax.devices()], "torch_threads": torch.get_num_threads()},
+        "versions": {"jax": jax.__version__, "torch": torch.__version__,
+                     **{n: _version(n) for n in ("flax", "equinox", "haiku")}},
+        "gemm_peak_gflops": peak / 1e9, "results": results,
+    }
+    text = f"GEMM peak (float32, 2048^3 matmul): {peak / 1e9:.0f} GFLOP/s; median of {args.repeats} interleaved rounds\n\n"
+    text += table(results, peak, args.peers)
+    if args.memory:
+        out["memory"] = memory_case()
+        text += "\nForward+backward LSTM, T=10,000, B=32, H=256: XLA peak temp memory and time\n\n"
+        text += "| impl | temp memory (MiB) | ms |\n|---|---:|---:|\n"
+        text += "".join(f"| {m['impl']} | {m['temp_MiB']:.0f} | {m['ms']:.0f} |\n" for m in out["memory"])
+    path = pathlib.Path(args.json or f"runs/speed-{datetime.datetime.now():%Y%m%d-%H%M%S}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
+    print(text)
+    print(f"wrote {path}")
+    return out
+
+
+def _version(name: str) -> str:
+    if not installed(name):
+        return "not installed"
+    module = __import__(name)
+    return getattr(module, "__version__", "?")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="B=32, H=256, T in (100, 1000)")
+    p.add_argument("--cells", nargs="+", default=["lstm", "gru", "vanilla"], choices=list(GATES))
+    p.add_argument("--batch", nargs="+", type=int, default=[1, 32, 256])
+    p.add_argument("--hidden", nargs="+", type=int, default=[128, 256, 512])
+    p.add_argument("--lengths", nargs="+", type=int, default=[100, 1000])
+    p.add_argument("--mode", choices=("fwd", "fwd+bwd", "both"), default="both")
+    p.add_argument("--peers", nargs="+", default=list(PEERS), choices=PEERS)
+    p.add_argument("--repeats", type=int, default=7, help="interleaved timing rounds (median reported)")
+    p.add_argument("--memory", action="store_true", help="also measure memory at T=10,000")
+    p.add_argument("--json", help="where to write the JSON (default runs/speed-<timestamp>.json)")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="jaxrnn speed", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
