@@ -47,29 +47,29 @@ def installed(name: str) -> bool:
     return importlib.util.find_spec({"haiku": "haiku", "equinox": "equinox"}.get(name, name)) is not None
 
 
-def _jax_fn(apply: Callable, params, xs, backward: bool) -> tuple[Callable, tuple]:
+def _jax_fn(apply: Callable, params, xs, with_grad: bool) -> tuple[Callable, tuple]:
     loss = lambda p, x: jnp.sum(apply(p, x) ** 2)
-    fn = jax.jit(jax.grad(loss, argnums=(0, 1)) if backward else apply)
+    fn = jax.jit(jax.grad(loss, argnums=(0, 1)) if with_grad else apply)
     return fn, (params, xs)
 
 
-def make_jaxrnn(kind, B, T, H, backward, **options):
+def make_jaxrnn(kind, B, T, H, with_grad, **options):
     cell = jaxrnn.CELLS[kind](H)
     params = cell.init(jax.random.key(0), H)
     apply = lambda p, x: jaxrnn.scan(cell, p, x, **options)[0]
-    return _jax_fn(apply, params, jax.random.normal(jax.random.key(1), (B, T, H)), backward)
+    return _jax_fn(apply, params, jax.random.normal(jax.random.key(1), (B, T, H)), with_grad)
 
 
-def make_flax(kind, B, T, H, backward):
+def make_flax(kind, B, T, H, with_grad):
     import flax.linen as nn
 
     cell = {"lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell, "vanilla": nn.SimpleCell}[kind](H)
     model = nn.RNN(cell)
     xs = jax.random.normal(jax.random.key(1), (B, T, H))
-    return _jax_fn(lambda p, x: model.apply(p, x), model.init(jax.random.key(0), xs), xs, backward)
+    return _jax_fn(lambda p, x: model.apply(p, x), model.init(jax.random.key(0), xs), xs, with_grad)
 
 
-def make_equinox(kind, B, T, H, backward):
+def make_equinox(kind, B, T, H, with_grad):
     import equinox as eqx
 
     if kind == "vanilla":
@@ -90,10 +90,10 @@ def make_equinox(kind, B, T, H, backward):
 
         return jax.vmap(one)(x)
 
-    return _jax_fn(apply, params, jax.random.normal(jax.random.key(1), (B, T, H)), backward)
+    return _jax_fn(apply, params, jax.random.normal(jax.random.key(1), (B, T, H)), with_grad)
 
 
-def make_haiku(kind, B, T, H, backward):
+def make_haiku(kind, B, T, H, with_grad):
     import haiku as hk
 
     core = {"lstm": hk.LSTM, "gru": hk.GRU, "vanilla": hk.VanillaRNN}[kind]
@@ -105,20 +105,20 @@ def make_haiku(kind, B, T, H, backward):
 
     model = hk.without_apply_rng(hk.transform(forward))
     xs = jax.random.normal(jax.random.key(1), (B, T, H))
-    return _jax_fn(model.apply, model.init(jax.random.key(0), xs), xs, backward)
+    return _jax_fn(model.apply, model.init(jax.random.key(0), xs), xs, with_grad)
 
 
-def make_torch(kind, B, T, H, backward):
+def make_torch(kind, B, T, H, with_grad):
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "vanilla": torch.nn.RNN}[kind](H, H, batch_first=True)
     module = module.to(device)
-    xs = torch.randn(B, T, H, device=device, requires_grad=backward)
+    xs = torch.randn(B, T, H, device=device, requires_grad=with_grad)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def run():
-        if backward:
+        if with_grad:
             module.zero_grad(set_to_none=True)
             xs.grad = None
             (module(xs)[0] ** 2).sum().backward()
@@ -133,9 +133,9 @@ def make_torch(kind, B, T, H, backward):
 MAKERS = {"jaxrnn": make_jaxrnn, "flax": make_flax, "equinox": make_equinox, "haiku": make_haiku, "torch": make_torch}
 
 
-def prepare(name: str, kind: str, B: int, T: int, H: int, backward: bool):
+def prepare(name: str, kind: str, B: int, T: int, H: int, with_grad: bool):
     """(callable with no arguments, compile+first-call seconds), or None if the peer lacks this cell."""
-    made = MAKERS[name](kind, B, T, H, backward)
+    made = MAKERS[name](kind, B, T, H, with_grad)
     if made is None:
         return None
     fn, args = made
@@ -160,19 +160,19 @@ def gemm_peak(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / statistics.median(times)
 
 
-def flops(kind: str, B: int, T: int, H: int, backward: bool) -> float:
+def flops(kind: str, B: int, T: int, H: int, with_grad: bool) -> float:
     """Matmul FLOPs of the RNN (input size H): x W_i and h W_h per step; backward costs two more."""
     forward = 2 * B * T * (2 * H) * GATES[kind] * H
-    return forward * (3 if backward else 1)
+    return forward * (3 if with_grad else 1)
 
 
-def run_case(kind, B, T, H, backward, peers, repeats) -> dict:
+def run_case(kind, B, T, H, with_grad, peers, repeats) -> dict:
     calls, compile_s, missing = {}, {}, {}
     for name in peers:
         if not installed(name if name != "jaxrnn" else "jax"):
             missing[name] = "not installed"
             continue
-        prepared = prepare(name, kind, B, T, H, backward)
+        prepared = prepare(name, kind, B, T, H, with_grad)
         if prepared is None:
             missing[name] = f"no {kind} cell"
             continue
@@ -184,7 +184,7 @@ def run_case(kind, B, T, H, backward, peers, repeats) -> dict:
             call()
             times[name].append(time.perf_counter() - t0)
     return {
-        "cell": kind, "B": B, "T": T, "H": H, "mode": "fwd+bwd" if backward else "fwd",
+        "cell": kind, "B": B, "T": T, "H": H, "mode": "fwd+bwd" if with_grad else "fwd",
         "ms": {n: 1e3 * statistics.median(t) for n, t in times.items()},
         "first_call_s": compile_s, "missing": missing,
     }
