@@ -73,7 +73,8 @@ class Cell(NamedTuple):
       elementwise: ``elementwise(params, carry, xp_t, hh_t) -> (carry, h_t)``,
         everything of a step but the recurrent matmul. The unroll's backward
         pass differentiates this part per step and computes ``dW_h`` for all
-        steps at once (:mod:`jaxrnn.unroll`).
+        steps at once (:mod:`jaxrnn.unroll`). It may read parameters other
+        than ``w_i``, ``w_h`` and ``b`` (GRU's ``b_hn``), never those three.
       hidden: ``hidden(carry) -> h``, the part of the carry that multiplies ``w_h``.
       gates: ``gates(params, carry, xp_t) -> {name: activation}``, the gate
         values of one step (empty for vanilla), for diagnostics.

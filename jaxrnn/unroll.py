@@ -106,10 +106,12 @@ def scan(
         small one per step. ``"autodiff"``: JAX's own derivative of the loop.
         Same values; ``resets`` always uses autodiff.
       checkpoint_every: memory saving: run the loop in chunks of this many
-        steps and keep only each chunk's first carry for the backward pass,
-        recomputing the rest (``jax.checkpoint``). With a chunk of about
-        sqrt(T), activation memory grows as sqrt(T) instead of T, for about
-        one extra forward pass of time.
+        steps, each projecting its own inputs, and keep only each chunk's
+        first carry for the backward pass, recomputing the rest
+        (``jax.checkpoint``). With a chunk of about sqrt(T), the memory kept
+        for the backward pass grows as sqrt(T) instead of T (the projected
+        inputs, G times the size of the inputs, are never stored whole), for
+        about one extra forward pass of time.
 
     Returns:
       ``(ys, final_carry)``: ys (B, T, H) (or (T, B, H)); final_carry as
@@ -132,7 +134,7 @@ def scan(
         )
     prep = prepare(
         cell, params, xs, initial_carry=initial_carry, lengths=lengths, resets=resets,
-        reverse=reverse, time_major=time_major,
+        reverse=reverse, time_major=time_major, project=checkpoint_every is None,
     )
     _checks.check_choice("backward", backward, ("fused", "autodiff"))
     if checkpoint_every is not None:
@@ -168,8 +170,13 @@ def prepare(
     resets: Array | None = None,
     reverse: bool = False,
     time_major: bool = False,
+    project: bool = True,
 ) -> Prepared:
-    """Check every argument against the cell and project all inputs in one matmul."""
+    """Check every argument against the cell and project all inputs in one matmul.
+
+    With ``project=False``, ``xp`` holds the raw inputs (time-major), for a
+    loop that projects them itself, chunk by chunk.
+    """
     if xs.ndim != 3:
         layout = "(T, B, features)" if time_major else "(B, T, features)"
         raise ValueError(
@@ -201,7 +208,9 @@ def prepare(
         resets = resets if time_major else resets.T
 
     # One matmul for all steps, written time-major so the loop slices the leading axis.
-    xp = cell.project(params, xs if time_major else jnp.swapaxes(xs, 0, 1))
+    xp = xs if time_major else jnp.swapaxes(xs, 0, 1)
+    if project:
+        xp = cell.project(params, xp)
 
     perm = None
     if reverse:
@@ -314,7 +323,8 @@ def fused_recurrence(
 
 
 def _checkpointed(cell: Cell, params: Params, prep: Prepared, chunk: int, unroll: int | bool):
-    """The loop in chunks of ``chunk`` steps, each chunk rematerialised in the backward pass."""
+    """The loop over raw inputs in chunks of ``chunk`` steps, each projecting its inputs and
+    rematerialised in the backward pass."""
     T = prep.xp.shape[0]
     n = -(-T // chunk)
     pad = n * chunk - T
@@ -328,7 +338,8 @@ def _checkpointed(cell: Cell, params: Params, prep: Prepared, chunk: int, unroll
 
     @jax.checkpoint
     def run_chunk(carry, inputs):
-        return jax.lax.scan(body, carry, inputs, unroll=unroll)
+        xs, valid, resets = inputs
+        return jax.lax.scan(body, carry, (cell.project(params, xs), valid, resets), unroll=unroll)
 
     final, ys = jax.lax.scan(run_chunk, prep.initial_carry, tuple(map(split, (prep.xp, prep.valid, prep.resets))))
     return final, ys.reshape((n * chunk,) + ys.shape[2:])[:T]

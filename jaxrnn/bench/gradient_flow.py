@@ -26,7 +26,6 @@ import datetime
 import json
 import pathlib
 import platform
-import time
 from typing import Any, Callable
 
 import jax
@@ -37,6 +36,7 @@ from tqdm.auto import tqdm
 
 import jaxrnn
 from jaxrnn import diagnostics, tasks
+from jaxrnn.bench.timing import median_seconds
 
 INPUT_SIZE = 2  # the adding problem's (value, marker) channels
 
@@ -153,17 +153,6 @@ def train(compiled: Compiled, model: Model, params: dict, args, key: jax.Array, 
     return params, losses
 
 
-def time_call(fn: Callable, *args, repeats: int = 3) -> float:
-    """The median wall time of ``fn(*args)`` after one warm-up call, in seconds."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
 def cost_check(compiled: Compiled, length: int, batch_size: int, key: jax.Array) -> list[dict]:
     """Wall time of the gradient profile against one forward+backward pass (grad wrt params)."""
     rows = []
@@ -171,8 +160,8 @@ def cost_check(compiled: Compiled, length: int, batch_size: int, key: jax.Array)
     for kind in ("vanilla", "lstm"):
         params = init_model(Model(kind, kind, radius=1.0), compiled.hidden_size, key)
         grad = jax.jit(jax.grad(compiled.loss(kind)))
-        t_grad = time_call(grad, params, batch.xs, batch.targets)
-        t_prof = time_call(compiled.profile(kind), params, batch.xs, batch.targets)
+        t_grad = median_seconds(grad, params, batch.xs, batch.targets)
+        t_prof = median_seconds(compiled.profile(kind), params, batch.xs, batch.targets)
         rows.append({"cell": kind, "T": length, "forward_backward_s": t_grad, "profile_s": t_prof,
                      "ratio": t_prof / t_grad})
     return rows

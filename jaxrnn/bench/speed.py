@@ -38,6 +38,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import jaxrnn
+from jaxrnn.bench.timing import median_seconds
 
 PEERS = ("jaxrnn", "flax", "equinox", "haiku", "torch")
 GATES = {"lstm": 4, "gru": 3, "vanilla": 1}
@@ -150,14 +151,7 @@ def prepare(name: str, kind: str, B: int, T: int, H: int, with_grad: bool):
 def gemm_peak(n: int = 2048, repeats: int = 5) -> float:
     """This machine's float32 GEMM rate (FLOP/s) from one large jitted matmul, median of repeats."""
     a = jax.random.normal(jax.random.key(0), (n, n))
-    mm = jax.jit(lambda x: x @ x)
-    jax.block_until_ready(mm(a))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(mm(a))
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times)
+    return 2 * n**3 / median_seconds(jax.jit(lambda x: x @ x), a, repeats=repeats)
 
 
 def flops(kind: str, B: int, T: int, H: int, with_grad: bool) -> float:
@@ -202,14 +196,8 @@ def memory_case(T: int = 10_000, B: int = 32, H: int = 256, chunk: int = 100, re
         fn, args = make()
         compiled = fn.lower(*args).compile()
         stats = compiled.memory_analysis()
-        jax.block_until_ready(compiled(*args))
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            jax.block_until_ready(compiled(*args))
-            times.append(time.perf_counter() - t0)
         rows.append({"impl": name, "T": T, "B": B, "H": H, "temp_MiB": stats.temp_size_in_bytes / 2**20,
-                     "ms": 1e3 * statistics.median(times)})
+                     "ms": 1e3 * median_seconds(compiled, *args, repeats=repeats)})
     return rows
 
 

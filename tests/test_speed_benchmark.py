@@ -1,0 +1,27 @@
+"""Smoke run of the speed benchmark on tiny sizes (speed targets are checked by the benchmark, not here)."""
+
+import json
+
+from jaxrnn.bench import speed
+
+
+def test_speed_smoke(tmp_path, capsys):
+    out = tmp_path / "speed.json"
+    speed.main(["--cells", "lstm", "vanilla", "--batch", "2", "--hidden", "8", "--lengths", "5", "--repeats", "2",
+                "--peers", "jaxrnn", "flax", "equinox", "torch", "--json", str(out)])
+    results = json.loads(out.read_text())
+    rows = {(r["cell"], r["mode"]): r for r in results["results"]}
+    assert set(rows) == {("lstm", "fwd"), ("lstm", "fwd+bwd"), ("vanilla", "fwd"), ("vanilla", "fwd+bwd")}
+    for r in rows.values():
+        assert {"jaxrnn", "flax", "torch"} <= set(r["ms"]) and all(v > 0 for v in r["ms"].values())
+    # a peer without the cell, or not installed, is reported, not dropped
+    assert rows[("vanilla", "fwd")]["missing"]["equinox"] in ("no vanilla cell", "not installed")
+    assert results["gemm_peak_gflops"] > 0
+    printed = capsys.readouterr().out
+    assert "x flax" in printed and "% GEMM peak" in printed
+
+
+def test_checkpointed_scan_needs_less_memory():
+    rows = {r["impl"]: r for r in speed.memory_case(T=400, B=4, H=16, chunk=20, repeats=1)}
+    assert rows["jaxrnn checkpoint_every=20"]["temp_MiB"] < 0.5 * rows["jaxrnn"]["temp_MiB"]
+    assert rows["flax"]["temp_MiB"] > 0
