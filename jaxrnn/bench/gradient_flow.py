@@ -240,6 +240,7 @@ def run(args) -> pathlib.Path:
         results["profiles"][key] = mean.tolist()
     csv_file.close()
     results["jacobian"] = {k: np.mean(v, axis=0).tolist() for k, v in results["jacobian"].items()}
+    results["final_mse"] = {k: [float(np.mean(run[-100:])) for run in v] for k, v in results["training"].items()}
     results["training"] = {k: np.mean(v, axis=0).tolist() for k, v in results["training"].items()}
 
     if args.cost_length:
@@ -275,6 +276,13 @@ def markdown_table(results: dict, lengths: list[int]) -> str:
         for phase, name in names:
             cells = [f(get[(phase, name, t)][metric]) if (phase, name, t) in get else "" for t in lengths]
             lines.append(f"| {name} | {phase} | " + " | ".join(cells) + " |")
+    if results.get("final_mse"):
+        lines.append(f"\n**adding-problem MSE after training** (mean of the last 100 steps, per seed; baseline "
+                     f"{tasks.ADDING_BASELINE_MSE:.3f}, solved below 0.01)\n")
+        lines.append("| cell | " + " | ".join(f"seed {s}" for s in results["config"]["seeds"]) + " |")
+        lines.append("|---|" + "---:|" * len(results["config"]["seeds"]))
+        for name, finals in results["final_mse"].items():
+            lines.append(f"| {name} | " + " | ".join(f"{v:.4f}" for v in finals) + " |")
     if results["underflow"]:
         lines.append("\n**float32 underflow** (T = {}): steps where plain float32 autodiff returns exactly 0, "
                      "which the renormalised profile measures\n".format(results["underflow"][0]["T"]))
@@ -393,7 +401,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lengths", nargs="+", type=int, default=[10, 30, 100, 300, 1000])
     parser.add_argument("--hidden-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
+                        help="initialisation and data seeds; profiles are averaged over them")
     parser.add_argument("--train-steps", type=int, default=1500, help="0 skips training (multiple of 100)")
     parser.add_argument("--train-length", type=int, default=100)
     parser.add_argument("--lr", type=float, default=3e-3)
