@@ -13,7 +13,7 @@ def test_gradient_flow_smoke(tmp_path, capsys):
     out = tmp_path / "run"
     cli_main([
         "gradient-flow", "--cells", "vanilla", "lstm-fb1", "--radii", "0.5", "1.5", "--lengths", "5", "40",
-        "--hidden-size", "8", "--batch-size", "4", "--train-steps", "100", "--train-length", "10",
+        "--hidden-size", "8", "--batch-size", "4", "--train-steps", "100", "--train-length", "10", "--seeds", "0",
         "--cost-length", "50", "--out", str(out),
     ])
     for name in ("gradient_decay.png", "spectral_radius.png", "jacobian.png", "training.png",
