@@ -225,11 +225,10 @@ def train(args) -> dict:
     if args.val_batches:
         val_chunks = val_chunks[: args.val_batches]
 
-    optimizer = training.make_optimizer(
-        args.optimizer, args.lr, clip_norm=args.clip or None, clip_value=args.clip_value or None,
-        schedule=args.schedule, total_steps=args.steps, warmup_steps=args.warmup_steps,
-        decay_every=max(1, len(train_chunks)), decay_rate=0.97,
-    )
+    lr_at = training.make_schedule(args.lr, args.schedule, total_steps=args.steps, warmup_steps=args.warmup_steps,
+                                   decay_every=max(1, len(train_chunks)), decay_rate=0.97)
+    optimizer = training.make_optimizer(args.optimizer, lr_at, clip_norm=args.clip or None,
+                                        clip_value=args.clip_value or None)
     key = jax.random.key(args.seed)
     state = training.init_state(lm.init(key), optimizer, jax.random.fold_in(key, 1), lm.initial_state(args.batch_size))
     ckpt = Checkpoints(out)
@@ -253,9 +252,7 @@ def train(args) -> dict:
     def validate() -> float:
         return evaluate(lm, state.params, val_chunks, eval_fn)
 
-    lr_at = training.make_schedule(args.lr, args.schedule, total_steps=args.steps,
-                                   warmup_steps=args.warmup_steps, decay_every=max(1, len(train_chunks)), decay_rate=0.97)
-    first_loss = None
+    first_loss, last_val = None, None  # last_val: (step, validation loss) of the latest evaluation
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc=f"char-lm {args.cell}",
                disable=args.quiet, file=sys.stdout, mininterval=2.0)
     t0 = time.perf_counter()
@@ -272,6 +269,7 @@ def train(args) -> dict:
         done = step + 1
         if done % args.eval_every == 0 or done == args.steps:
             val = validate()
+            last_val = (done, val)
             record |= {"val_loss": val, "val_bpc": val / math.log(2)}
             if ckpt.save_if_best(done, state, val, {"val_loss": val}):
                 record["best"] = True
@@ -289,7 +287,7 @@ def train(args) -> dict:
             break
     bar.close()
     done = int(state.step)
-    val = validate()
+    val = last_val[1] if last_val is not None and last_val[0] == done else validate()
     if done < args.steps and done % args.checkpoint_every:  # stopped early by the time budget
         ckpt.save_if_best(done, state, val, {"val_loss": val})
         ckpt.save(done, state, {"val_loss": val})

@@ -29,13 +29,14 @@ The functions here measure that:
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrnn.cells import Carry, Cell, LSTMState, Params
+from jaxrnn.cells import Carry, Cell, Params
 from jaxrnn.unroll import make_body, prepare
 
 Array = jax.Array
@@ -77,16 +78,17 @@ def _unit(tree) -> tuple:
     return _scale_rows(tree, jnp.where(n > 0, 1 / n, 0.0)), jnp.log10(n)
 
 
-def _place_output(carry_like: Carry, dy: Array) -> Carry:
-    """A carry-shaped cotangent holding ``dy`` in the ``h`` slot (the output is ``h``)."""
-    if isinstance(carry_like, LSTMState):
-        return LSTMState(h=dy, c=jnp.zeros_like(dy))
-    return dy
+def _place_output(cell: Cell, carry_like: Carry, dy: Array) -> Carry:
+    """A carry-shaped cotangent holding ``dy`` where the output ``cell.hidden(carry)`` sits:
+    the transpose of ``cell.hidden``."""
+    _, hidden_vjp = jax.vjp(cell.hidden, carry_like)
+    return hidden_vjp(dy)[0]
 
 
 def _batched(fn):
     """Let a (B, T, ...) diagnostic accept one unbatched (T, I) sequence too."""
 
+    @functools.wraps(fn)
     def wrapper(cell, params, xs, *args, lengths=None, **kwargs):
         xs = jnp.asarray(xs)
         if xs.ndim != 2:
@@ -97,7 +99,6 @@ def _batched(fn):
         )
         return jax.tree_util.tree_map(lambda a: a[0], out)
 
-    wrapper.__doc__, wrapper.__name__, wrapper.__wrapped__ = fn.__doc__, fn.__name__, fn
     return wrapper
 
 
@@ -175,7 +176,7 @@ def gradient_profile(
         carry_prev, xp_t, valid_t, reset_t, dy_t = inputs
         # Add dL/dy_t in log space: with both terms as unit vectors times 10**(scale - m),
         # m the larger scale, no factor exceeds 1, so nothing overflows.
-        d, s_d = _unit(_place_output(a, dy_t))
+        d, s_d = _unit(_place_output(cell, a, dy_t))
         m = jnp.maximum(s, s_d)
         m = jnp.where(jnp.isfinite(m), m, 0.0)
         total = jax.tree_util.tree_map(
@@ -227,7 +228,9 @@ def probe_gradients(
             probe, *rest = inputs
             new_carry, _ = body(carry, tuple(rest))
             new_carry = jax.tree_util.tree_map(jnp.add, new_carry, probe)
-            return new_carry, _output_of(new_carry, rest[1])
+            valid_t = rest[1]
+            h = cell.hidden(new_carry)  # the output, probe included
+            return new_carry, (h if valid_t is None else jnp.where(valid_t[:, None], h, 0.0))
 
         _, ys = jax.lax.scan(step, prep.initial_carry, (probes, prep.xp, prep.valid, prep.resets))
         return loss_fn(jnp.swapaxes(ys, 0, 1))
@@ -235,11 +238,6 @@ def probe_gradients(
     probes = jax.tree_util.tree_map(lambda c: jnp.zeros((T,) + c.shape, c.dtype), prep.initial_carry)
     grads = jax.grad(loss_of_probes)(probes)
     return jax.tree_util.tree_map(lambda g: jnp.swapaxes(g, 0, 1), grads)
-
-
-def _output_of(carry: Carry, valid_t: Array | None) -> Array:
-    h = carry.h if isinstance(carry, LSTMState) else carry
-    return h if valid_t is None else jnp.where(valid_t[:, None], h, 0.0)
 
 
 @_batched

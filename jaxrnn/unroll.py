@@ -330,7 +330,7 @@ def _checkpointed(cell: Cell, params: Params, prep: Prepared, chunk: int, unroll
     pad = n * chunk - T
     valid = prep.valid
     if pad:  # pad the time axis to whole chunks; padded steps are masked out
-        valid = jnp.arange(T)[:, None] < jnp.full((1, prep.xp.shape[1]), T) if valid is None else valid
+        valid = jnp.ones(prep.xp.shape[:2], bool) if valid is None else valid
         grow = lambda a: None if a is None else jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:], a.dtype)])
         prep = prep._replace(xp=grow(prep.xp), valid=grow(valid), resets=grow(prep.resets))
     body = make_body(cell, params, prep)

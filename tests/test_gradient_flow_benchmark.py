@@ -4,6 +4,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 
 from jaxrnn.bench import gradient_flow
 from jaxrnn.cli import main as cli_main
@@ -34,12 +35,8 @@ def test_gradient_flow_smoke(tmp_path, capsys):
 
 
 def test_models_reject_unknown_cells():
-    try:
+    with pytest.raises(ValueError, match=r"cells: unknown \['lstm'\]"):
         gradient_flow.models(["lstm", "vanilla"], [])
-    except ValueError as e:
-        assert "cells: unknown ['lstm']" in str(e)
-    else:
-        raise AssertionError("expected ValueError")
     names = [m.name for m in gradient_flow.models(["vanilla"], [0.5, 1.0])]
     assert names == ["vanilla tanh (orthogonal)", "vanilla tanh rho=0.5"]  # rho=1 is the orthogonal cell
 
