@@ -2,11 +2,14 @@
 
 Cells (:func:`vanilla`, :func:`lstm`, :func:`gru`) are records of pure
 functions; :func:`scan` unrolls any of them; :class:`RNN` stacks them;
-:mod:`jaxrnn.diagnostics` measures how gradients flow back through time.
+:mod:`jaxrnn.diagnostics` measures how gradients flow back through time;
+:mod:`jaxrnn.heads` (losses for every sequence shape), :mod:`jaxrnn.seq2seq`
+(encoder-decoder with attention) and :mod:`jaxrnn.streaming` build on them;
+:mod:`jaxrnn.tasks` holds the long-range benchmark tasks.
 """
 
-from jaxrnn import linen
-from jaxrnn.cells import CELLS, Cell, LSTMState, gru, lstm, vanilla
+from jaxrnn import heads, linen, seq2seq, streaming, tasks
+from jaxrnn.cells import CELLS, Cell, LSTMState, chrono_init, gru, identity_init, lstm, vanilla
 from jaxrnn.interop import carry_from_flax, carry_to_flax, from_flax, from_torch, to_flax, to_torch
 from jaxrnn.layers import RNN
 from jaxrnn.unroll import scan
@@ -20,12 +23,18 @@ __all__ = [
     "RNN",
     "carry_from_flax",
     "carry_to_flax",
+    "chrono_init",
     "from_flax",
     "from_torch",
     "gru",
+    "heads",
+    "identity_init",
     "linen",
     "lstm",
     "scan",
+    "seq2seq",
+    "streaming",
+    "tasks",
     "to_flax",
     "to_torch",
     "vanilla",

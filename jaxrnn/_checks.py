@@ -52,8 +52,8 @@ def check_lengths(lengths: Any, batch: int, time: int) -> jax.Array:
         )
     if not jnp.issubdtype(lengths.dtype, jnp.integer):
         raise TypeError(f"lengths: expected an integer dtype, got {lengths.dtype}")
-    if is_concrete(lengths) and batch:
-        lo, hi = int(jnp.min(lengths)), int(jnp.max(lengths))
+    if is_concrete(lengths) and batch:  # NumPy: a concrete array closed over inside jit is still checkable
+        lo, hi = int(np.min(np.asarray(lengths))), int(np.max(np.asarray(lengths)))
         if lo < 0 or hi > time:
             raise ValueError(
                 f"lengths: values must lie in [0, T] = [0, {time}], got min {lo} and max {hi}"

@@ -237,6 +237,43 @@ def identity_init(scale: float = 1.0) -> Initializer:
     return init
 
 
+def chrono_init(key: Array, params: Params, max_timescale: float) -> Params:
+    r"""LSTM biases for dependencies up to ``max_timescale`` steps (Tallec & Ollivier 2018).
+
+    .. math::
+
+        b_f = \log u, \; u \sim U[1, T_{max} - 1], \qquad b_i = -b_f
+
+    so unit j forgets on a time scale of about ``u_j`` steps, spread over the
+    range the task needs, instead of every unit starting near one scale (a
+    forget bias of 1 keeps a unit's memory for about e = 2.7 steps at init).
+
+    Example::
+
+      >>> import jax, jaxrnn
+      >>> cell = jaxrnn.lstm(4)
+      >>> params = jaxrnn.chrono_init(jax.random.key(1), cell.init(jax.random.key(0), 2), 750)
+      >>> b = params["b"].reshape(4, 4)  # gates i, f, g, o
+      >>> bool((b[1] >= 0).all() and (b[0] == -b[1]).all())
+      True
+
+    Arguments:
+      key: PRNG key.
+      params: an LSTM's parameters (``b`` of shape (4H,), gates i, f, g, o).
+      max_timescale: T_max, the longest dependency expected (> 2).
+
+    Returns:
+      ``params`` with new input and forget gate biases; everything else kept.
+    """
+    if "b" not in params or params["b"].shape[0] % 4:
+        raise ValueError("params: chrono_init needs an LSTM's params with a bias b of shape (4H,)")
+    if not max_timescale > 2:
+        raise ValueError(f"max_timescale: expected more than 2 steps, got {max_timescale!r}")
+    H = params["b"].shape[0] // 4
+    b_f = jnp.log(jax.random.uniform(key, (H,), params["b"].dtype, 1.0, max_timescale - 1.0))
+    return {**params, "b": params["b"].at[:H].set(-b_f).at[H : 2 * H].set(b_f)}
+
+
 def _torch_uniform(hidden_size: int) -> Initializer:
     bound = 1.0 / hidden_size**0.5
 

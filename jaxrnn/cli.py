@@ -1,4 +1,4 @@
-"""The ``jaxrnn`` command: ``gradient-flow``, ``speed``, ``train char-lm``, ``sample``."""
+"""The ``jaxrnn`` command: ``gradient-flow``, ``speed``, ``long-range``, ``train char-lm``, ``sample``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> None:
-    from jaxrnn import charlm
+    from jaxrnn import charlm, long_range
     from jaxrnn.bench import gradient_flow, speed
 
     parser = argparse.ArgumentParser(prog="jaxrnn", description="jaxrnn benchmarks and experiments")
@@ -24,6 +24,11 @@ def main(argv: list[str] | None = None) -> None:
     speed.add_arguments(bench)
     bench.set_defaults(func=speed.run)
 
+    tasks = commands.add_parser("long-range", help="adding, copy, temporal order, digits: every cell, "
+                                "a ladder of lengths", description=long_range.__doc__.split("\n\n")[0])
+    long_range.add_arguments(tasks)
+    tasks.set_defaults(func=long_range.run)
+
     train = commands.add_parser("train", help="train a model").add_subparsers(dest="model", required=True)
     lm = train.add_parser("char-lm", help="a character-level language model",
                           description=charlm.__doc__.split("\n\n")[0])
@@ -33,6 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     charlm.add_sample_arguments(sample)
     sample.set_defaults(func=charlm.sample)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "speed" and argv is None and not args.no_hugepages:
+        speed.restart_with_hugepages()  # see jaxrnn.bench.speed: fewer page faults for every peer
     args.func(args)
 
 

@@ -99,7 +99,7 @@ class RNN:
         resets: Array | None = None,
         initial_state: Carry | None = None,
         key: Array | None = None,
-        unroll: int = 1,
+        unroll: int = 2,
     ) -> tuple[Array, Carry]:
         """Run the stack.
 
@@ -112,7 +112,7 @@ class RNN:
             :func:`jaxrnn.scan`.
           initial_state: (L * D, B, H) per carry leaf, as :meth:`initial_state`.
           key: a PRNG key; enables dropout (leave None for inference).
-          unroll: passed to ``jax.lax.scan``.
+          unroll: steps per loop iteration (see :func:`jaxrnn.scan`).
 
         Returns:
           ``(outputs, final_state)``: outputs (B, T, D * H); final_state

@@ -155,7 +155,15 @@ LossFn = Callable[[Any, Any, Any, Array], tuple[Array, tuple[Any, dict[str, Arra
 
 
 def make_train_step(loss_fn: LossFn, optimizer: Optimizer, *, skip_nonfinite: bool = False) -> Callable:
-    """A jit-compiled ``step(state, batch) -> (state, metrics)``.
+    """A jit-compiled ``step(state, batch) -> (state, metrics)`` (:func:`make_update`, jitted,
+    donating its state)."""
+    return jax.jit(make_update(loss_fn, optimizer, skip_nonfinite=skip_nonfinite), donate_argnums=0)
+
+
+def make_update(loss_fn: LossFn, optimizer: Optimizer, *, skip_nonfinite: bool = False) -> Callable:
+    """The pure ``step(state, batch) -> (state, metrics)``, not yet jitted, for use inside
+    other transformations: ``jax.vmap`` over independent seeds, ``jax.lax.scan`` over many
+    steps per dispatch (as :mod:`jaxrnn.long_range` does).
 
     Metrics: ``loss``; ``grad_norm`` and ``grad_norm_clipped``, the global
     gradient norm before and after clipping; ``finite`` (loss and gradient
@@ -190,7 +198,7 @@ def make_train_step(loss_fn: LossFn, optimizer: Optimizer, *, skip_nonfinite: bo
                        finite=finite, skipped=skipped)
         return new_state, metrics
 
-    return jax.jit(step, donate_argnums=0)
+    return step
 
 
 def check_finite(metrics: dict[str, Any], step: int) -> None:

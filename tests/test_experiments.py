@@ -4,6 +4,7 @@ import json
 
 import jax
 import numpy as np
+import pytest
 
 from experiments import clipping, curriculum, state_reset
 
@@ -91,3 +92,55 @@ def test_loss_per_step_metric_on_request():
     assert metrics["loss_per_step"].shape == (10,)
     np.testing.assert_allclose(jnp.mean(metrics["loss_per_step"]), metrics["loss"], rtol=1e-5)
     assert float(metrics["h_norm"]) > 0
+
+
+def test_tagging_smoke_and_labels(tmp_path):
+    from experiments import tagging
+
+    x, y, n = map(np.asarray, tagging.batch(jax.random.key(0), 16, 12))
+    for b in range(16):
+        row = np.concatenate([[0], x[b, : n[b]], [0]])
+        np.testing.assert_array_equal(y[b, : n[b]], np.maximum(row[:-2], row[2:]))  # max of the two neighbours
+        assert (x[b, n[b]:] == 0).all()
+    results = tagging.run(tagging.parser().parse_args(["--steps", "20", "--eval-every", "10", "--hidden", "8",
+                                                       "--out", str(tmp_path)]))
+    assert set(results["runs"]) == {"unidirectional", "bidirectional"}
+    assert results["runs"]["unidirectional"]["test_token_accuracy"] < 0.6  # cannot beat the no-future ceiling
+    assert (tmp_path / "tagging.png").exists()
+
+
+def test_forecasting_smoke_and_baselines(tmp_path):
+    from experiments import forecasting
+
+    y = forecasting.monthly_co2()
+    assert len(y) == 526 and np.isfinite(y).all()
+    results = forecasting.run(forecasting.parser().parse_args(["--steps", "20", "--hidden", "8",
+                                                               "--out", str(tmp_path)]))
+    split = results["train_months"]
+    origins = np.arange(split, len(y) - 12)
+    naive_1 = np.abs(y[origins + 1] - y[origins]).mean()
+    seasonal_1 = np.abs(y[origins + 1] - y[origins + 1 - 12]).mean()
+    assert results["mae"]["naive (last value)"][0] == pytest.approx(naive_1)
+    assert results["mae"]["seasonal naive (12 months back)"][0] == pytest.approx(seasonal_1)
+    assert (tmp_path / "forecasting.png").exists()
+
+
+def test_seq2seq_smoke_and_tasks(tmp_path):
+    from experiments import seq2seq
+
+    rng = np.random.default_rng(0)
+    assert seq2seq.reverse(rng, 5)[1] == seq2seq.reverse(np.random.default_rng(0), 5)[0][::-1]
+    src, tgt = seq2seq.add(rng, 7)
+    a, b = src.split("+")
+    assert int(a) + int(b) == int(tgt)
+    src, tgt = seq2seq.date(rng, 0)
+    assert len(tgt) == 10 and tgt[4] == "-"
+    test = seq2seq.examples("sort", rng, 50, test=True)
+    assert all(seq2seq.is_test(s) for s, _ in test) and all(t == "".join(sorted(s)) for s, t in test)
+    results = seq2seq.run(seq2seq.parser().parse_args(["--tasks", "reverse", "date", "--steps", "5",
+                                                       "--test-size", "4", "--hidden", "8", "--embed", "4",
+                                                       "--out", str(tmp_path)]))
+    for task in ("reverse", "date"):
+        assert set(results["tasks"][task]) == {"plain", "bahdanau"}
+        assert all(0 <= r["greedy"] <= 1 for r in results["tasks"][task].values())
+    assert (tmp_path / "accuracy.png").exists() and (tmp_path / "attention.png").exists()

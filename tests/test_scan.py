@@ -4,6 +4,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.test_util import check_grads
@@ -179,27 +180,38 @@ def grads_of(cell, params, xs, **kwargs):
     return jax.grad(loss, argnums=(0, 1, 2))(params, xs, h0)
 
 
-def test_fused_backward_equals_autodiff(make_cell):
+@pytest.mark.parametrize("projection", ["hoisted", "per_step"])
+def test_fused_backward_equals_autodiff(make_cell, projection):
     cell = make_cell(H)
     params, xs = setup(cell)
+    reference = dict(backward="autodiff", projection="hoisted")
     for kwargs in ({}, {"lengths": jnp.array([7, 3, 0])}, {"lengths": jnp.array([7, 5, 2]), "reverse": True}):
-        fused = grads_of(cell, params, xs, backward="fused", **kwargs)
-        auto = grads_of(cell, params, xs, backward="autodiff", **kwargs)
+        chex.assert_trees_all_close(
+            jaxrnn.scan(cell, params, xs, projection=projection, **kwargs),
+            jaxrnn.scan(cell, params, xs, **reference, **kwargs), atol=1e-6,
+        )
+        fused = grads_of(cell, params, xs, backward="fused", projection=projection, **kwargs)
+        auto = grads_of(cell, params, xs, **reference, **kwargs)
         chex.assert_trees_all_close(fused, auto, atol=2e-6)
+        # the autodiff loop with the projection inside it, too
+        chex.assert_trees_all_close(grads_of(cell, params, xs, backward="autodiff", projection=projection, **kwargs),
+                                    auto, atol=2e-6)
 
 
-def test_check_grads_on_the_fused_backward(make_cell):
+@pytest.mark.parametrize("projection", ["hoisted", "per_step"])
+def test_check_grads_on_the_fused_backward(make_cell, projection):
     cell = make_cell(3)
     params = random_params(cell, jax.random.key(0), 2, scale=0.3)
     xs = random_inputs(jax.random.key(1), 2, 5, 2)
-    f = lambda p, x: jaxrnn.scan(cell, p, x, lengths=jnp.array([5, 3]), backward="fused")
+    f = lambda p, x: jaxrnn.scan(cell, p, x, lengths=jnp.array([5, 3]), backward="fused", projection=projection)
     check_grads(f, (params, xs), order=1, modes=("rev",), atol=1e-2, rtol=1e-2)
 
 
-def test_checkpointed_chunks_equal_the_plain_loop():
+@pytest.mark.parametrize("projection", ["hoisted", "per_step"])
+def test_checkpointed_chunks_equal_the_plain_loop(projection):
     cell = jaxrnn.lstm(H)
     params, xs = setup(cell)  # T = 7: chunks of 3 need padding
-    for kwargs in ({}, {"lengths": jnp.array([7, 4, 1])}):
+    for kwargs in ({"projection": projection}, {"lengths": jnp.array([7, 4, 1]), "projection": projection}):
         plain = jaxrnn.scan(cell, params, xs, **kwargs)
         chunked = jaxrnn.scan(cell, params, xs, checkpoint_every=3, **kwargs)
         chex.assert_trees_all_close(chunked, plain, atol=1e-6)
@@ -209,3 +221,5 @@ def test_checkpointed_chunks_equal_the_plain_loop():
         jaxrnn.scan(cell, params, xs, checkpoint_every=0)
     with np.testing.assert_raises_regex(ValueError, "backward: expected one of"):
         jaxrnn.scan(cell, params, xs, backward="cudnn")
+    with np.testing.assert_raises_regex(ValueError, "projection: expected one of"):
+        jaxrnn.scan(cell, params, xs, projection="inside")

@@ -1,0 +1,84 @@
+"""Streaming inference: one step (a token, a frame) at a time, the state carried between calls.
+
+A :class:`jaxrnn.RNN` run over a whole sequence and the same RNN fed one step
+at a time through :func:`step` give the same outputs (``tests/test_streaming.py``);
+the stream holds only its state, O(layers x B x H) memory whatever its length.
+The state is a plain pytree: :func:`save` and :func:`restore` write it with
+orbax, so a stream can stop in one process and go on in another.
+
+Example::
+
+  >>> import jax, jax.numpy as jnp, jaxrnn
+  >>> from jaxrnn import streaming
+  >>> rnn = jaxrnn.RNN(jaxrnn.lstm(8), num_layers=2)
+  >>> params = rnn.init(jax.random.key(0), 3)
+  >>> xs = jax.random.normal(jax.random.key(1), (2, 5, 3))
+  >>> state = streaming.start(rnn, batch_size=2)
+  >>> outs = []
+  >>> for t in range(5):                       # e.g. frames arriving from a microphone
+  ...     state, y = streaming.step(rnn, params, state, xs[:, t])
+  ...     outs.append(y)
+  >>> full, _ = rnn.apply(params, xs)
+  >>> bool(jnp.allclose(jnp.stack(outs, 1), full, atol=1e-5)), int(state.steps)
+  (True, 5)
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
+from jaxrnn.cells import Carry
+from jaxrnn.layers import RNN, LayerParams, _index, _stack
+
+Array = jax.Array
+
+
+class StreamState(NamedTuple):
+    """A stream between two steps: the carries stacked as :meth:`RNN.initial_state`, and a step count."""
+
+    carry: Carry
+    steps: Array
+
+
+def start(rnn: RNN, batch_size: int | None = None, initial_state: Carry | None = None) -> StreamState:
+    """A fresh stream (zero state unless ``initial_state`` is given)."""
+    if rnn.bidirectional:
+        raise ValueError("rnn: a bidirectional RNN needs the whole sequence; streaming needs bidirectional=False")
+    carry = rnn.initial_state(batch_size) if initial_state is None else initial_state
+    return StreamState(carry, jnp.zeros((), jnp.int32))
+
+
+def step(rnn: RNN, params: LayerParams, state: StreamState, x_t: Array) -> tuple[StreamState, Array]:
+    """Advance every layer by one step: x_t (B, I) (or (I,) unbatched) -> y_t (B, H).
+
+    Inference only (no dropout). Jit it once and call it per step.
+    """
+    if rnn.bidirectional:
+        raise ValueError("rnn: a bidirectional RNN needs the whole sequence; streaming needs bidirectional=False")
+    carries, y = [], jnp.asarray(x_t)
+    for layer, layer_params in enumerate(params):
+        p = layer_params["fwd"]
+        carry, out = rnn.cell.recur(p, _index(state.carry, layer), rnn.cell.project(p, y))
+        if rnn.residual and out.shape == y.shape:
+            out = out + y
+        carries.append(carry)
+        y = out
+    return StreamState(_stack(carries), state.steps + 1), y
+
+
+def save(path: str | pathlib.Path, state: StreamState) -> None:
+    """Write a stream's state to ``path`` (a new folder) with orbax."""
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(pathlib.Path(path).absolute(), state._asdict())
+
+
+def restore(path: str | pathlib.Path, like: StreamState) -> StreamState:
+    """Read a state written by :func:`save`; ``like`` (e.g. :func:`start`'s result) gives its structure."""
+    with ocp.StandardCheckpointer() as checkpointer:
+        restored: dict[str, Any] = checkpointer.restore(pathlib.Path(path).absolute(), like._asdict())
+    return StreamState(**restored)
