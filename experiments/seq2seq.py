@@ -25,9 +25,7 @@ if __package__ in (None, ""):  # run as a script: make `experiments` importable
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from tqdm.auto import tqdm
 
 from jaxrnn import training
@@ -208,7 +206,7 @@ def run(args) -> dict:
             ax.plot(range(len(xs)), [100 * r["per_length"][x] for x in xs], "o-", label=name)
             ax.set_xticks(range(len(xs)), xs)
         ax.set_title(task)
-        ax.set_xlabel("input length" if task != "add" else "digits in the two numbers")
+        ax.set_xlabel("input length (characters)")
         ax.set_ylim(-5, 105)
     axes[0][0].set_ylabel("test exact match (%)")
     axes[0][0].legend()

@@ -24,7 +24,6 @@ if __package__ in (None, ""):  # run as a script: make `experiments` importable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import jaxrnn
 from jaxrnn import heads, training

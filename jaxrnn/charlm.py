@@ -22,7 +22,6 @@ import math
 import pathlib
 import sys
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp

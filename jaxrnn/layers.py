@@ -10,7 +10,6 @@ leading axis of size ``num_layers * num_directions``, ordered
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -13,7 +13,8 @@ Writes to ``runs/long-range-<time>/`` (or ``--out``):
 * ``results.md`` / ``results.json``: per task, model x length: final loss
   (median over seeds; accuracy where it applies), seeds solved, median steps to
   solve, and the published result beside it with its source;
-* ``curves.png``: held-out loss against steps, per task, longest length;
+* ``curves.png``: held-out loss against steps, per task, at the longest length
+  where some seed met the threshold;
 * ``gradients.png``: ``log10 ||dL/dh_t||`` of each trained model against its
   untrained self (:func:`jaxrnn.diagnostics.gradient_profile`) on
   ``--profile-task`` (temporal order by default) at its longest length.
@@ -30,7 +31,7 @@ import json
 import math
 import pathlib
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -271,14 +272,19 @@ def write_plots(results: list[dict], profiles: dict, folder: pathlib.Path) -> No
     rows_ = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows_, cols, figsize=(5 * cols, 3.6 * rows_), squeeze=False)
     for ax, name in zip(axes.flat, names):
-        longest = max(r["length"] for r in results if r["task"] == name)
-        for r in results:
-            if r["task"] == name and r["length"] == longest:
+        runs = [r for r in results if r["task"] == name]
+        # the longest length at which some seed met the threshold (where the cells part ways), else the shortest
+        reached = [r["length"] for r in runs if any(a is not None for a in r["solved_at"])]
+        length = max(reached) if reached else min(r["length"] for r in runs)
+        baseline = tasks.TASKS[name].baseline(length)
+        for r in runs:
+            if r["length"] == length:
                 loss = np.asarray(r["eval_loss"], np.float64)
                 ax.plot(r["curve_steps"], np.nanmedian(loss, axis=1), label=r["model"])
-        ax.axhline(tasks.TASKS[name].baseline(longest), color="k", ls="--", lw=1, label="memoryless baseline")
+        ax.axhline(baseline, color="k", ls="--", lw=1, label="memoryless baseline")
         ax.set_yscale("log")
-        ax.set_title(f"{name}, T={longest}")
+        ax.set_ylim(top=3 * baseline)  # a diverged run (loss 1e18) would flatten everything else
+        ax.set_title(f"{name}, T={length}")
         ax.set_xlabel("training step")
         ax.set_ylabel("held-out loss (median of seeds)")
     for ax in list(axes.flat)[len(names):]:

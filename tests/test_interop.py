@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import jaxrnn
-from conftest import random_params
 
 torch.manual_seed(0)
 B, T, I, H = 4, 6, 3, 5

@@ -1,7 +1,6 @@
 """Training toolkit: optimizers, clipping metrics, schedules, TBPTT, divergence guard,
 checkpoints (including a SIGKILL mid-run), data parallelism and logs."""
 
-import json
 import os
 import signal
 import subprocess
@@ -14,7 +13,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import jaxrnn
 from jaxrnn import training
 from jaxrnn.charlm import CharLM
 from jaxrnn.checkpoints import Checkpoints

@@ -44,7 +44,6 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from tqdm.auto import tqdm
 
 import jaxrnn
