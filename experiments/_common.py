@@ -91,6 +91,13 @@ def pyplot():
     return plt
 
 
+def save_figure(fig, path) -> None:
+    """Lay out, write (110 dpi) and close a figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
+
+
 def nanmean_tail(values: list[float], fraction: float = 0.1) -> float:
     tail = np.asarray(values[-max(1, int(len(values) * fraction)):], np.float64)
     finite = tail[np.isfinite(tail)]

@@ -27,7 +27,7 @@ import numpy as np
 import jaxrnn
 from jaxrnn import training
 
-from experiments._common import markdown_table, pyplot, run_folder, write_outputs
+from experiments._common import markdown_table, pyplot, run_folder, save_figure, write_outputs
 
 SEASON = 12
 
@@ -107,9 +107,7 @@ def run(args) -> dict:
     ax_mae.set_xlabel("horizon (months)")
     ax_mae.set_ylabel("test MAE (ppm)")
     ax_mae.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(folder / "forecasting.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, folder / "forecasting.png")
     results = {"config": vars(args), "mae": {k: v.tolist() for k, v in mae.items()},
                "final_train_loss": losses[-1], "train_months": split, "test_months": len(y) - split}
     write_outputs(folder, table, results)

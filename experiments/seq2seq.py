@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from jaxrnn import training
 from jaxrnn.seq2seq import Seq2Seq
 
-from experiments._common import markdown_table, pyplot, run_folder, write_outputs
+from experiments._common import markdown_table, pyplot, run_folder, save_figure, write_outputs
 
 PAD, START, END = 0, 1, 2
 CHARS = "0123456789abcdefghijklmnopqrstuvwxyz+-/ ,"
@@ -210,9 +210,7 @@ def run(args) -> dict:
         ax.set_ylim(-5, 105)
     axes[0][0].set_ylabel("test exact match (%)")
     axes[0][0].legend()
-    fig.tight_layout()
-    fig.savefig(folder / "accuracy.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, folder / "accuracy.png")
 
     examples_to_show = [(t, s) for t, s in (("reverse", "abcdefghijklmnop"), ("date", "nov 23, 2026"))
                         if t in args.tasks]
@@ -226,9 +224,7 @@ def run(args) -> dict:
             ax.set_xlabel("source")
             ax.set_ylabel("output")
             ax.set_title(f"{task}: attention weights")
-        fig.tight_layout()
-        fig.savefig(folder / "attention.png", dpi=110)
-        plt.close(fig)
+        save_figure(fig, folder / "attention.png")
     write_outputs(folder, table, results)
     return results
 

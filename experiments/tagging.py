@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import jaxrnn
 from jaxrnn import heads, training
 
-from experiments._common import markdown_table, pyplot, run_folder, write_outputs
+from experiments._common import markdown_table, pyplot, run_folder, save_figure, write_outputs
 
 
 def batch(key: jax.Array, batch_size: int, max_len: int, min_len: int = 10):
@@ -98,9 +98,7 @@ def run(args) -> dict:
     ax.set_ylabel("held-out token accuracy")
     ax.set_title("label = max(x[t-1], x[t+1])")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(folder / "tagging.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, folder / "tagging.png")
     write_outputs(folder, table, results)
     return results
 
