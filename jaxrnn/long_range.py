@@ -90,9 +90,9 @@ PUBLISHED: dict[tuple[str, str], str] = {
     ("adding", "lstm"): "forget bias 1: solved at T=200 and 750 (Tallec & Ollivier 2018; lead)",
     ("adding", "lstm-chrono"): "about 7x faster than forget bias 1 at T=750 (Tallec & Ollivier 2018; lead)",
     ("copy_memory", "tanh"): "stays at the baseline except for the shortest delay (Arjovsky et al. 2016, "
-                             "fig. 1, T=100-500; checked)",
+                             "fig. 1, T=100-500; checked in the authors' TeX draft)",
     ("copy_memory", "lstm"): "stays at the baseline except for the shortest delay (Arjovsky et al. 2016, "
-                             "fig. 1, T=100-500; checked)",
+                             "fig. 1, T=100-500; checked in the authors' TeX draft)",
     ("temporal_order", "tanh+clip"): "solved to T=200 on 5/5 seeds with clipping + regulariser "
                                      "(Pascanu et al. 2013; lead)",
     ("temporal_order", "lstm"): "solved at length 100-110 (Hochreiter & Schmidhuber 1997, exp. 6a; lead)",
