@@ -21,7 +21,7 @@ import numpy as np
 from jaxrnn.cli import main as jaxrnn_main
 from jaxrnn.runlog import read_metrics
 
-from experiments._common import pyplot
+from experiments._common import pyplot, save_figure
 
 
 def plot(runs: list[str], png: str) -> None:
@@ -44,9 +44,7 @@ def plot(runs: list[str], png: str) -> None:
     for ax in (ax_step, ax_time):
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    save_figure(fig, png)
     print(f"wrote {png}")
 
 

@@ -28,7 +28,7 @@ import jaxrnn
 from jaxrnn import tasks, training
 
 from experiments._common import (fit, last_step_mse, markdown_table, nanmean_tail, pyplot, regressor, run_folder,
-                                 write_outputs)
+                                 save_figure, write_outputs)
 
 
 def mean_gradient_norm(loss_fn, params, batch_at, batches: int) -> float:
@@ -101,9 +101,7 @@ def plot(runs: dict, threshold: float, folder) -> None:
                 title="gradient norm (x at top: non-finite)")
     ax_loss.legend(fontsize=7)
     ax_norm.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(folder / "clipping.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, folder / "clipping.png")
 
 
 def parser() -> argparse.ArgumentParser:

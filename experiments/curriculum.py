@@ -30,7 +30,8 @@ import numpy as np
 import jaxrnn
 from jaxrnn import tasks, training
 
-from experiments._common import fit, last_step_mse, markdown_table, predict, pyplot, regressor, run_folder, write_outputs
+from experiments._common import (fit, last_step_mse, markdown_table, predict, pyplot, regressor, run_folder,
+                                 save_figure, write_outputs)
 
 
 def run(args) -> dict:
@@ -89,9 +90,7 @@ def plot(results: dict, args, folder) -> None:
     ax_len.set(xlabel="training step", ylabel="training sequence length", title="length schedule")
     ax.legend(fontsize=8)
     ax_len.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(folder / "curriculum.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, folder / "curriculum.png")
 
 
 def parser() -> argparse.ArgumentParser:

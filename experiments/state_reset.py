@@ -30,7 +30,8 @@ import numpy as np
 import jaxrnn
 from jaxrnn import tasks, training
 
-from experiments._common import fit, markdown_table, nanmean_tail, predict, pyplot, regressor, run_folder, write_outputs
+from experiments._common import (fit, markdown_table, nanmean_tail, predict, pyplot, regressor, run_folder,
+                                 save_figure, write_outputs)
 
 
 def packed(key, batch_size: int, segments: int, min_length: int, max_length: int):
@@ -120,9 +121,7 @@ def plot(histories: dict, results: dict, args, folder) -> None:
                ylabel="held-out MSE", title="error per packed example")
     ax.legend(fontsize=8)
     ax_seg.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(folder / "state_reset.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, folder / "state_reset.png")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -109,8 +109,8 @@ def model_fns(task: tasks.Task, model: Model, hidden: int, length: int):
         p = cell.init(k_cell, task.input_size)
         if model.chrono:
             p = cells.chrono_init(k_chrono, p, max_timescale=max(3.0, float(length)))
-        # readout starts at the memoryless answer's neighbourhood: 1.0 for adding, uniform logits otherwise
-        b = jnp.ones((task.output_size,)) if task.name == "adding" else jnp.zeros((task.output_size,))
+        # readout starts near the memoryless answer: 1.0 for adding, uniform logits otherwise
+        b = jnp.full((task.output_size,), task.initial_output)
         return {"cell": p, "w": jnp.zeros((hidden, task.output_size)), "b": b}
 
     def outputs(params: dict, xs: Array) -> Array:
@@ -123,8 +123,8 @@ def model_fns(task: tasks.Task, model: Model, hidden: int, length: int):
 
 def eval_batch(task: tasks.Task, length: int, size: int) -> tasks.Batch:
     """The held-out set: the digits' test split, else a fixed batch from a key no training step uses."""
-    if task.name.endswith("digits"):
-        return tasks.digits_test(task.name == "permuted_digits")
+    if task.test_set is not None:
+        return task.test_set()
     return jax.jit(task.sample, static_argnums=(1, 2))(jax.random.key(10**6), size, length)
 
 
@@ -229,8 +229,10 @@ def tables(results: list[dict]) -> str:
         rows = [r for r in results if r["task"] == task_name]
         lengths = sorted({r["length"] for r in rows})
         base = ", ".join(f"T={t}: {task.baseline(t):.4g}" for t in lengths)
-        measure = "test error < 10%" if task_name.endswith("digits") else "loss < " + ", ".join(
-            f"{task.threshold(t):.3g}" for t in lengths)
+        if task.solved_on == "error":
+            measure = "test error < " + ", ".join(f"{100 * task.threshold(t):.3g}%" for t in lengths)
+        else:
+            measure = "loss < " + ", ".join(f"{task.threshold(t):.3g}" for t in lengths)
         text += f"\n### {task_name}\n\nMemoryless baseline {base}; solved: {measure}. " \
                 f"Cells: median over seeds of the held-out loss" + \
                 (" / accuracy" if task.accuracy is not None else "") + \
@@ -315,7 +317,7 @@ def run(args) -> pathlib.Path:
     steps = args.steps or (10_000 if args.full else 2_000)
     folder = pathlib.Path(args.out or f"runs/long-range-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     folder.mkdir(parents=True, exist_ok=True)
-    lengths = lambda t: ladder[t] if t.endswith("digits") or not args.lengths else args.lengths  # digits: 64
+    lengths = lambda t: ladder[t] if tasks.TASKS[t].fixed_length or not args.lengths else args.lengths
     jobs = [(t, m, n) for t in args.tasks for n in lengths(t) for m in args.models]
     results, kept = [], {}
     for task_name, model_name, length in tqdm(jobs, desc="long-range", unit="run"):

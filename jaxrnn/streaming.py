@@ -45,10 +45,14 @@ class StreamState(NamedTuple):
     steps: Array
 
 
-def start(rnn: RNN, batch_size: int | None = None, initial_state: Carry | None = None) -> StreamState:
-    """A fresh stream (zero state unless ``initial_state`` is given)."""
+def _check_unidirectional(rnn: RNN) -> None:
     if rnn.bidirectional:
         raise ValueError("rnn: a bidirectional RNN needs the whole sequence; streaming needs bidirectional=False")
+
+
+def start(rnn: RNN, batch_size: int | None = None, initial_state: Carry | None = None) -> StreamState:
+    """A fresh stream (zero state unless ``initial_state`` is given)."""
+    _check_unidirectional(rnn)
     carry = rnn.initial_state(batch_size) if initial_state is None else initial_state
     return StreamState(carry, jnp.zeros((), jnp.int32))
 
@@ -58,8 +62,7 @@ def step(rnn: RNN, params: LayerParams, state: StreamState, x_t: Array) -> tuple
 
     Inference only (no dropout). Jit it once and call it per step.
     """
-    if rnn.bidirectional:
-        raise ValueError("rnn: a bidirectional RNN needs the whole sequence; streaming needs bidirectional=False")
+    _check_unidirectional(rnn)
     carries, y = [], jnp.asarray(x_t)
     for layer, layer_params in enumerate(params):
         p = layer_params["fwd"]

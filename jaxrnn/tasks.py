@@ -57,9 +57,14 @@ class Task(NamedTuple):
       every_step: outputs at every step (many-to-many) or only the last (many-to-one).
       loss: ``(outputs, targets) -> scalar``; outputs (B, output_size) or (B, T, output_size).
       baseline: ``length -> loss`` of the best memoryless predictor.
-      threshold: ``length -> loss`` below which the task counts as solved.
+      threshold: ``length -> value`` below which the task counts as solved: a loss,
+        or an error rate (1 - accuracy) when ``solved_on == "error"``.
       memoryless: ``batch -> outputs`` of that predictor (checks ``baseline``).
       accuracy: ``(outputs, targets) -> fraction correct`` (classification), else None.
+      solved_on: ``"loss"`` or ``"error"`` (what ``threshold`` bounds).
+      fixed_length: the only length the task has (the digits: 64), else None.
+      test_set: ``() -> Batch``, a fixed held-out set, where the task has one.
+      initial_output: where a readout's bias starts (the memoryless answer of a regression).
     """
 
     name: str
@@ -72,6 +77,10 @@ class Task(NamedTuple):
     threshold: Callable[[int], float]
     memoryless: Callable[[Batch], Array]
     accuracy: Callable[[Array, Array], Array] | None = None
+    solved_on: str = "loss"
+    fixed_length: int | None = None
+    test_set: Callable[[], Batch] | None = None
+    initial_output: float = 0.0
 
 
 def _check(batch_size: int, length: int, minimum: int) -> None:
@@ -322,17 +331,16 @@ def _digits_task(name: str, permuted: bool) -> Task:
     return Task(
         name=name, sample=functools.partial(digits, permuted=permuted), input_size=1, output_size=10,
         every_step=False, loss=_cross_entropy, baseline=lambda length: digits_prior_entropy(),
-        # solved: test error below 10%; as a loss, the cross-entropy a model with
-        # 90% accuracy and confident answers would have is not well defined, so the
-        # experiment checks the error rate (Task.accuracy) against this threshold.
+        # solved: test error below 10% (no cross-entropy corresponds to an accuracy)
         threshold=lambda length: 0.1, memoryless=_prior_logits, accuracy=_accuracy,
+        solved_on="error", fixed_length=DIGITS_LENGTH, test_set=functools.partial(digits_test, permuted),
     )
 
 
 #: Every task by name.
 TASKS: dict[str, Task] = {
     "adding": Task("adding", adding, 2, 1, False, _mse, lambda length: ADDING_BASELINE_MSE,
-                   lambda length: 0.01, lambda batch: jnp.ones((batch.targets.shape[0], 1))),
+                   lambda length: 0.01, lambda batch: jnp.ones((batch.targets.shape[0], 1)), initial_output=1.0),
     "copy_memory": Task("copy_memory", copy_memory, COPY_VOCAB, COPY_SYMBOLS + 1, True, _cross_entropy,
                         copy_memory_baseline, lambda length: 0.1 * copy_memory_baseline(length),
                         _copy_memoryless, _recall_accuracy),
@@ -347,7 +355,7 @@ TASKS: dict[str, Task] = {
 
 
 def solved(task: Task, length: int, loss: float, error: float | None = None) -> bool:
-    """Whether a model solved ``task``: the test error rate for the digits, the loss otherwise."""
-    if task.name.endswith("digits"):
+    """Whether a model solved ``task``: its error rate or its loss (``task.solved_on``) below the threshold."""
+    if task.solved_on == "error":
         return error is not None and error < task.threshold(length)
     return loss < task.threshold(length)

@@ -324,14 +324,13 @@ def fused_recurrence(
     The elementwise part may use parameters other than ``w_i``, ``w_h`` and
     ``b`` (GRU's ``b_hn``); their gradients are summed in the backward loop.
     """
-    projection = {k: v for k, v in params.items() if k in ("w_i", "b")}
+    projection = {k: v for k, v in params.items() if k in ("w_i", "b")}  # all cell.project reads
     rest = {k: v for k, v in params.items() if k not in ("w_i", "w_h", "b")}
-    project = lambda p, x: cell.project({**rest, **p}, x)
 
     def forward(projection, w_h, rest, xs, carry0, valid, keep: bool):
         def step(carry, inputs):
             x_t, valid_t = inputs
-            xp_t = x_t if projected else project(projection, x_t)
+            xp_t = x_t if projected else cell.project(projection, x_t)
             hh_t = cell.hidden(carry) @ w_h.astype(xp_t.dtype)
             new, y = _masked(carry, *cell.elementwise(rest, carry, xp_t, hh_t), valid_t)
             return new, ((y, carry, xp_t, hh_t) if keep else y)
@@ -369,7 +368,7 @@ def fused_recurrence(
         if projected:  # the projection ran outside; autodiff takes d_xp back through it
             d_projection, d_xs = jax.tree_util.tree_map(jnp.zeros_like, projection), d_xp
         else:
-            d_projection, d_xs = jax.vjp(project, projection, xs)[1](d_xp)
+            d_projection, d_xs = jax.vjp(cell.project, projection, xs)[1](d_xp)
         return d_projection, d_w_h, d_rest, d_xs, d_carry0, None
 
     run.defvjp(run_fwd, run_bwd)
