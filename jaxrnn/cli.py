@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     charlm.add_sample_arguments(sample)
     sample.set_defaults(func=charlm.sample)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    if args.command == "speed" and argv is None and not args.no_hugepages:
-        speed.restart_with_hugepages()  # see jaxrnn.bench.speed: fewer page faults for every peer
+    if args.command == "speed" and argv is None and not args.default_malloc:
+        speed.restart_with_malloc_tunables()  # see jaxrnn.bench.speed: no page faults for any peer
     args.func(args)
 
 

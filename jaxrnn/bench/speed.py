@@ -3,29 +3,42 @@
 For each case (cell, batch B, hidden H, length T, forward or forward+backward)
 every implementation is compiled and warmed up first (compile time reported
 apart), then timed in interleaved rounds (A B C A B C ...) so that the shared
-machine's drift hits all of them alike; the median of the rounds is reported,
-each call ending in ``block_until_ready`` (torch: the call returns when done on
-CPU; ``torch.cuda.synchronize`` on a GPU). Inputs are (B, T, H) with input
-size = H; forward+backward differentiates ``sum(outputs**2)`` with respect to
-every parameter and the inputs.
+machine's drift hits all of them alike. In each round every implementation
+runs ``--block`` calls back to back and the first is not timed: it absorbs
+what the previous implementation left behind (whatever ran right after torch
+took 4-5 ms longer for a 13 ms LSTM forward, most likely torch's OpenMP
+workers spin-waiting on a core after each parallel region). The median of the timed calls is
+reported, each ending in ``block_until_ready`` (torch: the call returns when
+done on CPU; ``torch.cuda.synchronize`` on a GPU). Inputs are (B, T, H) with
+input size = H; forward+backward differentiates ``sum(outputs**2)`` with
+respect to every parameter and the inputs.
 
 It prints a table (ms per call, sequence steps per second, jaxrnn's speed-up
 over each peer, and the fraction of this machine's float32 GEMM peak, measured
-in the same run with one large matmul) and writes JSON. ``--memory`` adds the
-peak activation memory (XLA's compiled temp buffers) of a forward+backward
-LSTM at T = 10,000, B = 32, H = 256 for jaxrnn, jaxrnn with
-``checkpoint_every=100`` and flax, with their times.
+in the same run with one large matmul) and writes JSON. The ``floor`` column is
+not a library: it runs only the matmuls of jaxrnn's fused path (two per step
+forward, one per step backward, then the three large weight and input
+gradient GEMMs) with no gates at all, so it bounds from below what any loop
+of XLA CPU ops shaped like this one can reach. ``--memory`` adds the peak
+activation memory (XLA's compiled temp buffers) of a forward+backward LSTM at
+T = 10,000, B = 32, H = 256 for jaxrnn, jaxrnn with ``checkpoint_every=100``
+and flax, with their times.
 
     jaxrnn speed --quick            # LSTM/GRU/vanilla, B=32, H=256, T=100 and 1000
 
-On Linux the benchmark restarts itself with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``
-(``--no-hugepages`` to skip): glibc then asks for transparent huge pages for large
-allocations, so the multi-megabyte buffers that every implementation, JAX and torch
-alike, allocates afresh on each call are not page-faulted in 4 KiB at a time. Measured
-here: one (32000, 256) x (256, 1024) matmul took 59,000 page faults and 100 ms per call
-without it, 550 faults and 55 ms with it. The setting applies to every peer in the
-process, so the ratios stay fair; the JSON records it. Users can set the same variable
-for their own CPU training runs.
+On Linux the benchmark restarts itself with ``GLIBC_TUNABLES`` set to
+:data:`MALLOC_TUNABLES` (``--default-malloc`` to skip). XLA and torch both
+allocate their large buffers afresh on every call; by default glibc gives
+buffers over 32 MiB (and, per thread arena, smaller ones) fresh pages from the
+kernel each time, zeroed and faulted in 4 KiB at a time. Measured here for a
+forward+backward LSTM at T = 1000 (B = 32, H = 256): 160,000 page faults per
+call for jaxrnn, 113,000 for flax, 163,000 for torch. The tunables ask for
+transparent huge pages and keep freed memory for reuse (one arena, no mmap, no
+trimming), so a steady loop of calls faults no pages at all, as a long
+training run with a caching allocator would: torch's LSTM then took 28 ms
+instead of 65-74 ms at T = 100. The setting applies to every peer in the
+process and the JSON records it. Users can set the same variable for their own
+CPU training runs.
 """
 
 from __future__ import annotations
@@ -49,12 +62,14 @@ from tqdm.auto import tqdm
 import jaxrnn
 from jaxrnn.bench.timing import median_seconds
 
-PEERS = ("jaxrnn", "flax", "equinox", "haiku", "torch")
+PEERS = ("jaxrnn", "flax", "equinox", "haiku", "torch", "floor")
 GATES = {"lstm": 4, "gru": 3, "vanilla": 1}
+MODULES = {"jaxrnn": "jax", "floor": "jax"}
+PEAK_COLUMNS = ("jaxrnn", "torch", "floor")  # the module a peer needs, where its name is not one
 
 
 def installed(name: str) -> bool:
-    return importlib.util.find_spec({"haiku": "haiku", "equinox": "equinox"}.get(name, name)) is not None
+    return importlib.util.find_spec(MODULES.get(name, name)) is not None
 
 
 def _jax_fn(apply: Callable, params, xs, with_grad: bool) -> tuple[Callable, tuple]:
@@ -140,7 +155,47 @@ def make_torch(kind, B, T, H, with_grad):
     return run, ()
 
 
-MAKERS = {"jaxrnn": make_jaxrnn, "flax": make_flax, "equinox": make_equinox, "haiku": make_haiku, "torch": make_torch}
+def make_floor(kind, B, T, H, with_grad):
+    """The matmuls of jaxrnn's fused path, with no gates: a lower bound for an XLA loop of this shape.
+
+    Forward, each step computes ``x_t W_i + h W_h`` (B, G*H) and keeps its
+    first H columns as the next ``h``. Backward, each step sends ``dz_t W_h^T``
+    back (``dz_t``: the H-wide gradient repeated G times), then ``dW_h``,
+    ``dW_i`` and ``dx`` are one large GEMM each, as in
+    :func:`jaxrnn.unroll.fused_recurrence`. Inputs are already time-major, so
+    there are no transposes either. A peer faster than this cannot be matched
+    by rearranging XLA ops; it would take a different kernel.
+    """
+    G = GATES[kind]
+    k_i, k_h, k_x = jax.random.split(jax.random.key(0), 3)
+    w_i, w_h = (jax.random.normal(k, (H, G * H)) / H**0.5 for k in (k_i, k_h))
+    xs = jax.random.normal(k_x, (T, B, H))
+
+    def forward(w_i, w_h, xs):
+        def step(h, x_t):
+            h = (x_t @ w_i + h @ w_h)[:, :H]
+            return h, h
+
+        return jax.lax.scan(step, jnp.zeros((B, H)), xs, unroll=2)[1]
+
+    def forward_backward(w_i, w_h, xs):
+        hs = forward(w_i, w_h, xs)
+
+        def back(dh, _):
+            dz = jnp.tile(dh, (1, G))
+            return dz @ w_h.T, dz
+
+        # Starting from hs[-1] makes the backward loop wait for the forward one, as real autodiff does.
+        _, dz = jax.lax.scan(back, hs[-1], None, length=T, reverse=True, unroll=2)
+        dz = dz.reshape(T * B, G * H)
+        prev = jnp.concatenate([jnp.zeros((1, B, H)), hs[:-1]]).reshape(T * B, H)
+        return prev.T @ dz, xs.reshape(T * B, H).T @ dz, dz @ w_i.T
+
+    return jax.jit(forward_backward if with_grad else forward), (w_i, w_h, xs)
+
+
+MAKERS = {"jaxrnn": make_jaxrnn, "flax": make_flax, "equinox": make_equinox, "haiku": make_haiku, "torch": make_torch,
+          "floor": make_floor}
 
 
 def prepare(name: str, kind: str, B: int, T: int, H: int, with_grad: bool):
@@ -169,10 +224,10 @@ def flops(kind: str, B: int, T: int, H: int, with_grad: bool) -> float:
     return forward * (3 if with_grad else 1)
 
 
-def run_case(kind, B, T, H, with_grad, peers, repeats) -> dict:
+def run_case(kind, B, T, H, with_grad, peers, repeats, block=3) -> dict:
     calls, compile_s, missing = {}, {}, {}
     for name in peers:
-        if not installed(name if name != "jaxrnn" else "jax"):
+        if not installed(name):
             missing[name] = "not installed"
             continue
         prepared = prepare(name, kind, B, T, H, with_grad)
@@ -183,9 +238,11 @@ def run_case(kind, B, T, H, with_grad, peers, repeats) -> dict:
     times = {name: [] for name in calls}
     for _ in range(repeats):  # interleaved rounds
         for name, call in calls.items():
-            t0 = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - t0)
+            call()  # settles what the previous peer left running (module docstring)
+            for _ in range(block - 1):
+                t0 = time.perf_counter()
+                call()
+                times[name].append(time.perf_counter() - t0)
     return {
         "cell": kind, "B": B, "T": T, "H": H, "mode": "fwd+bwd" if with_grad else "fwd",
         "ms": {n: 1e3 * statistics.median(t) for n, t in times.items()},
@@ -213,7 +270,7 @@ def memory_case(T: int = 10_000, B: int = 32, H: int = 256, chunk: int = 100, re
 def table(results: list[dict], peak: float, peers: list[str]) -> str:
     others = [p for p in peers if p != "jaxrnn"]
     head = ["cell", "mode", "B", "T", "H"] + [f"{p} ms" for p in peers] + ["jaxrnn seq-steps/s"] \
-        + [f"x {p}" for p in others] + ["jaxrnn % GEMM peak", "torch % GEMM peak"]
+        + [f"x {p}" for p in others] + [f"{p} % GEMM peak" for p in PEAK_COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         ms = r["ms"]
@@ -224,8 +281,37 @@ def table(results: list[dict], peak: float, peers: list[str]) -> str:
         sps = f"{r['B'] * r['T'] / (ms['jaxrnn'] / 1e3):,.0f}" if "jaxrnn" in ms else "-"
         lines.append("| " + " | ".join([r["cell"], r["mode"], str(r["B"]), str(r["T"]), str(r["H"])]
                                        + [cell(p) for p in peers] + [sps] + [ratio(p) for p in others]
-                                       + [pct("jaxrnn"), pct("torch")]) + " |")
+                                       + [pct(p) for p in PEAK_COLUMNS]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def plot(results: list[dict], peers: list[str], path: pathlib.Path) -> None:
+    """Each peer's time relative to jaxrnn's (1 = as fast; above 1 = slower), one panel per mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = list(dict.fromkeys(r["mode"] for r in results))
+    shown = [p for p in peers if p != "jaxrnn"]
+    fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 0.5 + 0.45 * len(results)), squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        rows = [r for r in results if r["mode"] == mode and "jaxrnn" in r["ms"]]
+        width = 0.8 / max(1, len(shown))
+        for k, peer in enumerate(shown):
+            ys = [i + (k - (len(shown) - 1) / 2) * width for i in range(len(rows))]
+            rel = [r["ms"][peer] / r["ms"]["jaxrnn"] if peer in r["ms"] else 0 for r in rows]
+            ax.barh(ys, rel, height=width, label=peer, hatch="//" if peer == "floor" else None,
+                    color="none" if peer == "floor" else None, edgecolor="black" if peer == "floor" else None)
+        ax.axvline(1, color="black", lw=1)
+        ax.set_yticks(range(len(rows)), [f"{r['cell']} B={r['B']} H={r['H']} T={r['T']}" for r in rows])
+        ax.invert_yaxis()
+        ax.set_xlabel("time / jaxrnn's time (right of the line: slower than jaxrnn)")
+        ax.set_title(mode)
+    fig.legend(*axes[0][-1].get_legend_handles_labels(), loc="lower center", ncol=len(shown))
+    fig.tight_layout(rect=(0, 0.6 / fig.get_figheight(), 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def run(args) -> dict:
@@ -239,7 +325,7 @@ def run(args) -> dict:
     peak = gemm_peak()
     results = []
     for case in tqdm(cases, desc="speed", unit="case"):
-        results.append(run_case(*case, args.peers, args.repeats))
+        results.append(run_case(*case, args.peers, args.repeats, args.block))
     import torch
 
     out = {
@@ -251,7 +337,8 @@ def run(args) -> dict:
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         "gemm_peak_gflops": peak / 1e9, "results": results,
     }
-    text = f"GEMM peak (float32, 2048^3 matmul): {peak / 1e9:.0f} GFLOP/s; median of {args.repeats} interleaved rounds\n\n"
+    text = (f"GEMM peak (float32, 2048^3 matmul): {peak / 1e9:.0f} GFLOP/s; median of {args.repeats} interleaved "
+            f"rounds of {args.block - 1} timed call(s) each; GLIBC_TUNABLES={out['glibc_tunables'] or '(unset)'}\n\n")
     text += table(results, peak, args.peers)
     if args.memory:
         out["memory"] = memory_case()
@@ -261,8 +348,9 @@ def run(args) -> dict:
     path = pathlib.Path(args.json or f"runs/speed-{datetime.datetime.now():%Y%m%d-%H%M%S}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
+    plot(results, args.peers, path.with_suffix(".png"))
     print(text)
-    print(f"wrote {path}")
+    print(f"wrote {path} and {path.with_suffix('.png')}")
     return out
 
 
@@ -282,27 +370,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=("fwd", "fwd+bwd", "both"), default="both")
     p.add_argument("--peers", nargs="+", default=list(PEERS), choices=PEERS)
     p.add_argument("--repeats", type=int, default=7, help="interleaved timing rounds (median reported)")
+    p.add_argument("--block", type=int, default=3,
+                   help="calls per implementation per round, the first untimed (module docstring)")
     p.add_argument("--memory", action="store_true", help="also measure memory at T=10,000")
     p.add_argument("--json", help="where to write the JSON (default runs/speed-<timestamp>.json)")
-    p.add_argument("--no-hugepages", action="store_true",
-                   help="do not restart with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (Linux)")
+    p.add_argument("--default-malloc", action="store_true",
+                   help=f"do not restart with GLIBC_TUNABLES={MALLOC_TUNABLES} (Linux)")
 
 
-HUGEPAGES = "glibc.malloc.hugetlb=1"
+# Transparent huge pages; one arena, never mmap, never give memory back: freed buffers are reused as they are.
+MALLOC_TUNABLES = ("glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
+                   "glibc.malloc.trim_threshold=17179869184")
 
 
-def restart_with_hugepages() -> None:
-    """Re-run this process's command line in a fresh process whose glibc uses transparent huge pages.
+def restart_with_malloc_tunables() -> None:
+    """Re-run this process's command line in a fresh process with :data:`MALLOC_TUNABLES`.
 
     glibc reads ``GLIBC_TUNABLES`` only at start-up, hence the restart. Does
-    nothing off Linux or when the variable already holds the setting. Called
-    only for a command line of our own (``jaxrnn speed``, ``python -m
-    jaxrnn.bench.speed``, ``benchmarks/speed.py``), never from a library call.
+    nothing off Linux or when the variable is already set (the user's own
+    setting wins). Called only for a command line of our own (``jaxrnn
+    speed``, ``python -m jaxrnn.bench.speed``, ``benchmarks/speed.py``), never
+    from a library call.
     """
-    current = os.environ.get("GLIBC_TUNABLES", "")
-    if not sys.platform.startswith("linux") or HUGEPAGES in current:
+    if not sys.platform.startswith("linux") or "GLIBC_TUNABLES" in os.environ:
         return
-    env = dict(os.environ, GLIBC_TUNABLES=":".join(filter(None, [current, HUGEPAGES])))
+    env = dict(os.environ, GLIBC_TUNABLES=MALLOC_TUNABLES)
     os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 
@@ -310,8 +402,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="jaxrnn speed", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
-    if argv is None and not args.no_hugepages:  # our own command line: safe to restart
-        restart_with_hugepages()
+    if argv is None and not args.default_malloc:  # our own command line: safe to restart
+        restart_with_malloc_tunables()
     run(args)
 
 
