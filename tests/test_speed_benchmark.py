@@ -3,6 +3,7 @@
 import json
 
 import jax.numpy as jnp
+import pytest
 
 from jaxrnn.bench import speed
 
@@ -38,3 +39,8 @@ def test_floor_runs_the_fused_paths_matmuls():
     for t in range(5):  # the forward loop is x_t W_i + h W_h, first H columns
         h = (xs[t] @ w_i + h @ w_h)[:, :4]
         assert jnp.allclose(hs[t], h, atol=1e-5)
+
+
+def test_block_of_one_is_refused():
+    with pytest.raises(ValueError, match="block: expected at least 2"):
+        speed.run_case("vanilla", 2, 3, 4, False, ["jaxrnn"], repeats=1, block=1)

@@ -225,6 +225,8 @@ def flops(kind: str, B: int, T: int, H: int, with_grad: bool) -> float:
 
 
 def run_case(kind, B, T, H, with_grad, peers, repeats, block=3) -> dict:
+    if block < 2:
+        raise ValueError(f"block: expected at least 2 calls (the first of each block is not timed), got {block}")
     calls, compile_s, missing = {}, {}, {}
     for name in peers:
         if not installed(name):
