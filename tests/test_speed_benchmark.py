@@ -33,12 +33,21 @@ def test_checkpointed_scan_needs_less_memory():
 def test_floor_runs_the_fused_paths_matmuls():
     fn, (w_i, w_h, xs) = speed.make_floor("gru", 3, 5, 4, with_grad=True)
     d_w_h, d_w_i, d_x = fn(w_i, w_h, xs)
-    assert d_w_h.shape == d_w_i.shape == (4, 12) and d_x.shape == (15, 4)
     hs = speed.make_floor("gru", 3, 5, 4, with_grad=False)[0](w_i, w_h, xs)
-    h = jnp.zeros((3, 4))
+    h, prev = jnp.zeros((3, 4)), []
     for t in range(5):  # the forward loop is x_t W_i + h W_h, first H columns
+        prev.append(h)
         h = (xs[t] @ w_i + h @ w_h)[:, :4]
         assert jnp.allclose(hs[t], h, atol=1e-5)
+    # Backward, from h_T: dz_t is dh repeated per gate, dh goes back through W_h^T; then the three GEMMs.
+    dh, want_w_h, want_w_i, want_x = h, 0, 0, [None] * 5
+    for t in reversed(range(5)):
+        dz = jnp.tile(dh, (1, 3))
+        want_w_h, want_w_i, want_x[t] = want_w_h + prev[t].T @ dz, want_w_i + xs[t].T @ dz, dz @ w_i.T
+        dh = dz @ w_h.T
+    assert jnp.allclose(d_w_h, want_w_h, rtol=1e-4, atol=1e-4)
+    assert jnp.allclose(d_w_i, want_w_i, rtol=1e-4, atol=1e-4)
+    assert jnp.allclose(d_x, jnp.concatenate(want_x), rtol=1e-4, atol=1e-4)
 
 
 def test_block_of_one_is_refused():

@@ -7,9 +7,9 @@ machine's drift hits all of them alike. In each round every implementation
 runs ``--block`` calls back to back and the first is not timed: it absorbs
 what the previous implementation left behind (whatever ran right after torch
 took 4-5 ms longer for a 13 ms LSTM forward, most likely torch's OpenMP
-workers spin-waiting on a core after each parallel region). The median of the timed calls is
-reported, each ending in ``block_until_ready`` (torch: the call returns when
-done on CPU; ``torch.cuda.synchronize`` on a GPU). Inputs are (B, T, H) with
+workers spin-waiting on a core after each parallel region). The median of
+the timed calls is reported, each ending in ``block_until_ready`` (torch: the
+call returns when done on CPU; ``torch.cuda.synchronize`` on a GPU). Inputs are (B, T, H) with
 input size = H; forward+backward differentiates ``sum(outputs**2)`` with
 respect to every parameter and the inputs.
 
@@ -35,8 +35,8 @@ forward+backward LSTM at T = 1000 (B = 32, H = 256): 160,000 page faults per
 call for jaxrnn, 113,000 for flax, 163,000 for torch. The tunables ask for
 transparent huge pages and keep freed memory for reuse (one arena, no mmap, no
 trimming), so a steady loop of calls faults no pages at all, as a long
-training run with a caching allocator would: torch's LSTM then took 28 ms
-instead of 65-74 ms at T = 100. The setting applies to every peer in the
+training run with a caching allocator would: torch's LSTM at T = 100 then
+took 27 ms, against 37 ms with glibc's defaults and 48 ms with huge pages alone. The setting applies to every peer in the
 process and the JSON records it. Users can set the same variable for their own
 CPU training runs.
 """
@@ -64,8 +64,8 @@ from jaxrnn.bench.timing import median_seconds
 
 PEERS = ("jaxrnn", "flax", "equinox", "haiku", "torch", "floor")
 GATES = {"lstm": 4, "gru": 3, "vanilla": 1}
-MODULES = {"jaxrnn": "jax", "floor": "jax"}
-PEAK_COLUMNS = ("jaxrnn", "torch", "floor")  # the module a peer needs, where its name is not one
+MODULES = {"jaxrnn": "jax", "floor": "jax"}  # the module a peer needs, where its name is not one
+PEAK_COLUMNS = ("jaxrnn", "torch", "floor")  # peers whose fraction of the GEMM peak the table shows
 
 
 def installed(name: str) -> bool:
