@@ -53,3 +53,48 @@ def test_floor_runs_the_fused_paths_matmuls():
 def test_block_of_one_is_refused():
     with pytest.raises(ValueError, match="block: expected at least 2"):
         speed.run_case("vanilla", 2, 3, 4, False, ["jaxrnn"], repeats=1, block=1)
+
+
+def test_rows_measured_before_a_crash_are_kept(tmp_path, monkeypatch):
+    measured = speed.run_case
+
+    def crash_on_second(kind, *args, **kwargs):
+        if kind == "gru":
+            raise RuntimeError("out of time")
+        return measured(kind, *args, **kwargs)
+
+    monkeypatch.setattr(speed, "run_case", crash_on_second)
+    out = tmp_path / "speed.json"
+    with pytest.raises(RuntimeError, match="out of time"):
+        speed.main(["--cells", "vanilla", "gru", "--batch", "2", "--hidden", "4", "--lengths", "3", "--mode", "fwd",
+                    "--repeats", "1", "--block", "2", "--peers", "jaxrnn", "--json", str(out)])
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["cell"], r["mode"]) for r in rows] == [("vanilla", "fwd")]
+
+
+def test_matmul_precision_is_scoped_and_checked():
+    import jax
+    import torch
+
+    before = jax.config.jax_default_matmul_precision, torch.backends.cudnn.allow_tf32
+    with speed.matmul_precision("tf32"):
+        assert jax.config.jax_default_matmul_precision == "tensorfloat32" and torch.backends.cudnn.allow_tf32
+    with speed.matmul_precision("float32"):
+        assert jax.config.jax_default_matmul_precision == "highest" and not torch.backends.cudnn.allow_tf32
+    assert (jax.config.jax_default_matmul_precision, torch.backends.cudnn.allow_tf32) == before
+    with pytest.raises(ValueError, match="precision: expected one of"):
+        with speed.matmul_precision("bf16"):
+            pass
+
+
+def test_variants_time_every_combination_against_the_peers(tmp_path, capsys):
+    from jaxrnn.bench import variants
+
+    out = tmp_path / "variants.json"
+    variants.main(["--cells", "gru", "--batch", "2", "--hidden", "4", "--lengths", "3", "--mode", "fwd+bwd",
+                   "--unroll", "1", "2", "--projection", "hoisted", "per_step", "--peers", "flax",
+                   "--repeats", "1", "--block", "2", "--json", str(out)])
+    (row,) = json.loads(out.read_text())["results"]
+    names = {f"unroll={u} {p} fused" for u in (1, 2) for p in ("hoisted", "per_step")}
+    assert set(row["ms"]) == names | {"flax"}
+    assert capsys.readouterr().out.count("**unroll=") >= 1  # the fastest variant is marked

@@ -26,6 +26,13 @@ and flax, with their times.
 
     jaxrnn speed --quick            # LSTM/GRU/vanilla, B=32, H=256, T=100 and 1000
 
+Each row is printed, and the JSON rewritten, as soon as its case is measured,
+so a run stopped by a time limit keeps what it measured. ``--precision``
+fixes the matmul arithmetic for every peer alike (true float32 by default;
+``tf32`` for a GPU's tensor cores), since JAX and torch default differently on
+a GPU (:func:`matmul_precision`). On a GPU the GEMM peak is measured with an
+8192^3 matmul and torch runs on CUDA (cuDNN).
+
 On Linux the benchmark restarts itself with ``GLIBC_TUNABLES`` set to
 :data:`MALLOC_TUNABLES` (``--default-malloc`` to skip). XLA and torch both
 allocate their large buffers afresh on every call; by default glibc gives
@@ -44,6 +51,7 @@ CPU training runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib.util
 import json
@@ -198,9 +206,9 @@ MAKERS = {"jaxrnn": make_jaxrnn, "flax": make_flax, "equinox": make_equinox, "ha
           "floor": make_floor}
 
 
-def prepare(name: str, kind: str, B: int, T: int, H: int, with_grad: bool):
+def prepare(name: str, kind: str, B: int, T: int, H: int, with_grad: bool, maker: Callable | None = None):
     """(callable with no arguments, compile+first-call seconds), or None if the peer lacks this cell."""
-    made = MAKERS[name](kind, B, T, H, with_grad)
+    made = (maker or MAKERS[name])(kind, B, T, H, with_grad)
     if made is None:
         return None
     fn, args = made
@@ -212,8 +220,12 @@ def prepare(name: str, kind: str, B: int, T: int, H: int, with_grad: bool):
     return call, first
 
 
-def gemm_peak(n: int = 2048, repeats: int = 5) -> float:
-    """This machine's float32 GEMM rate (FLOP/s) from one large jitted matmul, median of repeats."""
+def gemm_peak(n: int | None = None, repeats: int = 5) -> float:
+    """This machine's float32 GEMM rate (FLOP/s) from one large jitted matmul, median of repeats.
+
+    ``n`` defaults to 2048 on the CPU and 8192 on an accelerator (2048 fills a GPU for only ~0.3 ms).
+    """
+    n = n or (2048 if jax.default_backend() == "cpu" else 8192)
     a = jax.random.normal(jax.random.key(0), (n, n))
     return 2 * n**3 / median_seconds(jax.jit(lambda x: x @ x), a, repeats=repeats)
 
@@ -224,15 +236,18 @@ def flops(kind: str, B: int, T: int, H: int, with_grad: bool) -> float:
     return forward * (3 if with_grad else 1)
 
 
-def run_case(kind, B, T, H, with_grad, peers, repeats, block=3) -> dict:
+def run_case(kind, B, T, H, with_grad, peers, repeats, block=3, makers: dict[str, Callable] | None = None) -> dict:
+    """Time ``peers`` on one case, interleaved. ``makers`` adds named implementations of one's own
+    (``maker(kind, B, T, H, with_grad) -> (fn, args)``, as :func:`make_jaxrnn`), for variants."""
     if block < 2:
         raise ValueError(f"block: expected at least 2 calls (the first of each block is not timed), got {block}")
+    makers = makers or {}
     calls, compile_s, missing = {}, {}, {}
     for name in peers:
-        if not installed(name):
+        if name not in makers and not installed(name):
             missing[name] = "not installed"
             continue
-        prepared = prepare(name, kind, B, T, H, with_grad)
+        prepared = prepare(name, kind, B, T, H, with_grad, makers.get(name))
         if prepared is None:
             missing[name] = f"no {kind} cell"
             continue
@@ -308,7 +323,7 @@ def plot(results: list[dict], peers: list[str], path: pathlib.Path) -> None:
         ax.axvline(1, color="black", lw=1)
         ax.set_yticks(range(len(rows)), [f"{r['cell']} B={r['B']} H={r['H']} T={r['T']}" for r in rows])
         ax.invert_yaxis()
-        ax.set_xlabel("time / jaxrnn's time (right of the line: slower than jaxrnn)")
+        ax.set_xlabel("time / jaxrnn's time (right of 1: slower than jaxrnn)")
         ax.set_title(mode)
     fig.legend(*axes[0][-1].get_legend_handles_labels(), loc="lower center", ncol=len(shown))
     fig.tight_layout(rect=(0, 0.6 / fig.get_figheight(), 1, 1))
@@ -316,7 +331,58 @@ def plot(results: list[dict], peers: list[str], path: pathlib.Path) -> None:
     plt.close(fig)
 
 
+PRECISIONS = ("float32", "tf32")
+
+
+@contextlib.contextmanager
+def matmul_precision(precision: str):
+    """Within: every peer's float32 matmuls use the same arithmetic; settings restored after.
+
+    ``"float32"``: true float32 everywhere (JAX's ``"highest"`` matmul
+    precision; torch with TF32 off for matmuls and cuDNN). ``"tf32"``: the
+    GPU's TensorFloat-32 tensor cores for both. Left alone, the defaults
+    differ: JAX and torch's cuDNN RNNs run TF32 on a recent GPU while torch's
+    plain matmuls run float32. A CPU computes float32 either way.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+    tf32 = precision == "tf32"
+    with jax.default_matmul_precision("tensorfloat32" if tf32 else "highest"):
+        if not installed("torch"):
+            yield
+            return
+        import torch
+
+        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def describe_machine() -> dict:
+    """Where the run happened: OS, processor, JAX devices, torch threads and CUDA device."""
+    machine = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+               "jax_devices": [str(d) for d in jax.devices()]}
+    if installed("torch"):
+        import torch
+
+        machine["torch_threads"] = torch.get_num_threads()
+        machine["torch_cuda"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return machine
+
+
+def versions() -> dict:
+    return {"jax": jax.__version__, **{n: _version(n) for n in ("flax", "equinox", "haiku", "torch")}}
+
+
 def run(args) -> dict:
+    with matmul_precision(args.precision):
+        return _run(args)
+
+
+def _run(args) -> dict:
     cells = args.cells
     if args.quick:
         grid = [(b, h, t) for b in (32,) for h in (256,) for t in (100, 1000)]
@@ -326,32 +392,32 @@ def run(args) -> dict:
     cases = [(k, b, t, h, m) for k in cells for (b, h, t) in grid for m in modes]
     peak = gemm_peak()
     results = []
-    for case in tqdm(cases, desc="speed", unit="case"):
-        results.append(run_case(*case, args.peers, args.repeats, args.block))
-    import torch
-
     out = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-                    "jax_devices": [str(d) for d in jax.devices()], "torch_threads": torch.get_num_threads()},
-        "versions": {"jax": jax.__version__, "torch": torch.__version__,
-                     **{n: _version(n) for n in ("flax", "equinox", "haiku")}},
+        "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": describe_machine(),
+        "versions": versions(), "precision": args.precision,
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         "gemm_peak_gflops": peak / 1e9, "results": results,
     }
-    text = (f"GEMM peak (float32, 2048^3 matmul): {peak / 1e9:.0f} GFLOP/s; median of {args.repeats} interleaved "
-            f"rounds of {args.block - 1} timed call(s) each; GLIBC_TUNABLES={out['glibc_tunables'] or '(unset)'}\n\n")
+    path = pathlib.Path(args.json or f"runs/speed-{datetime.datetime.now():%Y%m%d-%H%M%S}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = (f"{jax.devices()[0].device_kind}; {args.precision} GEMM peak: {peak / 1e9:.0f} GFLOP/s; median of "
+            f"{args.repeats} interleaved rounds of {args.block - 1} timed call(s) each; "
+            f"GLIBC_TUNABLES={out['glibc_tunables'] or '(unset)'}\n\n")
+    print(text + "\n".join(table([], peak, args.peers).splitlines()[:2]), flush=True)
+    for case in tqdm(cases, desc="speed", unit="case"):
+        results.append(run_case(*case, args.peers, args.repeats, args.block))
+        # Each row as soon as it is measured, and the JSON so far: a long run cut short keeps what it did.
+        tqdm.write(table(results[-1:], peak, args.peers).splitlines()[-1])
+        path.write_text(json.dumps(out, indent=1))
     text += table(results, peak, args.peers)
     if args.memory:
         out["memory"] = memory_case()
         text += "\nForward+backward LSTM, T=10,000, B=32, H=256: XLA peak temp memory and time\n\n"
         text += "| impl | temp memory (MiB) | ms |\n|---|---:|---:|\n"
         text += "".join(f"| {m['impl']} | {m['temp_MiB']:.0f} | {m['ms']:.0f} |\n" for m in out["memory"])
-    path = pathlib.Path(args.json or f"runs/speed-{datetime.datetime.now():%Y%m%d-%H%M%S}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
     plot(results, args.peers, path.with_suffix(".png"))
-    print(text)
+    print("\n" + text)
     print(f"wrote {path} and {path.with_suffix('.png')}")
     return out
 
@@ -375,6 +441,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block", type=int, default=3,
                    help="calls per implementation per round, the first untimed (module docstring)")
     p.add_argument("--memory", action="store_true", help="also measure memory at T=10,000")
+    p.add_argument("--precision", choices=PRECISIONS, default="float32",
+                   help="float32 matmul arithmetic for every peer (default), or TF32 tensor cores on a GPU")
     p.add_argument("--json", help="where to write the JSON (default runs/speed-<timestamp>.json)")
     p.add_argument("--default-malloc", action="store_true",
                    help=f"do not restart with GLIBC_TUNABLES={MALLOC_TUNABLES} (Linux)")

@@ -1,0 +1,9 @@
+"""jaxrnn's unroll / projection / backward options side by side, with flax and torch as references.
+
+    python benchmarks/variants.py --cells lstm gru --lengths 100 1000 --unroll 1 2 4 8
+"""
+
+from jaxrnn.bench.variants import main
+
+if __name__ == "__main__":
+    main()

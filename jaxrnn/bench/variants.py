@@ -1,0 +1,98 @@
+"""jaxrnn's own speed options timed side by side, with flax and torch as references.
+
+Which ``unroll``, ``projection`` and ``backward`` of :func:`jaxrnn.scan` is
+fastest depends on the machine: a CPU pays for memory traffic, a GPU for
+kernel launches and loop iterations. This runs every combination asked for in
+one process, interleaved with the peers exactly as ``jaxrnn speed`` does
+(:func:`jaxrnn.bench.speed.run_case`), so the defaults can be chosen from one
+run's ratios. ``XLA_FLAGS`` is read when JAX starts: compare flags by running
+this once per setting; the JSON records the setting.
+
+    python benchmarks/variants.py --cells lstm gru --lengths 100 1000 --unroll 1 2 4 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import itertools
+import json
+import os
+import pathlib
+
+import jax
+from tqdm.auto import tqdm
+
+from jaxrnn.bench import speed
+from jaxrnn.unroll import PROJECTIONS
+
+
+def variant_makers(unrolls, projections, backwards) -> dict:
+    """``{"unroll=U projection backward": maker}`` for every combination."""
+    return {
+        f"unroll={u} {p} {b}": functools.partial(speed.make_jaxrnn, unroll=u, projection=p, backward=b)
+        for u, p, b in itertools.product(unrolls, projections, backwards)
+    }
+
+
+def table(results: list[dict], variants: list[str], peers: list[str]) -> str:
+    head = ["cell", "mode", "B", "T", "H", "variant", "ms"] + [f"x {p}" for p in peers]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        ms = r["ms"]
+        best = min((v for v in variants if v in ms), key=ms.get)
+        for v in variants:
+            ratios = [f"{ms[p] / ms[v]:.2f}" if p in ms else "-" for p in peers]
+            name = f"**{v}**" if v == best else v
+            lines.append("| " + " | ".join([r["cell"], r["mode"], str(r["B"]), str(r["T"]), str(r["H"]), name,
+                                            f"{ms[v]:.2f}"] + ratios) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run(args) -> dict:
+    makers = variant_makers(args.unroll, args.projection, args.backward)
+    peers = [p for p in args.peers if p not in makers]
+    modes = [False, True] if args.mode == "both" else [args.mode == "fwd+bwd"]
+    cases = list(itertools.product(args.cells, args.batch, args.lengths, args.hidden, modes))
+    results = []
+    out = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": speed.describe_machine(),
+           "versions": speed.versions(), "precision": args.precision, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+           "results": results}
+    path = pathlib.Path(args.json or f"runs/variants-{datetime.datetime.now():%Y%m%d-%H%M%S}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"{jax.devices()[0].device_kind}; {args.precision}; XLA_FLAGS={out['xla_flags'] or '(unset)'}; "
+          f"bold: the fastest variant of each case\n", flush=True)
+    with speed.matmul_precision(args.precision):
+        for kind, B, T, H, grad in tqdm(cases, desc="variants", unit="case"):
+            results.append(speed.run_case(kind, B, T, H, grad, [*makers, *peers], args.repeats, args.block, makers))
+            tqdm.write(table(results[-1:], list(makers), peers))  # as measured: a run cut short keeps its rows
+            path.write_text(json.dumps(out, indent=1))
+    print(table(results, list(makers), peers))
+    print(f"wrote {path}")
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="variants", description=__doc__.split("\n\n")[0])
+    p.add_argument("--cells", nargs="+", default=["lstm", "gru"], choices=list(speed.GATES))
+    p.add_argument("--batch", nargs="+", type=int, default=[32])
+    p.add_argument("--hidden", nargs="+", type=int, default=[256])
+    p.add_argument("--lengths", nargs="+", type=int, default=[100, 1000])
+    p.add_argument("--mode", choices=("fwd", "fwd+bwd", "both"), default="both")
+    p.add_argument("--unroll", nargs="+", type=int, default=[1, 2, 4, 8])
+    p.add_argument("--projection", nargs="+", choices=PROJECTIONS[1:], default=list(PROJECTIONS[1:]))
+    p.add_argument("--backward", nargs="+", choices=("fused", "autodiff"), default=["fused"])
+    p.add_argument("--peers", nargs="+", choices=speed.PEERS, default=["flax", "torch"])
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--block", type=int, default=3)
+    p.add_argument("--precision", choices=speed.PRECISIONS, default="float32")
+    p.add_argument("--json", help="where to write the JSON (default runs/variants-<timestamp>.json)")
+    args = p.parse_args(argv)
+    if argv is None:
+        speed.restart_with_malloc_tunables()
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
