@@ -9,7 +9,7 @@ functions; :func:`scan` unrolls any of them; :class:`RNN` stacks them;
 """
 
 from jaxrnn import heads, linen, seq2seq, streaming, tasks
-from jaxrnn.cells import CELLS, Cell, LSTMState, chrono_init, gru, identity_init, lstm, vanilla
+from jaxrnn.cells import CELLS, Cell, LSTMState, StepVJP, chrono_init, gru, identity_init, lstm, vanilla
 from jaxrnn.interop import carry_from_flax, carry_to_flax, from_flax, from_torch, to_flax, to_torch
 from jaxrnn.layers import RNN
 from jaxrnn.unroll import scan
@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CELLS",
     "Cell",
+    "StepVJP",
     "LSTMState",
     "RNN",
     "carry_from_flax",

@@ -55,6 +55,43 @@ class LSTMState(NamedTuple):
     c: Array
 
 
+class StepVJP(NamedTuple):
+    """How the unroll's fused backward pass differentiates a cell's elementwise part.
+
+    Attributes:
+      keep: ``keep(params, carry, xp_t, hh_t) -> (carry, h_t, saved)``: the
+        forward of ``elementwise``, plus ``saved``, whatever ``backward`` needs
+        (kept for every step, so the smaller the better).
+      backward: ``backward(params, carry_prev, saved, d_carry, d_h) ->
+        (d_params, d_carry_prev, d_xp, d_hh)``: the cotangents of
+        ``elementwise``'s inputs given those of its two outputs, each summed
+        over the batch for ``d_params``. Linear in ``(d_carry, d_h)``.
+
+    :func:`autodiff_step_vjp` works for any cell; a cell may hand-derive one
+    that keeps its activations instead, as the GRU does.
+    """
+
+    keep: Callable[..., tuple[Carry, Array, Any]]
+    backward: Callable[..., tuple[Params, Carry, Array, Array]]
+
+
+def autodiff_step_vjp(elementwise: Callable) -> StepVJP:
+    """Keep the step's inputs ``(xp_t, hh_t)`` and differentiate ``elementwise`` with ``jax.vjp``.
+
+    The backward pass recomputes the step's activations from them.
+    """
+
+    def keep(params, carry, xp_t, hh_t):
+        new, h = elementwise(params, carry, xp_t, hh_t)
+        return new, h, (xp_t, hh_t)
+
+    def backward(params, carry_prev, saved, d_carry, d_h):
+        _, vjp = jax.vjp(elementwise, params, carry_prev, *saved)
+        return vjp((d_carry, d_h))
+
+    return StepVJP(keep, backward)
+
+
 class Cell(NamedTuple):
     """A recurrent cell: an immutable record of pure functions.
 
@@ -76,6 +113,8 @@ class Cell(NamedTuple):
         steps at once (:mod:`jaxrnn.unroll`). It may read parameters other
         than ``w_i``, ``w_h`` and ``b`` (GRU's ``b_hn``), never those three.
       hidden: ``hidden(carry) -> h``, the part of the carry that multiplies ``w_h``.
+      step_vjp: a :class:`StepVJP`, how the fused backward pass differentiates
+        ``elementwise`` (only for the parameters it reads).
       gates: ``gates(params, carry, xp_t) -> {name: activation}``, the gate
         values of one step (empty for vanilla), for diagnostics.
       param_shapes: ``param_shapes(input_size) -> {name: shape}``.
@@ -91,6 +130,7 @@ class Cell(NamedTuple):
     recur: Callable[[Params, Carry, Array], tuple[Carry, Array]]
     elementwise: Callable[[Params, Carry, Array, Array], tuple[Carry, Array]]
     hidden: Callable[[Carry], Array]
+    step_vjp: StepVJP
     gates: Callable[[Params, Carry, Array], dict[str, Array]]
     param_shapes: Callable[[int], dict[str, tuple[int, ...]]]
     options: tuple[tuple[str, Any], ...]
@@ -147,8 +187,13 @@ def _make_cell(
     param_dtype: Any,
     options: tuple[tuple[str, Any], ...],
     separate_hn_bias: bool = False,
+    step_vjp: Callable[[Any], StepVJP] | None = None,
 ) -> Cell:
-    """Everything the three cells share: shapes, initialisation, projection, carry."""
+    """Everything the three cells share: shapes, initialisation, projection, carry.
+
+    ``step_vjp(dtype)`` hand-derives the elementwise part's derivative; by
+    default it is :func:`autodiff_step_vjp`.
+    """
     H, G = hidden_size, num_gates
     _checks.check_choice("init", init, INIT_SCHEMES)
 
@@ -209,6 +254,7 @@ def _make_cell(
         xp = jnp.asarray(xs, dtype) @ params["w_i"].astype(dtype)
         return xp + params["b"].astype(dtype) if use_bias else xp
 
+    cell_elementwise = lambda params, carry, xp_t, hh_t: elementwise(params, carry, xp_t, hh_t, dtype)
     return Cell(
         kind=kind,
         hidden_size=H,
@@ -217,8 +263,9 @@ def _make_cell(
         initial_carry=initial_carry,
         project=project,
         recur=lambda params, carry, xp_t: elementwise(params, carry, xp_t, hh(params, carry), dtype),
-        elementwise=lambda params, carry, xp_t, hh_t: elementwise(params, carry, xp_t, hh_t, dtype),
+        elementwise=cell_elementwise,
         hidden=hidden,
+        step_vjp=step_vjp(dtype) if step_vjp else autodiff_step_vjp(cell_elementwise),
         gates=lambda params, carry, xp_t: gates(params, carry, xp_t, hh(params, carry), dtype),
         param_shapes=param_shapes,
         options=options + (("use_bias", use_bias), ("init", init), ("dtype", dtype)),
@@ -466,23 +513,54 @@ def gru(
             hn = hn + params["b_hn"].astype(dtype)
         rz = jax.nn.sigmoid(xp_t[..., : 2 * H] + hh[..., : 2 * H])
         n = jnp.tanh(xp_t[..., 2 * H :] + rz[..., :H] * hn)
-        return rz, n
+        return rz, n, hn
 
     def elementwise(params, h, xp_t, hh_t, dtype):
-        rz, n = parts(params, xp_t, hh_t, dtype)
+        rz, n, _ = parts(params, xp_t, hh_t, dtype)
         z = rz[..., H:]
         h = n + z * (h - n)  # = (1 - z) n + z h, one multiply fewer
         return h, h
 
     def gates(params, h, xp_t, hh_t, dtype):
-        rz, _ = parts(params, xp_t, hh_t, dtype)
+        rz, _, _ = parts(params, xp_t, hh_t, dtype)
         return {"reset": rz[..., :H], "update": rz[..., H:]}
+
+    def step_vjp(dtype) -> StepVJP:
+        """Keeps the activations r, z, n and ``hn = h W_hn + b_hn`` (4H a step
+        instead of the 6H of ``xp_t, hh_t``), so the backward pass evaluates no
+        sigmoid or tanh again. With ``a_*`` the pre-activations and ``dh`` the
+        gradient reaching ``h_t``::
+
+            a_n' = dh (1 - z) (1 - n^2)       d xp = [a_r', a_z', a_n']
+            a_z' = dh (h_{t-1} - n) z (1 - z)  d hh = [a_r', a_z', a_n' r]
+            a_r' = a_n' hn r (1 - r)          d h_{t-1} = dh z   (+ d hh W_h^T, by the unroll)
+        """
+
+        def keep(params, h, xp_t, hh_t):
+            rz, n, hn = parts(params, xp_t, hh_t, dtype)
+            h = n + rz[..., H:] * (h - n)
+            return h, h, (rz, n, hn)
+
+        def backward(params, h_prev, saved, d_carry, d_h):
+            rz, n, hn = saved
+            r, z = rz[..., :H], rz[..., H:]
+            dh = d_carry + d_h
+            da_n = dh * (1 - z) * (1 - n * n)
+            da_z = dh * (h_prev - n) * z * (1 - z)
+            da_r = da_n * hn * r * (1 - r)
+            d_hn = da_n * r
+            d_params = {"b_hn": d_hn.reshape(-1, H).sum(0).astype(params["b_hn"].dtype)} if use_bias else {}
+            d_xp = jnp.concatenate([da_r, da_z, da_n], axis=-1)
+            d_hh = jnp.concatenate([da_r, da_z, d_hn], axis=-1)
+            return d_params, dh * z, d_xp, d_hh
+
+        return StepVJP(keep, backward)
 
     return _make_cell(
         "gru", hidden_size, 3, elementwise, gates,
         use_bias=use_bias, init=init, kernel_init=kernel_init, recurrent_init=recurrent_init,
         bias_offsets={}, dtype=dtype, param_dtype=param_dtype, options=(),
-        separate_hn_bias=True,
+        separate_hn_bias=True, step_vjp=step_vjp,
     )
 
 

@@ -108,7 +108,10 @@ def scan(
       backward: ``"fused"`` (default): a custom VJP that keeps every step's
         recurrent matmul output and, after the backward loop, computes
         ``dW_h`` for all steps as ONE large matmul (as cuDNN does) instead of a
-        small one per step. ``"autodiff"``: JAX's own derivative of the loop.
+        small one per step; each step's elementwise part is differentiated by
+        the cell's :class:`~jaxrnn.StepVJP` (the GRU keeps its gate
+        activations, so its backward pass evaluates no sigmoid or tanh again).
+        ``"autodiff"``: JAX's own derivative of the loop.
         Same values; ``resets`` always uses autodiff.
       checkpoint_every: memory saving: run the loop in chunks of this many
         steps, each projecting its own inputs, and keep only each chunk's
@@ -311,9 +314,10 @@ def fused_recurrence(
     ``xp`` holds the projected inputs ``x W_i + b`` (T, B, G*H), or, with
     ``projected=False``, the raw inputs (T, B, I), which each step projects.
 
-    Forward, every step keeps its input carry, ``xp_t`` and
-    ``hh_t = h_{t-1} W_h``. Backward, a reverse scan differentiates only the
-    elementwise part of each step and sends ``dh_{t-1} = d hh_t W_h^T`` back:
+    Forward, every step keeps its input carry and what the cell's
+    :class:`~jaxrnn.cells.StepVJP` saves: ``xp_t`` and ``hh_t = h_{t-1} W_h``
+    by default, the GRU its activations. Backward, a reverse scan
+    differentiates only the elementwise part of each step and sends ``dh_{t-1} = d hh_t W_h^T`` back:
     one matmul per step. The weight gradient ``dW_h = sum_t h_{t-1}^T d hh_t``
     is then one matmul of (H, T*B) by (T*B, G*H), which runs near the machine's
     GEMM peak, where autodiff would do T small ones inside the loop. ``d xp``
@@ -332,8 +336,11 @@ def fused_recurrence(
             x_t, valid_t = inputs
             xp_t = x_t if projected else cell.project(projection, x_t)
             hh_t = cell.hidden(carry) @ w_h.astype(xp_t.dtype)
-            new, y = _masked(carry, *cell.elementwise(rest, carry, xp_t, hh_t), valid_t)
-            return new, ((y, carry, xp_t, hh_t) if keep else y)
+            if not keep:
+                return _masked(carry, *cell.elementwise(rest, carry, xp_t, hh_t), valid_t)
+            new, y, saved = cell.step_vjp.keep(rest, carry, xp_t, hh_t)
+            new, y = _masked(carry, new, y, valid_t)
+            return new, (y, carry, saved)
 
         return jax.lax.scan(step, carry0, (xs, valid), unroll=unroll)
 
@@ -342,27 +349,32 @@ def fused_recurrence(
         return forward(projection, w_h, rest, xs, carry0, valid, keep=False)
 
     def run_fwd(projection, w_h, rest, xs, carry0, valid):
-        final, (ys, prev, xp, hh) = forward(projection, w_h, rest, xs, carry0, valid, keep=True)
-        return (final, ys), (projection, w_h, rest, xs, valid, prev, xp, hh)
+        final, (ys, prev, saved) = forward(projection, w_h, rest, xs, carry0, valid, keep=True)
+        return (final, ys), (projection, w_h, rest, xs, valid, prev, saved)
 
     def run_bwd(residuals, cotangents):
-        projection, w_h, rest, xs, valid, prev, xp, hh = residuals
+        projection, w_h, rest, xs, valid, prev, saved = residuals
         d_final, d_ys = cotangents
-        w_t = w_h.astype(xp.dtype).T
+        w_t = w_h.astype(d_ys.dtype).T
 
         def back(carry, inputs):
             d_carry, d_rest = carry
-            carry_prev, xp_t, hh_t, valid_t, dy_t = inputs
-            local = lambda r, c, x, h: _masked(c, *cell.elementwise(r, c, x, h), valid_t)
-            _, vjp = jax.vjp(local, rest, carry_prev, xp_t, hh_t)
-            dr, dc, dxp, dhh = vjp((d_carry, dy_t))
+            carry_prev, saved_t, valid_t, dy_t = inputs
+            d_new = d_carry
+            if valid_t is not None:  # a padded step passed its carry through and output zeros
+                zero = jax.tree_util.tree_map(jnp.zeros_like, d_carry)
+                d_new, passed = tree_where(valid_t, d_carry, zero), tree_where(valid_t, zero, d_carry)
+                dy_t = jnp.where(valid_t[:, None], dy_t, jnp.zeros_like(dy_t))
+            dr, dc, dxp, dhh = cell.step_vjp.backward(rest, carry_prev, saved_t, d_new, dy_t)
+            if valid_t is not None:
+                dc = _tree_add(dc, passed)
             _, hidden_vjp = jax.vjp(cell.hidden, carry_prev)
             dc = _tree_add(dc, hidden_vjp(dhh @ w_t)[0])
             return (dc, _tree_add(d_rest, dr)), (dxp, dhh)
 
         zeros = jax.tree_util.tree_map(jnp.zeros_like, rest)
         (d_carry0, d_rest), (d_xp, d_hh) = jax.lax.scan(
-            back, (d_final, zeros), (prev, xp, hh, valid, d_ys), reverse=True, unroll=unroll
+            back, (d_final, zeros), (prev, saved, valid, d_ys), reverse=True, unroll=unroll
         )
         d_w_h = jnp.einsum("tbh,tbg->hg", cell.hidden(prev), d_hh).astype(w_h.dtype)
         if projected:  # the projection ran outside; autodiff takes d_xp back through it

@@ -86,8 +86,12 @@ def _jax_fn(apply: Callable, params, xs, with_grad: bool) -> tuple[Callable, tup
     return fn, (params, xs)
 
 
-def make_jaxrnn(kind, B, T, H, with_grad, **options):
+def make_jaxrnn(kind, B, T, H, with_grad, step_vjp="cell", **options):
+    """jaxrnn.scan with ``options``; ``step_vjp="autodiff"`` swaps a hand-derived
+    :class:`~jaxrnn.StepVJP` (the GRU's) for the generic one, to time the difference."""
     cell = jaxrnn.CELLS[kind](H)
+    if step_vjp == "autodiff":
+        cell = cell._replace(step_vjp=jaxrnn.cells.autodiff_step_vjp(cell.elementwise))
     params = cell.init(jax.random.key(0), H)
     apply = lambda p, x: jaxrnn.scan(cell, p, x, **options)[0]
     return _jax_fn(apply, params, jax.random.normal(jax.random.key(1), (B, T, H)), with_grad)

@@ -28,11 +28,12 @@ from jaxrnn.bench import speed
 from jaxrnn.unroll import PROJECTIONS
 
 
-def variant_makers(unrolls, projections, backwards) -> dict:
-    """``{"unroll=U projection backward": maker}`` for every combination."""
+def variant_makers(unrolls, projections, backwards, step_vjps=("cell",)) -> dict:
+    """``{"unroll=U projection backward[ step_vjp]": maker}`` for every combination."""
     return {
-        f"unroll={u} {p} {b}": functools.partial(speed.make_jaxrnn, unroll=u, projection=p, backward=b)
-        for u, p, b in itertools.product(unrolls, projections, backwards)
+        f"unroll={u} {p} {b}" + ("" if s == "cell" else f" {s}-step"):
+            functools.partial(speed.make_jaxrnn, unroll=u, projection=p, backward=b, step_vjp=s)
+        for u, p, b, s in itertools.product(unrolls, projections, backwards, step_vjps)
     }
 
 
@@ -51,7 +52,7 @@ def table(results: list[dict], variants: list[str], peers: list[str]) -> str:
 
 
 def run(args) -> dict:
-    makers = variant_makers(args.unroll, args.projection, args.backward)
+    makers = variant_makers(args.unroll, args.projection, args.backward, args.step_vjp)
     peers = [p for p in args.peers if p not in makers]
     modes = [False, True] if args.mode == "both" else [args.mode == "fwd+bwd"]
     cases = list(itertools.product(args.cells, args.batch, args.lengths, args.hidden, modes))
@@ -83,6 +84,9 @@ def main(argv=None) -> None:
     p.add_argument("--unroll", nargs="+", type=int, default=[1, 2, 4, 8])
     p.add_argument("--projection", nargs="+", choices=PROJECTIONS[1:], default=list(PROJECTIONS[1:]))
     p.add_argument("--backward", nargs="+", choices=("fused", "autodiff"), default=["fused"])
+    p.add_argument("--step-vjp", nargs="+", choices=("cell", "autodiff"), default=["cell"],
+                   help="the fused backward's per-step derivative: the cell's own StepVJP, or jax.vjp of its "
+                        "elementwise part (differs for the GRU, which keeps its activations)")
     p.add_argument("--peers", nargs="+", choices=speed.PEERS, default=["flax", "torch"])
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--block", type=int, default=3)
