@@ -53,6 +53,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import importlib.util
 import json
 import os
@@ -272,20 +273,32 @@ def run_case(kind, B, T, H, with_grad, peers, repeats, block=3, makers: dict[str
 
 
 def memory_case(T: int = 10_000, B: int = 32, H: int = 256, chunk: int = 100, repeats: int = 3) -> list[dict]:
-    """Peak activation memory (XLA temp buffers) and time of a forward+backward LSTM step."""
-    rows = []
+    """Peak activation memory (XLA temp buffers) and time of a forward+backward LSTM step.
+
+    Timed in interleaved rounds, as :func:`run_case`, after one warm-up call each: the
+    memory option's target is a time ratio, and the machine drifts between one
+    implementation's calls and the next's.
+    """
     variants = {
         "jaxrnn": lambda: make_jaxrnn("lstm", B, T, H, True),
         f"jaxrnn checkpoint_every={chunk}": lambda: make_jaxrnn("lstm", B, T, H, True, checkpoint_every=chunk),
         "flax": lambda: make_flax("lstm", B, T, H, True),
     }
+    compiled, temp = {}, {}
     for name, make in variants.items():
         fn, args = make()
-        compiled = fn.lower(*args).compile()
-        stats = compiled.memory_analysis()
-        rows.append({"impl": name, "T": T, "B": B, "H": H, "temp_MiB": stats.temp_size_in_bytes / 2**20,
-                     "ms": 1e3 * median_seconds(compiled, *args, repeats=repeats)})
-    return rows
+        executable = fn.lower(*args).compile()
+        temp[name] = executable.memory_analysis().temp_size_in_bytes / 2**20
+        compiled[name] = functools.partial(executable, *args)
+        jax.block_until_ready(compiled[name]())
+    times = {name: [] for name in compiled}
+    for _ in range(repeats):
+        for name, call in compiled.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(call())
+            times[name].append(time.perf_counter() - t0)
+    return [{"impl": name, "T": T, "B": B, "H": H, "temp_MiB": temp[name], "ms": 1e3 * statistics.median(times[name])}
+            for name in compiled]
 
 
 def table(results: list[dict], peak: float, peers: list[str]) -> str:
