@@ -515,10 +515,14 @@ def gru(
         n = jnp.tanh(xp_t[..., 2 * H :] + rz[..., :H] * hn)
         return rz, n, hn
 
+    def step(params, h, xp_t, hh_t, dtype):
+        """The new h and the activations the hand-derived backward keeps."""
+        rz, n, hn = parts(params, xp_t, hh_t, dtype)
+        h = n + rz[..., H:] * (h - n)  # = (1 - z) n + z h, one multiply fewer
+        return h, (rz, n, hn)
+
     def elementwise(params, h, xp_t, hh_t, dtype):
-        rz, n, _ = parts(params, xp_t, hh_t, dtype)
-        z = rz[..., H:]
-        h = n + z * (h - n)  # = (1 - z) n + z h, one multiply fewer
+        h, _ = step(params, h, xp_t, hh_t, dtype)
         return h, h
 
     def gates(params, h, xp_t, hh_t, dtype):
@@ -537,9 +541,8 @@ def gru(
         """
 
         def keep(params, h, xp_t, hh_t):
-            rz, n, hn = parts(params, xp_t, hh_t, dtype)
-            h = n + rz[..., H:] * (h - n)
-            return h, h, (rz, n, hn)
+            h, saved = step(params, h, xp_t, hh_t, dtype)
+            return h, h, saved
 
         def backward(params, h_prev, saved, d_carry, d_h):
             rz, n, hn = saved

@@ -317,8 +317,8 @@ def fused_recurrence(
     Forward, every step keeps its input carry and what the cell's
     :class:`~jaxrnn.cells.StepVJP` saves: ``xp_t`` and ``hh_t = h_{t-1} W_h``
     by default, the GRU its activations. Backward, a reverse scan
-    differentiates only the elementwise part of each step and sends ``dh_{t-1} = d hh_t W_h^T`` back:
-    one matmul per step. The weight gradient ``dW_h = sum_t h_{t-1}^T d hh_t``
+    differentiates only the elementwise part of each step and sends
+    ``dh_{t-1} = d hh_t W_h^T`` back: one matmul per step. The weight gradient ``dW_h = sum_t h_{t-1}^T d hh_t``
     is then one matmul of (H, T*B) by (T*B, G*H), which runs near the machine's
     GEMM peak, where autodiff would do T small ones inside the loop. ``d xp``
     goes back through the projection, whose derivative (``dW_i``, ``db``,

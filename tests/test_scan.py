@@ -75,10 +75,10 @@ def test_resets_equal_running_segments_one_by_one(flags, reverse):
     resets = np.array(flags).reshape(B, T)
     h0 = random_inputs(jax.random.key(9), B, H)
     ys, _ = jaxrnn.scan(cell, params, xs, resets=resets, initial_carry=h0, reverse=reverse)
+    # The reference is the Python loop (no compile per segment length, which made this test slow).
+    order = slice(None, None, -1) if reverse else slice(None)
     for b in range(B):
         for s, e in segments_of(resets[b]):
-            # The reference is the Python loop (no compile per segment length, which made this test slow).
-            order = slice(None, None, -1) if reverse else slice(None)
             seg, _ = manual_loop(cell, params, xs[b, s:e][order], carry=h0[b])
             np.testing.assert_allclose(ys[b, s:e], seg[order], atol=1e-5)
 

@@ -53,7 +53,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import functools
 import importlib.util
 import json
 import os
@@ -241,6 +240,25 @@ def flops(kind: str, B: int, T: int, H: int, with_grad: bool) -> float:
     return forward * (3 if with_grad else 1)
 
 
+def interleaved_ms(calls: dict[str, Callable], repeats: int, timed: int = 1, settle: bool = False) -> dict[str, float]:
+    """Median ms per call of each no-argument ``call``, over ``repeats`` rounds A B C A B C ...
+
+    Each round runs every call ``timed`` times back to back, after one untimed
+    call if ``settle`` (it absorbs what the previous one left running: module
+    docstring).
+    """
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            if settle:
+                call()
+            for _ in range(timed):
+                t0 = time.perf_counter()
+                call()
+                times[name].append(time.perf_counter() - t0)
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+
+
 def run_case(kind, B, T, H, with_grad, peers, repeats, block=3, makers: dict[str, Callable] | None = None) -> dict:
     """Time ``peers`` on one case, interleaved. ``makers`` adds named implementations of one's own
     (``maker(kind, B, T, H, with_grad) -> (fn, args)``, as :func:`make_jaxrnn`), for variants."""
@@ -257,17 +275,9 @@ def run_case(kind, B, T, H, with_grad, peers, repeats, block=3, makers: dict[str
             missing[name] = f"no {kind} cell"
             continue
         calls[name], compile_s[name] = prepared
-    times = {name: [] for name in calls}
-    for _ in range(repeats):  # interleaved rounds
-        for name, call in calls.items():
-            call()  # settles what the previous peer left running (module docstring)
-            for _ in range(block - 1):
-                t0 = time.perf_counter()
-                call()
-                times[name].append(time.perf_counter() - t0)
     return {
         "cell": kind, "B": B, "T": T, "H": H, "mode": "fwd+bwd" if with_grad else "fwd",
-        "ms": {n: 1e3 * statistics.median(t) for n, t in times.items()},
+        "ms": interleaved_ms(calls, repeats, timed=block - 1, settle=True),
         "first_call_s": compile_s, "missing": missing,
     }
 
@@ -289,16 +299,10 @@ def memory_case(T: int = 10_000, B: int = 32, H: int = 256, chunk: int = 100, re
         fn, args = make()
         executable = fn.lower(*args).compile()
         temp[name] = executable.memory_analysis().temp_size_in_bytes / 2**20
-        compiled[name] = functools.partial(executable, *args)
-        jax.block_until_ready(compiled[name]())
-    times = {name: [] for name in compiled}
-    for _ in range(repeats):
-        for name, call in compiled.items():
-            t0 = time.perf_counter()
-            jax.block_until_ready(call())
-            times[name].append(time.perf_counter() - t0)
-    return [{"impl": name, "T": T, "B": B, "H": H, "temp_MiB": temp[name], "ms": 1e3 * statistics.median(times[name])}
-            for name in compiled]
+        compiled[name] = lambda f=executable, a=args: jax.block_until_ready(f(*a))
+        compiled[name]()
+    ms = interleaved_ms(compiled, repeats)
+    return [{"impl": name, "T": T, "B": B, "H": H, "temp_MiB": temp[name], "ms": ms[name]} for name in compiled]
 
 
 def table(results: list[dict], peak: float, peers: list[str]) -> str:
@@ -394,6 +398,17 @@ def versions() -> dict:
     return {"jax": jax.__version__, **{n: _version(n) for n in ("flax", "equinox", "haiku", "torch")}}
 
 
+def start_record(kind: str, args, **extra) -> tuple[dict, pathlib.Path]:
+    """The JSON a benchmark run writes (where, when, versions, precision; ``results`` filled as
+    measured) and its path: ``args.json`` or ``runs/<kind>-<timestamp>.json``."""
+    now = datetime.datetime.now()
+    out = {"date": now.isoformat(timespec="seconds"), "machine": describe_machine(), "versions": versions(),
+           "precision": args.precision, **extra, "results": []}
+    path = pathlib.Path(args.json or f"runs/{kind}-{now:%Y%m%d-%H%M%S}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return out, path
+
+
 def run(args) -> dict:
     with matmul_precision(args.precision):
         return _run(args)
@@ -408,15 +423,9 @@ def _run(args) -> dict:
     modes = [False, True] if args.mode == "both" else [args.mode == "fwd+bwd"]
     cases = [(k, b, t, h, m) for k in cells for (b, h, t) in grid for m in modes]
     peak = gemm_peak()
-    results = []
-    out = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": describe_machine(),
-        "versions": versions(), "precision": args.precision,
-        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
-        "gemm_peak_gflops": peak / 1e9, "results": results,
-    }
-    path = pathlib.Path(args.json or f"runs/speed-{datetime.datetime.now():%Y%m%d-%H%M%S}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    out, path = start_record("speed", args, glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""),
+                             gemm_peak_gflops=peak / 1e9)
+    results = out["results"]
     text = (f"{jax.devices()[0].device_kind}; {args.precision} GEMM peak: {peak / 1e9:.0f} GFLOP/s; median of "
             f"{args.repeats} interleaved rounds of {args.block - 1} timed call(s) each; "
             f"GLIBC_TUNABLES={out['glibc_tunables'] or '(unset)'}\n\n")

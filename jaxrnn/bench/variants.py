@@ -14,12 +14,10 @@ this once per setting; the JSON records the setting.
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import itertools
 import json
 import os
-import pathlib
 
 import jax
 from tqdm.auto import tqdm
@@ -56,12 +54,8 @@ def run(args) -> dict:
     peers = [p for p in args.peers if p not in makers]
     modes = [False, True] if args.mode == "both" else [args.mode == "fwd+bwd"]
     cases = list(itertools.product(args.cells, args.batch, args.lengths, args.hidden, modes))
-    results = []
-    out = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": speed.describe_machine(),
-           "versions": speed.versions(), "precision": args.precision, "xla_flags": os.environ.get("XLA_FLAGS", ""),
-           "results": results}
-    path = pathlib.Path(args.json or f"runs/variants-{datetime.datetime.now():%Y%m%d-%H%M%S}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    out, path = speed.start_record("variants", args, xla_flags=os.environ.get("XLA_FLAGS", ""))
+    results = out["results"]
     print(f"{jax.devices()[0].device_kind}; {args.precision}; XLA_FLAGS={out['xla_flags'] or '(unset)'}; "
           f"bold: the fastest variant of each case\n", flush=True)
     with speed.matmul_precision(args.precision):
