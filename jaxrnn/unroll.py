@@ -10,6 +10,9 @@
 3. ``reverse`` runs each row backwards over its own valid part, by permuting
    time per row, so padding stays at the end in both directions.
 
+On the CPU an LSTM without masks skips the loop altogether: ``kernel="auto"``
+hands it to :mod:`jaxrnn.native`, one compiled call for the whole sequence.
+
 A worked example of ``resets`` (one row holding two sequences, ``a`` and ``b``)::
 
     x:       a0   a1   a2   b0   b1
@@ -29,7 +32,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxrnn import _checks
+from jaxrnn import _checks, native
 from jaxrnn.cells import Carry, Cell, Params
 
 Array = jax.Array
@@ -70,6 +73,7 @@ def scan(
     backward: str = "fused",
     checkpoint_every: int | None = None,
     projection: str = "auto",
+    kernel: str = "auto",
 ) -> tuple[Array, Carry]:
     r"""Run ``cell`` over a sequence: ``(carry_t, y_t) = cell.step(params, carry_{t-1}, x_t)``.
 
@@ -130,6 +134,14 @@ def scan(
         310 ms hoisted against 154 ms per step); on a GPU one large matmul is
         the faster. The backward pass of both computes ``dW_i`` as one large
         matmul. Same values either way (to float rounding).
+      kernel: ``"native"``: run the whole unroll as one compiled CPU kernel
+        (:mod:`jaxrnn.native`; LSTM, float32, no ``lengths`` or ``resets``;
+        with ``checkpoint_every``, one call per chunk; an error says which
+        condition fails).
+        ``"xla"``: the ``lax.scan`` loop. ``"auto"`` (default): native
+        wherever it can run, else the loop. The kernel is differentiable
+        once; for higher derivatives (or forward mode) pass ``"xla"``.
+        Same values either way (to float rounding).
 
     Returns:
       ``(ys, final_carry)``: ys (B, T, H) (or (T, B, H)); final_carry as
@@ -141,7 +153,7 @@ def scan(
         ys, carry = scan(
             cell, params, xs[None], initial_carry=add(initial_carry),
             lengths=add(lengths), resets=add(resets), reverse=reverse, unroll=unroll,
-            backward=backward, checkpoint_every=checkpoint_every, projection=projection,
+            backward=backward, checkpoint_every=checkpoint_every, projection=projection, kernel=kernel,
         )
         return ys[0], jax.tree_util.tree_map(lambda v: v[0], carry)
     if xs.ndim != 3:
@@ -152,6 +164,16 @@ def scan(
         )
     _checks.check_choice("backward", backward, ("fused", "autodiff"))
     _checks.check_choice("projection", projection, PROJECTIONS)
+    _checks.check_choice("kernel", kernel, KERNELS)
+    if kernel != "xla":
+        batch = xs.shape[1] if time_major else xs.shape[0]
+        reason = native.unsupported(
+            cell, params, batch, xs.dtype, lengths=lengths, resets=resets, backward=backward
+        )
+        if reason is None:
+            return _native(cell, params, xs, initial_carry, reverse, time_major, checkpoint_every)
+        if kernel == "native":
+            raise ValueError(f"kernel='native' cannot run this call: {reason}")
     hoisted = resolve_projection(projection) == "hoisted"
     prep = prepare(
         cell, params, xs, initial_carry=initial_carry, lengths=lengths, resets=resets,
@@ -175,6 +197,38 @@ def scan(
 
 
 PROJECTIONS = ("auto", "hoisted", "per_step")
+KERNELS = ("auto", "xla", "native")
+
+
+def _native(cell: Cell, params: Params, xs: Array, initial_carry, reverse: bool, time_major: bool,
+            checkpoint_every: int | None):
+    """:func:`scan` through :func:`jaxrnn.native.lstm_unroll` (an LSTM, no masks).
+
+    With ``checkpoint_every``, one kernel call per chunk, each rematerialised in
+    the backward pass, as :func:`_checkpointed` does with the loop.
+    """
+    prep = prepare(cell, params, xs, initial_carry=initial_carry, reverse=reverse, time_major=time_major, project=False)
+    b = params["b"] if "b" in params else jnp.zeros(params["w_h"].shape[-1], params["w_h"].dtype)
+
+    def run(carry, xs):
+        ys, h, c = native.lstm_unroll(xs, carry.h, carry.c, params["w_i"], params["w_h"], b)
+        return type(carry)(h, c), ys
+
+    if checkpoint_every is None:
+        carry, ys = run(prep.initial_carry, prep.xp)
+    else:
+        _checks.check_positive_int("checkpoint_every", checkpoint_every)
+        run = jax.checkpoint(run)
+        T = prep.xp.shape[0]
+        n, tail = divmod(T, checkpoint_every)
+        whole = prep.xp[: n * checkpoint_every].reshape((n, checkpoint_every) + prep.xp.shape[1:])
+        carry, ys = jax.lax.scan(run, prep.initial_carry, whole)
+        ys = ys.reshape((n * checkpoint_every,) + ys.shape[2:])
+        if tail:
+            carry, ys_tail = run(carry, prep.xp[n * checkpoint_every :])
+            ys = jnp.concatenate([ys, ys_tail])
+    ys = jnp.flip(ys, axis=0) if reverse else ys
+    return (ys if time_major else jnp.swapaxes(ys, 0, 1)), carry
 
 
 def resolve_projection(projection: str) -> str:

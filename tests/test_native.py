@@ -1,0 +1,172 @@
+"""The native CPU LSTM (jaxrnn.native) against the XLA loop it replaces."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import jaxrnn
+from jaxrnn import native
+from conftest import random_inputs, random_params
+
+needs_kernel = pytest.mark.skipif(
+    native.unavailable_reason() is not None, reason=f"native kernel: {native.unavailable_reason()}"
+)
+
+# (B, T, I, H): a batch of exactly 16, a padded one (33 -> 48 rows, a 32-row and
+# a 16-row tile), the smallest batch it takes; H odd (a one-unit tail tile and
+# a short backward tile), H split over threads.
+SHAPES = [(16, 6, 5, 8), (33, 9, 7, 40), (8, 4, 3, 9)]
+
+
+def setup(B, T, I, H, seed=0):
+    cell = jaxrnn.lstm(H)
+    params = random_params(cell, jax.random.key(seed), I)
+    xs = random_inputs(jax.random.key(seed + 1), B, T, I)
+    carry = jaxrnn.LSTMState(*(0.5 * random_inputs(k, B, H) for k in jax.random.split(jax.random.key(seed + 2))))
+    return cell, params, xs, carry
+
+
+@needs_kernel
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-T{}-I{}-H{}".format(*s))
+def test_native_equals_the_xla_loop(shape, reverse):
+    cell, params, xs, carry = setup(*shape)
+    run = lambda kernel: jax.jit(
+        lambda p, x, c: jaxrnn.scan(cell, p, x, initial_carry=c, reverse=reverse, kernel=kernel)
+    )(params, xs, carry)
+    ys, final = run("native")
+    ys_ref, final_ref = run("xla")
+    np.testing.assert_allclose(ys, ys_ref, atol=2e-6)
+    np.testing.assert_allclose(final.h, final_ref.h, atol=2e-6)
+    np.testing.assert_allclose(final.c, final_ref.c, atol=2e-6)
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-T{}-I{}-H{}".format(*s))
+def test_native_gradients_equal_the_xla_loop(shape):
+    cell, params, xs, carry = setup(*shape)
+    w = random_inputs(jax.random.key(9), *xs.shape[:2], cell.hidden_size)
+
+    def loss(p, x, c, kernel):
+        ys, final = jaxrnn.scan(cell, p, x, initial_carry=c, kernel=kernel)
+        return jnp.sum(ys * w) + jnp.sum(final.h**2) + jnp.sum(3 * final.c)
+
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=3)
+    got, want = grads(params, xs, carry, "native"), grads(params, xs, carry, "xla")
+    for g, r in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("chunk", [3, 4], ids=["with-a-tail-chunk", "whole-chunks"])
+def test_native_checkpointed_chunks_equal_one_call(chunk):
+    cell, params, xs, carry = setup(16, 8, 3, 8)
+    w = random_inputs(jax.random.key(9), 16, 8, 8)
+
+    def loss(p, x, checkpoint_every):
+        ys, final = jaxrnn.scan(cell, p, x, initial_carry=carry, checkpoint_every=checkpoint_every, kernel="native")
+        return jnp.sum(ys * w) + jnp.sum(final.c**2)
+
+    value_and_grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), static_argnums=2)
+    got, want = value_and_grad(params, xs, chunk), value_and_grad(params, xs, None)
+    for g, r in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5)
+
+
+@needs_kernel
+def test_check_grads_on_the_native_vjp():
+    cell, params, xs, carry = setup(8, 5, 3, 6)
+    f = lambda p, x, c: jaxrnn.scan(cell, p, x, initial_carry=c, kernel="native")
+    check_grads(f, (params, xs, carry), order=1, modes=("rev",), atol=1e-2, rtol=1e-2)
+
+
+@needs_kernel
+def test_native_results_do_not_depend_on_the_thread_count(monkeypatch):
+    cell, params, xs, carry = setup(16, 5, 4, 64)
+    runs = []
+    for n in ("1", "2", "3"):  # 3 threads on a 2-core machine: the barrier must yield, not stall
+        monkeypatch.setenv("JAXRNN_NATIVE_THREADS", n)
+        ys, _ = jaxrnn.scan(cell, params, xs, initial_carry=carry, kernel="native")
+        runs.append(np.asarray(ys))
+    np.testing.assert_array_equal(runs[0], runs[1])
+    np.testing.assert_array_equal(runs[0], runs[2])
+
+
+@needs_kernel
+def test_native_under_vmap_runs_each_member():
+    cell, params, xs, carry = setup(8, 4, 3, 16)
+    stacked = jnp.stack([xs, 2 * xs])
+    ys = jax.vmap(lambda x: jaxrnn.scan(cell, params, x, kernel="native")[0])(stacked)
+    for k in range(2):
+        np.testing.assert_allclose(ys[k], jaxrnn.scan(cell, params, stacked[k], kernel="xla")[0], atol=2e-6)
+
+
+@needs_kernel
+def test_auto_picks_native_for_a_plain_lstm_and_xla_otherwise(monkeypatch):
+    cell, params, xs, _ = setup(16, 4, 3, 8)
+    calls = []
+    real = native.lstm_unroll
+    monkeypatch.setattr(native, "lstm_unroll", lambda *a: calls.append(1) or real(*a))
+    jaxrnn.scan(cell, params, xs)
+    assert calls == [1]
+    jaxrnn.scan(cell, params, xs, lengths=jnp.full(16, 4))  # masks: the loop
+    jaxrnn.scan(cell, params, xs[:4])  # a batch below MIN_BATCH: the loop
+    gru = jaxrnn.gru(8)
+    jaxrnn.scan(gru, gru.init(jax.random.key(0), 3), xs)
+    assert calls == [1]
+
+
+@pytest.mark.parametrize(
+    "kwargs, reason",
+    [
+        ({"lengths": jnp.full(16, 4)}, "lengths are given"),
+        ({"resets": jnp.zeros((16, 4), bool)}, "resets are given"),
+        ({"backward": "autodiff"}, "backward='autodiff'"),
+    ],
+)
+def test_asking_for_native_where_it_cannot_run_names_the_reason(kwargs, reason):
+    cell, params, xs, _ = setup(16, 4, 3, 8)
+    with pytest.raises(ValueError, match=f"kernel='native' cannot run this call: {reason}"):
+        jaxrnn.scan(cell, params, xs, kernel="native", **kwargs)
+    with pytest.raises(ValueError, match="the cell is 'gru'"):
+        gru = jaxrnn.gru(8)
+        jaxrnn.scan(gru, gru.init(jax.random.key(0), 3), xs, kernel="native")
+    with pytest.raises(ValueError, match=r"kernel: expected one of .*'native'.*got 'c\+\+'"):
+        jaxrnn.scan(cell, params, xs, kernel="c++")
+
+
+def test_without_the_kernel_auto_keeps_to_the_loop(tmp_path):
+    """A fresh process with the kernel turned off: "auto" runs the loop, "native" says why not."""
+    code = """
+import jax, jaxrnn
+cell = jaxrnn.lstm(8); p = cell.init(jax.random.key(0), 3); xs = jax.numpy.ones((16, 4, 3))
+print(jaxrnn.native.unavailable_reason())
+print(jaxrnn.scan(cell, p, xs)[0].shape)
+try:
+    jaxrnn.scan(cell, p, xs, kernel="native")
+except ValueError as err:
+    print(err)
+"""
+    env = {**os.environ, "JAXRNN_NATIVE": "0", "JAXRNN_CACHE": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == [
+        "turned off by JAXRNN_NATIVE=0",
+        "(16, 4, 8)",
+        "kernel='native' cannot run this call: turned off by JAXRNN_NATIVE=0",
+    ]
+    assert not list(tmp_path.iterdir())  # nothing was built
+
+
+@needs_kernel
+def test_the_kernel_builds_from_source_into_the_cache(tmp_path):
+    code = "import jaxrnn; print(jaxrnn.native.unavailable_reason())"
+    env = {**os.environ, "JAXRNN_CACHE": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "None"
+    assert [p.suffix for p in tmp_path.iterdir()] == [".so"]  # one library, no temporary left behind
