@@ -93,8 +93,9 @@ def test_variants_time_every_combination_against_the_peers(tmp_path, capsys):
     out = tmp_path / "variants.json"
     variants.main(["--cells", "gru", "--batch", "2", "--hidden", "4", "--lengths", "3", "--mode", "fwd+bwd",
                    "--unroll", "1", "2", "--projection", "hoisted", "per_step", "--step-vjp", "cell", "autodiff",
-                   "--peers", "flax", "--repeats", "1", "--block", "2", "--json", str(out)])
+                   "--kernel", "xla", "native", "--peers", "flax", "--repeats", "1", "--block", "2", "--json", str(out)])
     (row,) = json.loads(out.read_text())["results"]
     names = {f"unroll={u} {p} fused{s}" for u in (1, 2) for p in ("hoisted", "per_step") for s in ("", " autodiff-step")}
     assert set(row["ms"]) == names | {"flax"}
+    assert row["missing"] == {"native": "the cell is 'gru'; the kernel is an LSTM's"}  # said, not dropped
     assert capsys.readouterr().out.count("**unroll=") >= 1  # the fastest variant is marked

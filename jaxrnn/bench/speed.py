@@ -211,10 +211,11 @@ MAKERS = {"jaxrnn": make_jaxrnn, "flax": make_flax, "equinox": make_equinox, "ha
 
 
 def prepare(name: str, kind: str, B: int, T: int, H: int, with_grad: bool, maker: Callable | None = None):
-    """(callable with no arguments, compile+first-call seconds), or None if the peer lacks this cell."""
+    """(callable with no arguments, compile+first-call seconds); None if the peer lacks this cell, or
+    the maker's string saying why it cannot run it."""
     made = (maker or MAKERS[name])(kind, B, T, H, with_grad)
-    if made is None:
-        return None
+    if made is None or isinstance(made, str):  # a peer without this cell; a string says why
+        return made
     fn, args = made
     call = (lambda: jax.block_until_ready(fn(*args))) if name != "torch" else fn
     t0 = time.perf_counter()
@@ -271,8 +272,8 @@ def run_case(kind, B, T, H, with_grad, peers, repeats, block=3, makers: dict[str
             missing[name] = "not installed"
             continue
         prepared = prepare(name, kind, B, T, H, with_grad, makers.get(name))
-        if prepared is None:
-            missing[name] = f"no {kind} cell"
+        if prepared is None or isinstance(prepared, str):
+            missing[name] = prepared or f"no {kind} cell"
             continue
         calls[name], compile_s[name] = prepared
     return {

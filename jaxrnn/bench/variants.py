@@ -1,6 +1,6 @@
 """jaxrnn's own speed options timed side by side, with flax and torch as references.
 
-Which ``unroll``, ``projection`` and ``backward`` of :func:`jaxrnn.scan` is
+Which ``unroll``, ``projection``, ``backward`` and ``kernel`` of :func:`jaxrnn.scan` is
 fastest depends on the machine: a CPU pays for memory traffic, a GPU for
 kernel launches and loop iterations. This runs every combination asked for in
 one process, interleaved with the peers exactly as ``jaxrnn speed`` does
@@ -26,13 +26,23 @@ from jaxrnn.bench import speed
 from jaxrnn.unroll import PROJECTIONS
 
 
-def variant_makers(unrolls, projections, backwards, step_vjps=("cell",)) -> dict:
-    """``{"unroll=U projection backward[ step_vjp]": maker}`` for every combination."""
-    return {
+def variant_makers(unrolls, projections, backwards, step_vjps=("cell",), kernels=("xla",)) -> dict:
+    """``{"unroll=U projection backward[ step_vjp]": maker}`` for every combination of the loop's
+    options, plus ``"native"`` (:mod:`jaxrnn.native`, which has none of them) if in ``kernels``."""
+    makers = {
         f"unroll={u} {p} {b}" + ("" if s == "cell" else f" {s}-step"):
-            functools.partial(speed.make_jaxrnn, unroll=u, projection=p, backward=b, step_vjp=s)
+            functools.partial(speed.make_jaxrnn, unroll=u, projection=p, backward=b, step_vjp=s, kernel="xla")
         for u, p, b, s in itertools.product(unrolls, projections, backwards, step_vjps)
-    }
+    } if "xla" in kernels else {}
+    if "native" in kernels:
+        makers["native"] = _make_native
+    return makers
+
+
+def _make_native(kind, B, T, H, with_grad):
+    cell = speed.jaxrnn.CELLS[kind](H)
+    reason = speed.jaxrnn.native.unsupported(cell, cell.init(jax.random.key(0), H), B, "float32")
+    return speed.make_jaxrnn(kind, B, T, H, with_grad, kernel="native") if reason is None else reason
 
 
 def table(results: list[dict], variants: list[str], peers: list[str]) -> str:
@@ -42,6 +52,10 @@ def table(results: list[dict], variants: list[str], peers: list[str]) -> str:
         ms = r["ms"]
         best = min((v for v in variants if v in ms), key=ms.get)
         for v in variants:
+            if v not in ms:  # a variant that cannot run this case (native: not an LSTM, say)
+                lines.append("| " + " | ".join([r["cell"], r["mode"], str(r["B"]), str(r["T"]), str(r["H"]), v,
+                                                r["missing"].get(v, "-")] + ["-"] * len(peers)) + " |")
+                continue
             ratios = [f"{ms[p] / ms[v]:.2f}" if p in ms else "-" for p in peers]
             name = f"**{v}**" if v == best else v
             lines.append("| " + " | ".join([r["cell"], r["mode"], str(r["B"]), str(r["T"]), str(r["H"]), name,
@@ -50,7 +64,7 @@ def table(results: list[dict], variants: list[str], peers: list[str]) -> str:
 
 
 def run(args) -> dict:
-    makers = variant_makers(args.unroll, args.projection, args.backward, args.step_vjp)
+    makers = variant_makers(args.unroll, args.projection, args.backward, args.step_vjp, args.kernel)
     peers = [p for p in args.peers if p not in makers]
     modes = [False, True] if args.mode == "both" else [args.mode == "fwd+bwd"]
     cases = list(itertools.product(args.cells, args.batch, args.lengths, args.hidden, modes))
@@ -81,6 +95,9 @@ def main(argv=None) -> None:
     p.add_argument("--step-vjp", nargs="+", choices=("cell", "autodiff"), default=["cell"],
                    help="the fused backward's per-step derivative: the cell's own StepVJP, or jax.vjp of its "
                         "elementwise part (differs for the GRU, which keeps its activations)")
+    p.add_argument("--kernel", nargs="+", choices=("xla", "native"), default=["xla"],
+                   help="xla: the lax.scan loop, one variant per combination above; native: jaxrnn.native's "
+                        "one-call LSTM (reported missing, with the reason, where it cannot run)")
     p.add_argument("--peers", nargs="+", choices=speed.PEERS, default=["flax", "torch"])
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--block", type=int, default=3)
