@@ -151,60 +151,66 @@ def _require() -> None:
         raise RuntimeError(f"jaxrnn's native LSTM cannot run here: {reason}")
 
 
-def _forward(x, h0, c0, w_i, w_h, b, keep: bool):
+def _forward(x, h0, c0, w_i, w_h, b, batch_major: bool, keep: bool):
     _require()
-    T, B, _ = x.shape
-    H = h0.shape[-1]
+    B, H = h0.shape
+    T = x.shape[1 if batch_major else 0]
     padded = -(-B // 16) * 16
     f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
-    kept = (f32(T, 5 * H, padded), f32(T, B, x.shape[-1] + H)) if keep else (f32(0), f32(0))
+    rows = x.shape[:2]  # (T, B) or (B, T): every sequence array is laid out as x
+    kept = (f32(T, 5 * H, padded), f32(*rows, x.shape[-1] + H)) if keep else (f32(0), f32(0))
     call = jax.ffi.ffi_call(
-        "jaxrnn_lstm_forward", (f32(T, B, H), f32(B, H), f32(B, H), *kept), vmap_method="sequential"
+        "jaxrnn_lstm_forward", (f32(*rows, H), f32(B, H), f32(B, H), *kept), vmap_method="sequential"
     )
-    return call(x, h0, c0, w_i, w_h, b, threads=np.int64(threads()), keep=keep)
+    return call(x, h0, c0, w_i, w_h, b, threads=np.int64(threads()), keep=keep, batch_major=batch_major)
 
 
-@jax.custom_vjp
-def lstm_unroll(x, h0, c0, w_i, w_h, b):
-    """The LSTM of :func:`jaxrnn.lstm` over a time-major batch, as one kernel call.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def lstm_unroll(x, h0, c0, w_i, w_h, b, batch_major=False):
+    """The LSTM of :func:`jaxrnn.lstm` over a batch of sequences, as one kernel call.
 
     Arguments:
-      x: (T, B, I) float32 inputs, time-major.
+      x: (T, B, I) float32 inputs, or (B, T, I) with ``batch_major=True``.
       h0, c0: (B, H) the initial carry.
       w_i, w_h, b: the cell's ``(I, 4H)``, ``(H, 4H)`` and ``(4H,)`` parameters,
         gates ``i, f, g, o``.
+      batch_major: the layout of ``x`` and of the returned ``ys``.
 
     Returns:
-      ``(ys, h_T, c_T)``: ys (T, B, H) and the final carry.
+      ``(ys, h_T, c_T)``: ys (T, B, H) (or (B, T, H)) and the final carry.
     """
-    ys, h_last, c_last, _, _ = _forward(x, h0, c0, w_i, w_h, b, keep=False)
+    ys, h_last, c_last, _, _ = _forward(x, h0, c0, w_i, w_h, b, batch_major, keep=False)
     return ys, h_last, c_last
 
 
-def _unroll_fwd(x, h0, c0, w_i, w_h, b):
-    ys, h_last, c_last, kept, operands = _forward(x, h0, c0, w_i, w_h, b, keep=True)
+def _unroll_fwd(x, h0, c0, w_i, w_h, b, batch_major):
+    ys, h_last, c_last, kept, operands = _forward(x, h0, c0, w_i, w_h, b, batch_major, keep=True)
     return (ys, h_last, c_last), (c0, w_i, w_h, kept, operands)
 
 
-def _unroll_bwd(residuals, cotangents):
+def _unroll_bwd(batch_major, residuals, cotangents):
     c0, w_i, w_h, kept, operands = residuals
     d_ys, d_h_last, d_c_last = cotangents
-    T, B, H = d_ys.shape
+    B, H = c0.shape
+    rows = d_ys.shape[:2]
     f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
     call = jax.ffi.ffi_call(
-        "jaxrnn_lstm_backward", (f32(T, B, 4 * H), f32(B, H), f32(B, H), f32(4 * H)),
+        "jaxrnn_lstm_backward", (f32(*rows, 4 * H), f32(B, H), f32(B, H), f32(4 * H)),
         vmap_method="sequential",
     )
-    dg, d_h0, d_c0, d_b = call(kept, c0, w_h, d_ys, d_h_last, d_c_last, threads=np.int64(threads()))
+    dg, d_h0, d_c0, d_b = call(
+        kept, c0, w_h, d_ys, d_h_last, d_c_last, threads=np.int64(threads()), batch_major=batch_major
+    )
     # The weight and input gradients as large matmuls after the loop (cuDNN's
     # split, as in jaxrnn.unroll). The forward kept every step's matmul operand
     # [x_t, h_{t-1}], so dW_i and dW_h are one (I+H, T*B) x (T*B, 4H) product.
     # As 2-D matmuls: the same contraction as an einsum over (t, b) measured
     # 98-132 ms against 93 (T=1000, B=32, H=256).
+    # Either layout: operands and dG list the (t, b) pairs in the same order.
     I = w_i.shape[0]
-    dg_2d = dg.reshape(T * B, 4 * H)
-    d_w = operands.reshape(T * B, I + H).T @ dg_2d
-    d_x = (dg_2d @ w_i.T).reshape(T, B, I)
+    dg_2d = dg.reshape(-1, 4 * H)
+    d_w = operands.reshape(-1, I + H).T @ dg_2d
+    d_x = (dg_2d @ w_i.T).reshape(*rows, I)
     return d_x, d_h0, d_c0, d_w[:I], d_w[I:], d_b
 
 

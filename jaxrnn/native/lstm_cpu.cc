@@ -139,11 +139,20 @@ void for_batch_tiles(int Bp, F&& f) {
 
 inline int round16(int b) { return (b + 15) / 16 * 16; }
 
-// Copy rows [r0, r1) of a (B, R) row-major block into a (R, Bp) one.
-void transpose_in(const float* src, int B, int R, float* dst, int Bp, int r0, int r1) {
+// Copy columns [r0, r1) of B rows of `ld` floats into a (R, Bp) block.
+void transpose_in(const float* src, int B, int64_t ld, float* dst, int Bp, int r0, int r1) {
   for (int b = 0; b < B; ++b)
-    for (int r = r0; r < r1; ++r) dst[int64_t{r} * Bp + b] = src[int64_t{b} * R + r];
+    for (int r = r0; r < r1; ++r) dst[int64_t{r} * Bp + b] = src[b * ld + r];
 }
+
+// Where row (t, b) of a sequence array starts, in rows: time-major (T, B, .)
+// arrays have strides (B, 1), batch-major (B, T, .) ones (1, T). The kernel
+// takes either, so that jaxrnn.scan's default batch-major layout costs no
+// transposes around the call.
+struct Rows {
+  int64_t t, b;
+  int64_t at(int step) const { return step * t; }
+};
 
 // --------------------------------------------------------------- forward ----
 
@@ -151,6 +160,7 @@ constexpr int kUnits = 2;  // units per forward tile: 4 gates x 2 units x 2 regi
 
 struct Forward {
   int T, B, I, H, Bp, K;  // K = I + H
+  Rows layout;            // of x, ys and operands
   const float *x, *w_i, *w_h, *b;
   float* wp;         // packed weights, see pack()
   float *ys, *res;   // res: (T, 5H, Bp) = i, f, g, o, c per step; null for inference
@@ -215,28 +225,29 @@ struct Forward {
     for_batch_tiles(Bp, [&](int b0, auto nb) { tile<U, decltype(nb)::value>(t, u0, b0, at, h_next); });
   }
 
-  // Units [ulo, uhi) of the feature-major `h` into a (B, stride) row-major block.
-  void put_h(const float* h, int ulo, int uhi, float* dst, int stride) const {
+  // Units [ulo, uhi) of the feature-major `h` into B rows of `ld` floats.
+  void put_h(const float* h, int ulo, int uhi, float* dst, int64_t ld) const {
     for (int bb = 0; bb < B; ++bb)
-      for (int u = ulo; u < uhi; ++u) dst[int64_t{bb} * stride + u] = h[int64_t{u} * Bp + bb];
+      for (int u = ulo; u < uhi; ++u) dst[bb * ld + u] = h[int64_t{u} * Bp + bb];
   }
 
   // Step t's x_t^T into `a`, rows [r0, r1); for training also x_t into its operand row.
   void take_x(int t, float* a, int r0, int r1) const {
-    const float* x_t = x + int64_t{t} * B * I;
-    transpose_in(x_t, B, I, a, Bp, r0, r1);
+    const float* x_t = x + layout.at(t) * I;
+    transpose_in(x_t, B, layout.b * I, a, Bp, r0, r1);
     if (operands)
       for (int bb = 0; bb < B; ++bb)
-        std::memcpy(operands + (int64_t{t} * B + bb) * K + r0, x_t + int64_t{bb} * I + r0, sizeof(float) * (r1 - r0));
+        std::memcpy(operands + (layout.at(t) + bb * layout.b) * K + r0, x_t + bb * layout.b * I + r0,
+                    sizeof(float) * (r1 - r0));
   }
 
   void run(int tid, int n, Barrier& barrier) const {
     const int groups = (H + kUnits - 1) / kUnits;
-    const Range mine = share(groups, tid, n), rows = share(I, tid, n);
+    const Range mine = share(groups, tid, n), cols = share(I, tid, n);
     const int ulo = std::min(H, mine.lo * kUnits), uhi = std::min(H, mine.hi * kUnits);
     pack(ulo, uhi);
-    take_x(0, a[0], rows.lo, rows.hi);
-    if (operands) put_h(a[0] + int64_t{I} * Bp, ulo, uhi, operands + I, K);
+    take_x(0, a[0], cols.lo, cols.hi);
+    if (operands) put_h(a[0] + int64_t{I} * Bp, ulo, uhi, operands + I, layout.b * K);
     barrier.wait();
     for (int t = 0; t < T; ++t) {
       const float* at = a[t & 1];
@@ -247,10 +258,10 @@ struct Forward {
         if (u0 + kUnits <= H) units<kUnits>(t, u0, at, h_next);
         else units<1>(t, u0, at, h_next);
       }
-      put_h(h_next, ulo, uhi, ys + int64_t{t} * B * H, H);
+      put_h(h_next, ulo, uhi, ys + layout.at(t) * H, layout.b * H);
       if (t + 1 < T) {
-        take_x(t + 1, next, rows.lo, rows.hi);
-        if (operands) put_h(h_next, ulo, uhi, operands + int64_t{t + 1} * B * K + I, K);
+        take_x(t + 1, next, cols.lo, cols.hi);
+        if (operands) put_h(h_next, ulo, uhi, operands + layout.at(t + 1) * K + I, layout.b * K);
       }
       barrier.wait();
     }
@@ -263,6 +274,7 @@ constexpr int kRows = 8;  // units per backward tile: 8 x 2 registers = 16 accum
 
 struct Backward {
   int T, B, H, Bp;
+  Rows layout;  // of dys and dg
   const float *res, *c0, *dys;
   const float* w_h;
   float* wp;        // W_h packed as (4H, kRows) blocks of units, see pack()
@@ -289,8 +301,9 @@ struct Backward {
   void gates(int t, int ulo, int uhi, float* gt) const {
     const float* r = res + int64_t{t} * 5 * H * Bp;
     const float* c_prev_t = t > 0 ? res + (int64_t{t - 1} * 5 + 4) * H * Bp : c0;
-    const float* dy = dys + int64_t{t} * B * H;
-    float* out = dg + int64_t{t} * B * 4 * H;
+    const float* dy = dys + layout.at(t) * H;
+    float* out = dg + layout.at(t) * 4 * H;
+    const int64_t dy_ld = layout.b * H, out_ld = layout.b * 4 * H;
     const __m512 one = _mm512_set1_ps(1.f);
     alignas(64) float dy_block[16][16], dg_block[4][16][16];  // [unit][lane], [gate][unit][lane]
     for (int u0 = ulo; u0 < uhi; u0 += 16) {
@@ -299,7 +312,7 @@ struct Backward {
         const int lanes = std::min(16, B - b0);
         std::memset(dy_block, 0, sizeof(dy_block));
         for (int l = 0; l < lanes; ++l)
-          for (int j = 0; j < n; ++j) dy_block[j][l] = dy[int64_t{b0 + l} * H + u0 + j];
+          for (int j = 0; j < n; ++j) dy_block[j][l] = dy[(b0 + l) * dy_ld + u0 + j];
         for (int j = 0; j < n; ++j) {
           const int64_t at = int64_t{u0 + j} * Bp + b0;
           const __m512 d_h = _mm512_add_ps(_mm512_load_ps(dy_block[j]), _mm512_loadu_ps(dh + at));
@@ -325,7 +338,7 @@ struct Backward {
         }
         for (int l = 0; l < lanes; ++l)
           for (int q = 0; q < 4; ++q)
-            for (int j = 0; j < n; ++j) out[int64_t{b0 + l} * 4 * H + q * H + u0 + j] = dg_block[q][j][l];
+            for (int j = 0; j < n; ++j) out[(b0 + l) * out_ld + q * H + u0 + j] = dg_block[q][j][l];
       }
     }
   }
@@ -398,16 +411,17 @@ ffi::Error LstmForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> h0, ffi::B
                        ffi::Buffer<ffi::F32> w_i, ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> b,
                        ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> h_last,
                        ffi::ResultBuffer<ffi::F32> c_last, ffi::ResultBuffer<ffi::F32> res,
-                       ffi::ResultBuffer<ffi::F32> operands, int64_t threads, bool keep) {
+                       ffi::ResultBuffer<ffi::F32> operands, int64_t threads, bool keep, bool batch_major) {
   const auto xd = x.dimensions();
-  if (xd.size() != 3) return Fail("jaxrnn_lstm_forward: x must be (T, B, I)");
-  const int T = xd[0], B = xd[1], I = xd[2], H = h0.dimensions()[1];
+  if (xd.size() != 3) return Fail("jaxrnn_lstm_forward: x must be (T, B, I) or (B, T, I)");
+  const int T = xd[batch_major ? 1 : 0], B = xd[batch_major ? 0 : 1], I = xd[2], H = h0.dimensions()[1];
+  const Rows layout = batch_major ? Rows{1, T} : Rows{B, 1};
   const int Bp = round16(B), K = I + H;
   std::unique_ptr<float[]> wp(new float[int64_t{K} * 4 * H]);
   std::vector<float> a0(int64_t{K} * Bp, 0.f), a1(int64_t{K} * Bp, 0.f), c(int64_t{H} * Bp, 0.f);
   transpose_in(h0.typed_data(), B, H, a0.data() + int64_t{I} * Bp, Bp, 0, H);
   transpose_in(c0.typed_data(), B, H, c.data(), Bp, 0, H);
-  Forward f{T, B, I, H, Bp, K, x.typed_data(), w_i.typed_data(), w_h.typed_data(), b.typed_data(), wp.get(), ys->typed_data(),
+  Forward f{T, B, I, H, Bp, K, layout, x.typed_data(), w_i.typed_data(), w_h.typed_data(), b.typed_data(), wp.get(), ys->typed_data(),
             keep ? res->typed_data() : nullptr, keep ? operands->typed_data() : nullptr, c.data(),
             {a0.data(), a1.data()}};
   const int n = threads_for(threads, H);
@@ -426,9 +440,10 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> res, ffi::Buffer<ffi::F32> c0, ffi
                         ffi::Buffer<ffi::F32> dys, ffi::Buffer<ffi::F32> dh_last,
                         ffi::Buffer<ffi::F32> dc_last, ffi::ResultBuffer<ffi::F32> dg,
                         ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0,
-                        ffi::ResultBuffer<ffi::F32> db, int64_t threads) {
+                        ffi::ResultBuffer<ffi::F32> db, int64_t threads, bool batch_major) {
   const auto dd = dys.dimensions();
-  const int T = dd[0], B = dd[1], H = dd[2], Bp = round16(B);
+  const int T = dd[batch_major ? 1 : 0], B = dd[batch_major ? 0 : 1], H = dd[2], Bp = round16(B);
+  const Rows layout = batch_major ? Rows{1, T} : Rows{B, 1};
   std::unique_ptr<float[]> wp(new float[int64_t{4} * H * H]);
   std::vector<float> dh(int64_t{H} * Bp, 0.f), dc(int64_t{H} * Bp, 0.f), c0t(int64_t{H} * Bp, 0.f);
   std::vector<float> g0(int64_t{4} * H * Bp, 0.f), g1(int64_t{4} * H * Bp, 0.f), db_lanes(int64_t{4} * H * 16, 0.f);
@@ -437,7 +452,7 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> res, ffi::Buffer<ffi::F32> c0, ffi
   transpose_in(c0.typed_data(), B, H, c0t.data(), Bp, 0, H);
   const int n = threads_for(threads, H);
   Barrier barrier(n);
-  Backward bw{T, B, H, Bp, res.typed_data(), c0t.data(), dys.typed_data(), w_h.typed_data(), wp.get(), dg->typed_data(),
+  Backward bw{T, B, H, Bp, layout, res.typed_data(), c0t.data(), dys.typed_data(), w_h.typed_data(), wp.get(), dg->typed_data(),
               dh.data(), dc.data(), {g0.data(), g1.data()}, db_lanes.data(), &barrier};
   run_threads(n, [&](int tid) { bw.run(tid, n); });
   for (int bb = 0; bb < B; ++bb)
@@ -466,13 +481,13 @@ ffi::Error Unavailable() {
 ffi::Error LstmForward(ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32>,
                        ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32>,
                        ffi::ResultBuffer<ffi::F32>, ffi::ResultBuffer<ffi::F32>, ffi::ResultBuffer<ffi::F32>,
-                       ffi::ResultBuffer<ffi::F32>, ffi::ResultBuffer<ffi::F32>, int64_t, bool) {
+                       ffi::ResultBuffer<ffi::F32>, ffi::ResultBuffer<ffi::F32>, int64_t, bool, bool) {
   return Unavailable();
 }
 ffi::Error LstmBackward(ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32>,
                         ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32>,
                         ffi::ResultBuffer<ffi::F32>, ffi::ResultBuffer<ffi::F32>, ffi::ResultBuffer<ffi::F32>,
-                        ffi::ResultBuffer<ffi::F32>, int64_t) {
+                        ffi::ResultBuffer<ffi::F32>, int64_t, bool) {
   return Unavailable();
 }
 }  // namespace
@@ -483,30 +498,32 @@ extern "C" int jaxrnn_native_available() { return 0; }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_lstm_forward, LstmForward,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // x (T, B, I)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x (T, B, I), or (B, T, I)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // h0 (B, H)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // c0 (B, H)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // w_i (I, 4H)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // w_h (H, 4H)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // b (4H,)
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // ys (T, B, H)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // ys, laid out as x
                                   .Ret<ffi::Buffer<ffi::F32>>()  // h_T (B, H)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // c_T (B, H)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // kept activations (T, 5H, Bp), or (0,)
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // [x_t, h_{t-1}] (T, B, I + H), or (0,)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // [x_t, h_{t-1}], laid out as x, or (0,)
                                   .Attr<int64_t>("threads")
-                                  .Attr<bool>("keep"));
+                                  .Attr<bool>("keep")
+                                  .Attr<bool>("batch_major"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_lstm_backward, LstmBackward,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()  // kept activations (T, 5H, Bp)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // c0 (B, H)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // w_h (H, 4H)
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // d ys (T, B, H)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // d ys, laid out as x
                                   .Arg<ffi::Buffer<ffi::F32>>()  // d h_T (B, H)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // d c_T (B, H)
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dG (T, B, 4H)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dG, laid out as x
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d h_0 (B, H)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d c_0 (B, H)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d b (4H,)
-                                  .Attr<int64_t>("threads"));
+                                  .Attr<int64_t>("threads")
+                                  .Attr<bool>("batch_major"));
