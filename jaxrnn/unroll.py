@@ -205,34 +205,22 @@ def _native(cell: Cell, params: Params, xs: Array, initial_carry, reverse: bool,
     """:func:`scan` through :func:`jaxrnn.native.lstm_unroll` (an LSTM, no masks).
 
     The kernel reads and writes either layout, so batch-major inputs are not
-    transposed. With ``checkpoint_every``, one kernel call per chunk (time-major,
-    to scan over), each rematerialised in the backward pass, as
-    :func:`_checkpointed` does with the loop.
+    transposed. With ``checkpoint_every``: :func:`jaxrnn.native.lstm_unroll_checkpointed`
+    (time-major, to scan over the chunks).
     """
     # prepare() checks every argument; its time-major copy of xs is used only by the chunks (else XLA drops it).
     prep = prepare(cell, params, xs, initial_carry=initial_carry, reverse=reverse, time_major=time_major, project=False)
-    b = params["b"] if "b" in params else jnp.zeros(params["w_h"].shape[-1], params["w_h"].dtype)
-
-    def run(carry, xs, batch_major=False):
-        ys, h, c = native.lstm_unroll(xs, carry.h, carry.c, params["w_i"], params["w_h"], b, batch_major)
-        return type(carry)(h, c), ys
-
+    w_i, w_h, carry = params["w_i"], params["w_h"], prep.initial_carry
+    b = params["b"] if "b" in params else jnp.zeros(w_h.shape[-1], w_h.dtype)
     if checkpoint_every is None:
         time_axis = 0 if time_major else 1
-        carry, ys = run(prep.initial_carry, jnp.flip(xs, time_axis) if reverse else xs, not time_major)
-        return (jnp.flip(ys, time_axis) if reverse else ys), carry
+        xs = jnp.flip(xs, time_axis) if reverse else xs
+        ys, h, c = native.lstm_unroll(xs, carry.h, carry.c, w_i, w_h, b, not time_major)
+        return (jnp.flip(ys, time_axis) if reverse else ys), type(carry)(h, c)
     _checks.check_positive_int("checkpoint_every", checkpoint_every)
-    run = jax.checkpoint(run)  # chunks are time-major (batch_major=False)
-    T = prep.xp.shape[0]
-    n, tail = divmod(T, checkpoint_every)
-    whole = prep.xp[: n * checkpoint_every].reshape((n, checkpoint_every) + prep.xp.shape[1:])
-    carry, ys = jax.lax.scan(run, prep.initial_carry, whole)
-    ys = ys.reshape((n * checkpoint_every,) + ys.shape[2:])
-    if tail:
-        carry, ys_tail = run(carry, prep.xp[n * checkpoint_every :])
-        ys = jnp.concatenate([ys, ys_tail])
+    ys, h, c = native.lstm_unroll_checkpointed(prep.xp, carry.h, carry.c, w_i, w_h, b, checkpoint_every)
     ys = jnp.flip(ys, axis=0) if reverse else ys
-    return (ys if time_major else jnp.swapaxes(ys, 0, 1)), carry
+    return (ys if time_major else jnp.swapaxes(ys, 0, 1)), type(carry)(h, c)
 
 
 def resolve_projection(projection: str) -> str:

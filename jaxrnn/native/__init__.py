@@ -188,9 +188,11 @@ def _unroll_fwd(x, h0, c0, w_i, w_h, b, batch_major):
     return (ys, h_last, c_last), (c0, w_i, w_h, kept, operands)
 
 
-def _unroll_bwd(batch_major, residuals, cotangents):
-    c0, w_i, w_h, kept, operands = residuals
-    d_ys, d_h_last, d_c_last = cotangents
+def _backward(kept, operands, c0, w_i, w_h, d_ys, d_h_last, d_c_last, batch_major: bool):
+    """The kernel's backward loop, then the weight and input gradients as large matmuls.
+
+    Returns ``(d_x, d_h0, d_c0, d_w, d_b)`` with ``d_w`` = [dW_i; dW_h], (I+H, 4H).
+    """
     B, H = c0.shape
     rows = d_ys.shape[:2]
     f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
@@ -201,17 +203,85 @@ def _unroll_bwd(batch_major, residuals, cotangents):
     dg, d_h0, d_c0, d_b = call(
         kept, c0, w_h, d_ys, d_h_last, d_c_last, threads=np.int64(threads()), batch_major=batch_major
     )
-    # The weight and input gradients as large matmuls after the loop (cuDNN's
-    # split, as in jaxrnn.unroll). The forward kept every step's matmul operand
-    # [x_t, h_{t-1}], so dW_i and dW_h are one (I+H, T*B) x (T*B, 4H) product.
-    # As 2-D matmuls: the same contraction as an einsum over (t, b) measured
-    # 98-132 ms against 93 (T=1000, B=32, H=256).
-    # Either layout: operands and dG list the (t, b) pairs in the same order.
+    # cuDNN's split, as in jaxrnn.unroll: the forward kept every step's matmul
+    # operand [x_t, h_{t-1}], so dW_i and dW_h are one (I+H, T*B) x (T*B, 4H)
+    # product. Written as 2-D matmuls: the same contraction as an einsum over
+    # (t, b) measured 98-132 ms against 93 (T=1000, B=32, H=256). Either layout
+    # works: operands and dG list the (t, b) pairs in the same order.
     I = w_i.shape[0]
     dg_2d = dg.reshape(-1, 4 * H)
     d_w = operands.reshape(-1, I + H).T @ dg_2d
     d_x = (dg_2d @ w_i.T).reshape(*rows, I)
+    return d_x, d_h0, d_c0, d_w, d_b
+
+
+def _unroll_bwd(batch_major, residuals, cotangents):
+    c0, w_i, w_h, kept, operands = residuals
+    d_x, d_h0, d_c0, d_w, d_b = _backward(kept, operands, c0, w_i, w_h, *cotangents, batch_major)
+    I = w_i.shape[0]
     return d_x, d_h0, d_c0, d_w[:I], d_w[I:], d_b
 
 
 lstm_unroll.defvjp(_unroll_fwd, _unroll_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def lstm_unroll_checkpointed(x, h0, c0, w_i, w_h, b, chunk: int):
+    """:func:`lstm_unroll` keeping only the carry every ``chunk`` steps for the backward pass.
+
+    The forward pass runs the kernel chunk by chunk without keeping any
+    activations; the backward pass reruns each chunk's forward, last chunk
+    first, keeping its activations for that chunk only. Memory for the backward
+    pass: T/chunk carries plus one chunk's activations, instead of all T
+    steps'; time: one more forward pass. ``x`` is time-major, (T, B, I).
+    """
+    (ys, h_last, c_last), _ = _checkpointed_fwd(x, h0, c0, w_i, w_h, b, chunk)
+    return ys, h_last, c_last
+
+
+def _chunks(a, chunk):
+    """(T, ...) -> ((n, chunk, ...) whole chunks, the (T - n*chunk, ...) tail)."""
+    n = a.shape[0] // chunk
+    return a[: n * chunk].reshape((n, chunk) + a.shape[1:]), a[n * chunk :]
+
+
+def _checkpointed_fwd(x, h0, c0, w_i, w_h, b, chunk):
+    def run(carry, x_chunk):
+        ys, h, c, _, _ = _forward(x_chunk, *carry, w_i, w_h, b, False, keep=False)
+        return (h, c), (ys, carry)  # and the carry the chunk started from
+
+    whole, tail = _chunks(x, chunk)
+    carry, (ys, starts) = jax.lax.scan(run, (h0, c0), whole)
+    ys = ys.reshape((-1,) + ys.shape[2:])
+    tail_start = carry
+    if tail.shape[0]:
+        carry, (ys_tail, _) = run(carry, tail)
+        ys = jnp.concatenate([ys, ys_tail])
+    return (ys, *carry), (x, w_i, w_h, b, starts, tail_start)
+
+
+def _checkpointed_bwd(chunk, residuals, cotangents):
+    x, w_i, w_h, b, starts, tail_start = residuals
+    d_ys, d_h, d_c = cotangents
+    I, G = w_i.shape
+
+    def back(carry, inputs):  # one chunk, last first: rerun its forward, keeping activations, then back
+        d_h, d_c, d_w, d_b = carry
+        x_chunk, (h0, c0), d_ys_chunk = inputs
+        _, _, _, kept, operands = _forward(x_chunk, h0, c0, w_i, w_h, b, False, keep=True)
+        d_x, d_h, d_c, d_w_chunk, d_b_chunk = _backward(kept, operands, c0, w_i, w_h, d_ys_chunk, d_h, d_c, False)
+        return (d_h, d_c, d_w + d_w_chunk, d_b + d_b_chunk), d_x
+
+    (x_whole, x_tail), (dy_whole, dy_tail) = _chunks(x, chunk), _chunks(d_ys, chunk)
+    carry = (d_h, d_c, jnp.zeros((I + w_h.shape[0], G), jnp.float32), jnp.zeros((G,), jnp.float32))
+    d_x_tail = None
+    if x_tail.shape[0]:
+        carry, d_x_tail = back(carry, (x_tail, tail_start, dy_tail))
+    (d_h0, d_c0, d_w, d_b), d_x = jax.lax.scan(back, carry, (x_whole, starts, dy_whole), reverse=True)
+    d_x = d_x.reshape((-1,) + d_x.shape[2:])
+    if d_x_tail is not None:
+        d_x = jnp.concatenate([d_x, d_x_tail])
+    return d_x, d_h0, d_c0, d_w[:I], d_w[I:], d_b
+
+
+lstm_unroll_checkpointed.defvjp(_checkpointed_fwd, _checkpointed_bwd)

@@ -49,6 +49,7 @@ namespace ffi = xla::ffi;
 #include <immintrin.h>
 
 #include <atomic>
+#include <functional>
 #include <thread>
 
 namespace {
@@ -87,41 +88,52 @@ inline __m512 tanh16(__m512 x) {
 
 // ------------------------------------------------------------- threads ----
 
-// A generation-counting spin barrier: a step takes tens of microseconds, and a
-// futex round trip would add about as much. After a few thousand spins a waiter
-// yields its core instead, so that more threads than free cores (another
-// program, JAXRNN_NATIVE_THREADS too high) slow the kernel down, not stall it.
-class Barrier {
- public:
-  explicit Barrier(int n) : n_(n) {}
-  void wait() {
-    const int gen = gen_.load(std::memory_order_acquire);
-    if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
-      count_.store(0, std::memory_order_relaxed);
-      gen_.fetch_add(1, std::memory_order_release);
-    } else {
-      for (int spins = 0; gen_.load(std::memory_order_acquire) == gen; ++spins) {
-        if (spins < 4096) _mm_pause();
-        else std::this_thread::yield();
-      }
+// The work of one call as a sequence of phases (a step, say), each split into
+// `shares` tasks that may run in parallel; a phase's tasks start only when all
+// of the previous phase's are done. Any thread may run any task: threads claim
+// them in order from one counter, so a helper that starts late, or not at all
+// (XLA's thread pool busy with other work), costs parallelism, never a stall,
+// and the calling thread alone finishes the call if need be.
+struct Phases {
+  int64_t phases;
+  int shares;
+  std::function<void(int64_t, int)> task;  // task(phase, share)
+  std::atomic<int64_t> next{0}, done{0};
+
+  // Spin while another thread finishes its task (tens of microseconds), then
+  // yield the core, so that more threads than free cores slow down, not stall.
+  void wait_for(int64_t count) {
+    for (int spins = 0; done.load(std::memory_order_acquire) < count; ++spins) {
+      if (spins < 4096) _mm_pause();
+      else std::this_thread::yield();
     }
   }
 
- private:
-  const int n_;
-  std::atomic<int> count_{0};
-  std::atomic<int> gen_{0};
+  void work() {
+    const int64_t total = phases * shares;
+    for (int64_t k; (k = next.fetch_add(1, std::memory_order_relaxed)) < total;) {
+      wait_for(k / shares * shares);  // all of the previous phase
+      task(k / shares, static_cast<int>(k % shares));
+      done.fetch_add(1, std::memory_order_acq_rel);
+    }
+  }
 };
 
-template <typename F>
-void run_threads(int n, F&& work) {
-  std::vector<std::thread> helpers;
-  for (int i = 1; i < n; ++i) helpers.emplace_back(work, i);
-  work(0);
-  for (auto& t : helpers) t.join();
+// Run `task(phase, share)` for every phase in order, with `shares` - 1 helpers
+// from XLA's intra-op thread pool (whose threads would otherwise spin idle).
+// A helper that runs after the call has returned finds no task left: it only
+// touches the shared counters, never the call's buffers.
+void run_phases(ffi::ThreadPool& pool, int64_t phases, int shares, std::function<void(int64_t, int)> task) {
+  auto state = std::make_shared<Phases>();
+  state->phases = phases;
+  state->shares = shares;
+  state->task = std::move(task);
+  for (int i = 1; i < shares; ++i) pool.Schedule([state] { state->work(); });
+  state->work();
+  state->wait_for(phases * shares);  // a helper may still be in its last task
 }
 
-// A contiguous share [lo, hi) of `groups` units groups for thread `tid` of `n`.
+// Share `tid` of `n`, [lo, hi), of `groups` groups of units.
 struct Range {
   int lo, hi;
 };
@@ -241,29 +253,31 @@ struct Forward {
                     sizeof(float) * (r1 - r0));
   }
 
-  void run(int tid, int n, Barrier& barrier) const {
+  // Phase 0 packs the weights and takes x_0; phase t + 1 is step t. Share j of
+  // n owns a contiguous range of units (and of x's columns to transpose).
+  void phase(int64_t p, int j, int n) const {
     const int groups = (H + kUnits - 1) / kUnits;
-    const Range mine = share(groups, tid, n), cols = share(I, tid, n);
+    const Range mine = share(groups, j, n), cols = share(I, j, n);
     const int ulo = std::min(H, mine.lo * kUnits), uhi = std::min(H, mine.hi * kUnits);
-    pack(ulo, uhi);
-    take_x(0, a[0], cols.lo, cols.hi);
-    if (operands) put_h(a[0] + int64_t{I} * Bp, ulo, uhi, operands + I, layout.b * K);
-    barrier.wait();
-    for (int t = 0; t < T; ++t) {
-      const float* at = a[t & 1];
-      float* next = a[(t + 1) & 1];
-      float* h_next = next + int64_t{I} * Bp;
-      for (int gi = mine.lo; gi < mine.hi; ++gi) {
-        const int u0 = gi * kUnits;
-        if (u0 + kUnits <= H) units<kUnits>(t, u0, at, h_next);
-        else units<1>(t, u0, at, h_next);
-      }
-      put_h(h_next, ulo, uhi, ys + layout.at(t) * H, layout.b * H);
-      if (t + 1 < T) {
-        take_x(t + 1, next, cols.lo, cols.hi);
-        if (operands) put_h(h_next, ulo, uhi, operands + layout.at(t + 1) * K + I, layout.b * K);
-      }
-      barrier.wait();
+    if (p == 0) {
+      pack(ulo, uhi);
+      take_x(0, a[0], cols.lo, cols.hi);
+      if (operands) put_h(a[0] + int64_t{I} * Bp, ulo, uhi, operands + I, layout.b * K);
+      return;
+    }
+    const int t = static_cast<int>(p - 1);
+    const float* at = a[t & 1];
+    float* next = a[(t + 1) & 1];
+    float* h_next = next + int64_t{I} * Bp;
+    for (int gi = mine.lo; gi < mine.hi; ++gi) {
+      const int u0 = gi * kUnits;
+      if (u0 + kUnits <= H) units<kUnits>(t, u0, at, h_next);
+      else units<1>(t, u0, at, h_next);
+    }
+    put_h(h_next, ulo, uhi, ys + layout.at(t) * H, layout.b * H);
+    if (t + 1 < T) {
+      take_x(t + 1, next, cols.lo, cols.hi);
+      if (operands) put_h(h_next, ulo, uhi, operands + layout.at(t + 1) * K + I, layout.b * K);
     }
   }
 };
@@ -381,22 +395,19 @@ struct Backward {
     }
   }
 
-  void run(int tid, int n) const;
-  Barrier* barrier;
-};
-
-void Backward::run(int tid, int n) const {
-  const int groups = (H + kRows - 1) / kRows;
-  const Range mine = share(groups, tid, n);
-  const int ulo = std::min(H, mine.lo * kRows), uhi = std::min(H, mine.hi * kRows);
-  pack(ulo, uhi);  // only this thread reads these blocks
-  for (int t = T - 1; t >= 0; --t) {
+  // Phase 0 packs W_h; then, for t = T-1 down to 0, one phase for dG_t and one
+  // for d h_{t-1}. Share j of n owns a contiguous range of units in both.
+  void phase(int64_t p, int j, int n) const {
+    const int groups = (H + kRows - 1) / kRows;
+    const Range mine = share(groups, j, n);
+    const int ulo = std::min(H, mine.lo * kRows), uhi = std::min(H, mine.hi * kRows);
+    if (p == 0) return pack(ulo, uhi);
+    const int t = T - 1 - static_cast<int>((p - 1) / 2);
     float* gt = g[t & 1];
-    gates(t, ulo, uhi, gt);
-    barrier->wait();  // every unit's dG_t is in gt
+    if (p % 2) return gates(t, ulo, uhi, gt);
     for (int gi = mine.lo; gi < mine.hi; ++gi) recurrent(gi * kRows, gt);
   }
-}
+};
 
 // ------------------------------------------------------------ handlers ----
 
@@ -407,7 +418,7 @@ int threads_for(int64_t requested, int H) {
 
 ffi::Error Fail(const char* what) { return ffi::Error(ffi::ErrorCode::kInvalidArgument, what); }
 
-ffi::Error LstmForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
+ffi::Error LstmForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
                        ffi::Buffer<ffi::F32> w_i, ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> b,
                        ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> h_last,
                        ffi::ResultBuffer<ffi::F32> c_last, ffi::ResultBuffer<ffi::F32> res,
@@ -425,8 +436,7 @@ ffi::Error LstmForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> h0, ffi::B
             keep ? res->typed_data() : nullptr, keep ? operands->typed_data() : nullptr, c.data(),
             {a0.data(), a1.data()}};
   const int n = threads_for(threads, H);
-  Barrier barrier(n);
-  run_threads(n, [&](int tid) { f.run(tid, n, barrier); });
+  run_phases(pool, int64_t{T} + 1, n, [&f, n](int64_t p, int j) { f.phase(p, j, n); });
   const float* h = (T % 2 ? a1 : a0).data() + int64_t{I} * Bp;
   for (int bb = 0; bb < B; ++bb)
     for (int u = 0; u < H; ++u) {
@@ -436,7 +446,7 @@ ffi::Error LstmForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> h0, ffi::B
   return ffi::Error::Success();
 }
 
-ffi::Error LstmBackward(ffi::Buffer<ffi::F32> res, ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> w_h,
+ffi::Error LstmBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> res, ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> w_h,
                         ffi::Buffer<ffi::F32> dys, ffi::Buffer<ffi::F32> dh_last,
                         ffi::Buffer<ffi::F32> dc_last, ffi::ResultBuffer<ffi::F32> dg,
                         ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0,
@@ -451,10 +461,9 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> res, ffi::Buffer<ffi::F32> c0, ffi
   transpose_in(dc_last.typed_data(), B, H, dc.data(), Bp, 0, H);
   transpose_in(c0.typed_data(), B, H, c0t.data(), Bp, 0, H);
   const int n = threads_for(threads, H);
-  Barrier barrier(n);
   Backward bw{T, B, H, Bp, layout, res.typed_data(), c0t.data(), dys.typed_data(), w_h.typed_data(), wp.get(), dg->typed_data(),
-              dh.data(), dc.data(), {g0.data(), g1.data()}, db_lanes.data(), &barrier};
-  run_threads(n, [&](int tid) { bw.run(tid, n); });
+              dh.data(), dc.data(), {g0.data(), g1.data()}, db_lanes.data()};
+  run_phases(pool, 2 * int64_t{T} + 1, n, [&bw, n](int64_t p, int j) { bw.phase(p, j, n); });
   for (int bb = 0; bb < B; ++bb)
     for (int u = 0; u < H; ++u) {
       dh0->typed_data()[int64_t{bb} * H + u] = dh[int64_t{u} * Bp + bb];
@@ -478,13 +487,13 @@ namespace {
 ffi::Error Unavailable() {
   return ffi::Error(ffi::ErrorCode::kUnimplemented, "jaxrnn's native LSTM needs AVX-512");
 }
-ffi::Error LstmForward(ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32>,
+ffi::Error LstmForward(ffi::ThreadPool, ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32>,
                        ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32>,
                        ffi::ResultBuffer<ffi::F32>, ffi::ResultBuffer<ffi::F32>, ffi::ResultBuffer<ffi::F32>,
                        ffi::ResultBuffer<ffi::F32>, ffi::ResultBuffer<ffi::F32>, int64_t, bool, bool) {
   return Unavailable();
 }
-ffi::Error LstmBackward(ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32>,
+ffi::Error LstmBackward(ffi::ThreadPool, ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32>,
                         ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32>,
                         ffi::ResultBuffer<ffi::F32>, ffi::ResultBuffer<ffi::F32>, ffi::ResultBuffer<ffi::F32>,
                         ffi::ResultBuffer<ffi::F32>, int64_t, bool) {
@@ -498,6 +507,7 @@ extern "C" int jaxrnn_native_available() { return 0; }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_lstm_forward, LstmForward,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()  // x (T, B, I), or (B, T, I)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // h0 (B, H)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // c0 (B, H)
@@ -515,6 +525,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_lstm_forward, LstmForward,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_lstm_backward, LstmBackward,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()  // kept activations (T, 5H, Bp)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // c0 (B, H)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // w_h (H, 4H)
