@@ -205,22 +205,20 @@ def _native(cell: Cell, params: Params, xs: Array, initial_carry, reverse: bool,
     """:func:`scan` through :func:`jaxrnn.native.lstm_unroll` (an LSTM, no masks).
 
     The kernel reads and writes either layout, so batch-major inputs are not
-    transposed. With ``checkpoint_every``: :func:`jaxrnn.native.lstm_unroll_checkpointed`
-    (time-major, to scan over the chunks).
+    transposed. With ``checkpoint_every``: :func:`jaxrnn.native.lstm_unroll_checkpointed`.
     """
-    # prepare() checks every argument; its time-major copy of xs is used only by the chunks (else XLA drops it).
+    # prepare() checks every argument (its time-major copy of xs goes unused: XLA drops it).
     prep = prepare(cell, params, xs, initial_carry=initial_carry, reverse=reverse, time_major=time_major, project=False)
     w_i, w_h, carry = params["w_i"], params["w_h"], prep.initial_carry
     b = params["b"] if "b" in params else jnp.zeros(w_h.shape[-1], w_h.dtype)
+    time_axis = 0 if time_major else 1
+    xs = jnp.flip(xs, time_axis) if reverse else xs
     if checkpoint_every is None:
-        time_axis = 0 if time_major else 1
-        xs = jnp.flip(xs, time_axis) if reverse else xs
         ys, h, c = native.lstm_unroll(xs, carry.h, carry.c, w_i, w_h, b, not time_major)
-        return (jnp.flip(ys, time_axis) if reverse else ys), type(carry)(h, c)
-    _checks.check_positive_int("checkpoint_every", checkpoint_every)
-    ys, h, c = native.lstm_unroll_checkpointed(prep.xp, carry.h, carry.c, w_i, w_h, b, checkpoint_every)
-    ys = jnp.flip(ys, axis=0) if reverse else ys
-    return (ys if time_major else jnp.swapaxes(ys, 0, 1)), type(carry)(h, c)
+    else:
+        _checks.check_positive_int("checkpoint_every", checkpoint_every)
+        ys, h, c = native.lstm_unroll_checkpointed(xs, carry.h, carry.c, w_i, w_h, b, checkpoint_every, not time_major)
+    return (jnp.flip(ys, time_axis) if reverse else ys), type(carry)(h, c)
 
 
 def resolve_projection(projection: str) -> str:

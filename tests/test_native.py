@@ -69,13 +69,16 @@ def test_native_gradients_equal_the_xla_loop(shape, time_major):
 
 
 @needs_kernel
+@pytest.mark.parametrize("time_major", [False, True], ids=["batch-major", "time-major"])
 @pytest.mark.parametrize("chunk", [3, 4], ids=["with-a-tail-chunk", "whole-chunks"])
-def test_native_checkpointed_chunks_equal_one_call(chunk):
+def test_native_checkpointed_chunks_equal_one_call(chunk, time_major):
     cell, params, xs, carry = setup(16, 8, 3, 8)
-    w = random_inputs(jax.random.key(9), 16, 8, 8)
+    xs = jnp.swapaxes(xs, 0, 1) if time_major else xs
+    w = random_inputs(jax.random.key(9), *xs.shape[:2], 8)
 
     def loss(p, x, checkpoint_every):
-        ys, final = jaxrnn.scan(cell, p, x, initial_carry=carry, checkpoint_every=checkpoint_every, kernel="native")
+        ys, final = jaxrnn.scan(cell, p, x, initial_carry=carry, checkpoint_every=checkpoint_every,
+                                time_major=time_major, kernel="native")
         return jnp.sum(ys * w) + jnp.sum(final.c**2)
 
     value_and_grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), static_argnums=2)

@@ -225,62 +225,68 @@ def _unroll_bwd(batch_major, residuals, cotangents):
 lstm_unroll.defvjp(_unroll_fwd, _unroll_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
-def lstm_unroll_checkpointed(x, h0, c0, w_i, w_h, b, chunk: int):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def lstm_unroll_checkpointed(x, h0, c0, w_i, w_h, b, chunk: int, batch_major: bool = False):
     """:func:`lstm_unroll` keeping only the carry every ``chunk`` steps for the backward pass.
 
     The forward pass runs the kernel chunk by chunk without keeping any
     activations; the backward pass reruns each chunk's forward, last chunk
     first, keeping its activations for that chunk only. Memory for the backward
     pass: T/chunk carries plus one chunk's activations, instead of all T
-    steps'; time: one more forward pass. ``x`` is time-major, (T, B, I).
+    steps'; time: one more forward pass.
     """
-    (ys, h_last, c_last), _ = _checkpointed_fwd(x, h0, c0, w_i, w_h, b, chunk)
+    (ys, h_last, c_last), _ = _checkpointed_fwd(x, h0, c0, w_i, w_h, b, chunk, batch_major)
     return ys, h_last, c_last
 
 
-def _chunks(a, chunk):
-    """(T, ...) -> ((n, chunk, ...) whole chunks, the (T - n*chunk, ...) tail)."""
-    n = a.shape[0] // chunk
-    return a[: n * chunk].reshape((n, chunk) + a.shape[1:]), a[n * chunk :]
+def _chunk_starts(T: int, chunk: int) -> list[tuple[int, int]]:
+    """(start, length) of each chunk; the last may be shorter."""
+    return [(s, min(chunk, T - s)) for s in range(0, T, chunk)]
 
 
-def _checkpointed_fwd(x, h0, c0, w_i, w_h, b, chunk):
-    def run(carry, x_chunk):
-        ys, h, c, _, _ = _forward(x_chunk, *carry, w_i, w_h, b, False, keep=False)
-        return (h, c), (ys, carry)  # and the carry the chunk started from
+def _checkpointed_fwd(x, h0, c0, w_i, w_h, b, chunk, batch_major):
+    # Chunks are sliced out of x and written into ys in place, in either layout:
+    # no transposed copy of the whole sequence (its size is what this saves).
+    axis = 1 if batch_major else 0
+    T = x.shape[axis]
+    n, tail = divmod(T, chunk)
 
-    whole, tail = _chunks(x, chunk)
-    carry, (ys, starts) = jax.lax.scan(run, (h0, c0), whole)
-    ys = ys.reshape((-1,) + ys.shape[2:])
-    tail_start = carry
-    if tail.shape[0]:
-        carry, (ys_tail, _) = run(carry, tail)
-        ys = jnp.concatenate([ys, ys_tail])
-    return (ys, *carry), (x, w_i, w_h, b, starts, tail_start)
+    def run(carry, start, length):
+        h, c, ys = carry
+        x_chunk = jax.lax.dynamic_slice_in_dim(x, start, length, axis)
+        y, h, c, _, _ = _forward(x_chunk, h, c, w_i, w_h, b, batch_major, keep=False)
+        return (h, c, jax.lax.dynamic_update_slice_in_dim(ys, y, start, axis)), (h, c)
+
+    ys = jnp.zeros(x.shape[:2] + (h0.shape[-1],), jnp.float32)
+    (h, c, ys), ends = jax.lax.scan(lambda carry, k: run(carry, k * chunk, chunk), (h0, c0, ys), jnp.arange(n))
+    # The carry each chunk starts from: h0 for the first, then each whole chunk's last.
+    starts = jax.tree_util.tree_map(lambda first, rest: jnp.concatenate([first[None], rest]), (h0, c0), ends)
+    if tail:
+        (h, c, ys), _ = run((h, c, ys), n * chunk, tail)
+    return (ys, h, c), (x, w_i, w_h, b, starts)
 
 
-def _checkpointed_bwd(chunk, residuals, cotangents):
-    x, w_i, w_h, b, starts, tail_start = residuals
+def _checkpointed_bwd(chunk, batch_major, residuals, cotangents):
+    x, w_i, w_h, b, starts = residuals
     d_ys, d_h, d_c = cotangents
-    I, G = w_i.shape
+    (I, G), H = w_i.shape, w_h.shape[0]
+    axis = 1 if batch_major else 0
+    T = x.shape[axis]
+    n, tail = divmod(T, chunk)
 
-    def back(carry, inputs):  # one chunk, last first: rerun its forward, keeping activations, then back
-        d_h, d_c, d_w, d_b = carry
-        x_chunk, (h0, c0), d_ys_chunk = inputs
-        _, _, _, kept, operands = _forward(x_chunk, h0, c0, w_i, w_h, b, False, keep=True)
-        d_x, d_h, d_c, d_w_chunk, d_b_chunk = _backward(kept, operands, c0, w_i, w_h, d_ys_chunk, d_h, d_c, False)
-        return (d_h, d_c, d_w + d_w_chunk, d_b + d_b_chunk), d_x
+    def back(carry, start, length, h0, c0):  # rerun the chunk's forward, keeping activations, then back
+        d_h, d_c, d_w, d_b, d_x = carry
+        x_chunk = jax.lax.dynamic_slice_in_dim(x, start, length, axis)
+        _, _, _, kept, operands = _forward(x_chunk, h0, c0, w_i, w_h, b, batch_major, keep=True)
+        d_y = jax.lax.dynamic_slice_in_dim(d_ys, start, length, axis)
+        dx, d_h, d_c, dw, db = _backward(kept, operands, c0, w_i, w_h, d_y, d_h, d_c, batch_major)
+        return d_h, d_c, d_w + dw, d_b + db, jax.lax.dynamic_update_slice_in_dim(d_x, dx, start, axis)
 
-    (x_whole, x_tail), (dy_whole, dy_tail) = _chunks(x, chunk), _chunks(d_ys, chunk)
-    carry = (d_h, d_c, jnp.zeros((I + w_h.shape[0], G), jnp.float32), jnp.zeros((G,), jnp.float32))
-    d_x_tail = None
-    if x_tail.shape[0]:
-        carry, d_x_tail = back(carry, (x_tail, tail_start, dy_tail))
-    (d_h0, d_c0, d_w, d_b), d_x = jax.lax.scan(back, carry, (x_whole, starts, dy_whole), reverse=True)
-    d_x = d_x.reshape((-1,) + d_x.shape[2:])
-    if d_x_tail is not None:
-        d_x = jnp.concatenate([d_x, d_x_tail])
+    carry = (d_h, d_c, jnp.zeros((I + H, G), jnp.float32), jnp.zeros((G,), jnp.float32), jnp.zeros_like(x))
+    if tail:
+        carry = back(carry, n * chunk, tail, *(s[n] for s in starts))
+    step = lambda carry, k: (back(carry, k * chunk, chunk, starts[0][k], starts[1][k]), None)
+    (d_h0, d_c0, d_w, d_b, d_x), _ = jax.lax.scan(step, carry, jnp.arange(n), reverse=True)
     return d_x, d_h0, d_c0, d_w[:I], d_w[I:], d_b
 
 

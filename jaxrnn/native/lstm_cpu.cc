@@ -19,17 +19,18 @@
 // c_t and h_t are finished right there. The weights are packed once per call
 // so that a tile reads its (I+H) x 4U block contiguously.
 //
-// Threads. The hidden units are split into one contiguous range per thread;
-// each thread owns c and h of its units, so the only exchange is h_t (all of it
-// is read by every thread's next step): one spin barrier per step, with h (and
-// the transposed x_t) double-buffered so a thread can write step t+1's while
-// another still reads step t's.
+// Threads. A step is split into one share of contiguous hidden units per
+// thread (c and h of a unit are only ever written by its share), and the only
+// exchange is h_t, which every share of the next step reads: the shares of
+// step t+1 start when all of step t's are done (Phases, below), with h and the
+// transposed x_t double-buffered so that step t+1's are written while step
+// t's are still read. The helper threads come from XLA's own intra-op pool.
 //
-// The backward pass mirrors it: per step, each thread turns d h_t, d c_t and
+// The backward pass mirrors it: per step, each share turns d h_t, d c_t and
 // the kept gate activations of its units into the gate pre-activation
-// gradients dG_t (written out, (T, B, 4H), for the weight gradients that JAX
-// computes afterwards as large matmuls), then computes its units' part of
-// d h_{t-1} = dG_t W_h^T. dG is double-buffered the same way.
+// gradients dG_t (written out for the weight gradients, which JAX computes
+// afterwards as large matmuls), then, once every share's dG_t is there,
+// computes its units' part of d h_{t-1} = dG_t W_h^T.
 //
 // Built on first use by jaxrnn/native/__init__.py with the machine's C++
 // compiler (-march=native); without AVX-512 it builds a stub that reports
