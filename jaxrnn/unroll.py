@@ -10,8 +10,9 @@
 3. ``reverse`` runs each row backwards over its own valid part, by permuting
    time per row, so padding stays at the end in both directions.
 
-On the CPU an LSTM without masks skips the loop altogether: ``kernel="auto"``
-hands it to :mod:`jaxrnn.native`, one compiled call for the whole sequence.
+On the CPU an LSTM or GRU without masks skips the loop altogether:
+``kernel="auto"`` hands it to :mod:`jaxrnn.native`, one compiled call for the
+whole sequence.
 
 A worked example of ``resets`` (one row holding two sequences, ``a`` and ``b``)::
 
@@ -135,7 +136,7 @@ def scan(
         the faster. The backward pass of both computes ``dW_i`` as one large
         matmul. Same values either way (to float rounding).
       kernel: ``"native"``: run the whole unroll as one compiled CPU kernel
-        (:mod:`jaxrnn.native`; LSTM, float32, no ``lengths`` or ``resets``;
+        (:mod:`jaxrnn.native`; LSTM or GRU, float32, no ``lengths`` or ``resets``;
         with ``checkpoint_every``, one call per chunk; an error says which
         condition fails).
         ``"xla"``: the ``lax.scan`` loop. ``"auto"`` (default): native
@@ -202,23 +203,24 @@ KERNELS = ("auto", "xla", "native")
 
 def _native(cell: Cell, params: Params, xs: Array, initial_carry, reverse: bool, time_major: bool,
             checkpoint_every: int | None):
-    """:func:`scan` through :func:`jaxrnn.native.lstm_unroll` (an LSTM, no masks).
+    """:func:`scan` through :func:`jaxrnn.native.unroll` (an LSTM or GRU, no masks).
 
-    The kernel reads and writes either layout, so batch-major inputs are not
-    transposed. With ``checkpoint_every``: :func:`jaxrnn.native.lstm_unroll_checkpointed`.
+    The kernels read and write either layout, so batch-major inputs are not
+    transposed. With ``checkpoint_every``: :func:`jaxrnn.native.unroll_checkpointed`.
     """
     # prepare() checks every argument (its time-major copy of xs goes unused: XLA drops it).
     prep = prepare(cell, params, xs, initial_carry=initial_carry, reverse=reverse, time_major=time_major, project=False)
-    w_i, w_h, carry = params["w_i"], params["w_h"], prep.initial_carry
-    b = params["b"] if "b" in params else jnp.zeros(w_h.shape[-1], w_h.dtype)
+    lstm = cell.kind == "lstm"
+    carry = tuple(prep.initial_carry) if lstm else (prep.initial_carry,)
+    w = native.weights(cell, params)
     time_axis = 0 if time_major else 1
     xs = jnp.flip(xs, time_axis) if reverse else xs
     if checkpoint_every is None:
-        ys, h, c = native.lstm_unroll(xs, carry.h, carry.c, w_i, w_h, b, not time_major)
+        ys, carry = native.unroll(cell.kind, not time_major, xs, carry, w)
     else:
         _checks.check_positive_int("checkpoint_every", checkpoint_every)
-        ys, h, c = native.lstm_unroll_checkpointed(xs, carry.h, carry.c, w_i, w_h, b, checkpoint_every, not time_major)
-    return (jnp.flip(ys, time_axis) if reverse else ys), type(carry)(h, c)
+        ys, carry = native.unroll_checkpointed(cell.kind, not time_major, checkpoint_every, xs, carry, w)
+    return (jnp.flip(ys, time_axis) if reverse else ys), (type(prep.initial_carry)(*carry) if lstm else carry[0])
 
 
 def resolve_projection(projection: str) -> str:

@@ -1,4 +1,4 @@
-"""The native CPU LSTM (jaxrnn.native) against the XLA loop it replaces."""
+"""The native CPU LSTM and GRU (jaxrnn.native) against the XLA loop they replace."""
 
 import os
 import shutil
@@ -25,85 +25,97 @@ needs_kernel = pytest.mark.skipif(
 SHAPES = [(16, 6, 5, 8), (33, 9, 7, 40), (8, 4, 3, 9)]
 
 
-def setup(B, T, I, H, seed=0):
-    cell = jaxrnn.lstm(H)
+KINDS = ["lstm", "gru"]
+
+
+def assert_close_at_scale(got, want, rtol=1e-5):
+    """Equal to ``rtol`` of the array's largest entry: sums of many float32 terms cancel, so an
+    entry near zero carries the rounding error of its largest terms."""
+    for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(g, w, atol=rtol * float(np.abs(w).max()), rtol=0)
+
+
+def setup(B, T, I, H, seed=0, kind="lstm"):
+    cell = jaxrnn.CELLS[kind](H)
     params = random_params(cell, jax.random.key(seed), I)
     xs = random_inputs(jax.random.key(seed + 1), B, T, I)
-    carry = jaxrnn.LSTMState(*(0.5 * random_inputs(k, B, H) for k in jax.random.split(jax.random.key(seed + 2))))
-    return cell, params, xs, carry
+    h, c = (0.5 * random_inputs(k, B, H) for k in jax.random.split(jax.random.key(seed + 2)))
+    return cell, params, xs, jaxrnn.LSTMState(h, c) if kind == "lstm" else h
 
 
 @needs_kernel
 @pytest.mark.parametrize("time_major", [False, True], ids=["batch-major", "time-major"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-T{}-I{}-H{}".format(*s))
-def test_native_equals_the_xla_loop(shape, reverse, time_major):
-    cell, params, xs, carry = setup(*shape)
+@pytest.mark.parametrize("kind", KINDS)
+def test_native_equals_the_xla_loop(kind, shape, reverse, time_major):
+    cell, params, xs, carry = setup(*shape, kind=kind)
     xs = jnp.swapaxes(xs, 0, 1) if time_major else xs
     run = lambda kernel: jax.jit(
         lambda p, x, c: jaxrnn.scan(cell, p, x, initial_carry=c, reverse=reverse, time_major=time_major, kernel=kernel)
     )(params, xs, carry)
-    ys, final = run("native")
-    ys_ref, final_ref = run("xla")
-    np.testing.assert_allclose(ys, ys_ref, atol=2e-6)
-    np.testing.assert_allclose(final.h, final_ref.h, atol=2e-6)
-    np.testing.assert_allclose(final.c, final_ref.c, atol=2e-6)
+    got, want = run("native"), run("xla")
+    for g, r in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(g, r, atol=2e-6)
 
 
 @needs_kernel
 @pytest.mark.parametrize("time_major", [False, True], ids=["batch-major", "time-major"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-T{}-I{}-H{}".format(*s))
-def test_native_gradients_equal_the_xla_loop(shape, time_major):
-    cell, params, xs, carry = setup(*shape)
+@pytest.mark.parametrize("kind", KINDS)
+def test_native_gradients_equal_the_xla_loop(kind, shape, time_major):
+    cell, params, xs, carry = setup(*shape, kind=kind)
     xs = jnp.swapaxes(xs, 0, 1) if time_major else xs
     w = random_inputs(jax.random.key(9), *xs.shape[:2], cell.hidden_size)
 
     def loss(p, x, c, kernel):
         ys, final = jaxrnn.scan(cell, p, x, initial_carry=c, time_major=time_major, kernel=kernel)
-        return jnp.sum(ys * w) + jnp.sum(final.h**2) + jnp.sum(3 * final.c)
+        h, c = (final.h, final.c) if kind == "lstm" else (final, final)
+        return jnp.sum(ys * w) + jnp.sum(h**2) + jnp.sum(3 * c)
 
     grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=3)
-    got, want = grads(params, xs, carry, "native"), grads(params, xs, carry, "xla")
-    for g, r in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
-        np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5)
+    assert_close_at_scale(grads(params, xs, carry, "native"), grads(params, xs, carry, "xla"))
 
 
 @needs_kernel
 @pytest.mark.parametrize("time_major", [False, True], ids=["batch-major", "time-major"])
 @pytest.mark.parametrize("chunk", [3, 4], ids=["with-a-tail-chunk", "whole-chunks"])
-def test_native_checkpointed_chunks_equal_one_call(chunk, time_major):
-    cell, params, xs, carry = setup(16, 8, 3, 8)
+@pytest.mark.parametrize("kind", KINDS)
+def test_native_checkpointed_chunks_equal_one_call(kind, chunk, time_major):
+    cell, params, xs, carry = setup(16, 8, 3, 8, kind=kind)
     xs = jnp.swapaxes(xs, 0, 1) if time_major else xs
     w = random_inputs(jax.random.key(9), *xs.shape[:2], 8)
 
     def loss(p, x, checkpoint_every):
         ys, final = jaxrnn.scan(cell, p, x, initial_carry=carry, checkpoint_every=checkpoint_every,
                                 time_major=time_major, kernel="native")
-        return jnp.sum(ys * w) + jnp.sum(final.c**2)
+        return jnp.sum(ys * w) + jnp.sum(jax.tree_util.tree_leaves(final)[-1] ** 2)
 
     value_and_grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), static_argnums=2)
-    got, want = value_and_grad(params, xs, chunk), value_and_grad(params, xs, None)
-    for g, r in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
-        np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5)
+    assert_close_at_scale(value_and_grad(params, xs, chunk), value_and_grad(params, xs, None))
 
 
 @needs_kernel
-def test_check_grads_on_the_native_vjp():
-    cell, params, xs, carry = setup(8, 5, 3, 6)
+@pytest.mark.parametrize("kind", KINDS)
+def test_check_grads_on_the_native_vjp(kind):
+    cell, params, xs, carry = setup(8, 5, 3, 6, kind=kind)
     f = lambda p, x, c: jaxrnn.scan(cell, p, x, initial_carry=c, kernel="native")
     check_grads(f, (params, xs, carry), order=1, modes=("rev",), atol=1e-2, rtol=1e-2)
 
 
 @needs_kernel
-def test_native_results_do_not_depend_on_the_thread_count(monkeypatch):
+@pytest.mark.parametrize("helpers", ["threads", "pool"])
+def test_native_results_do_not_depend_on_the_threads(monkeypatch, helpers):
     cell, params, xs, carry = setup(16, 5, 4, 64)
+    monkeypatch.setenv("JAXRNN_NATIVE_HELPERS", helpers)
     runs = []
-    for n in ("1", "2", "3"):  # 3 threads on a 2-core machine: the barrier must yield, not stall
+    for n in ("1", "2", "3"):  # 3 threads on a 2-core machine: waiting must yield, not stall
         monkeypatch.setenv("JAXRNN_NATIVE_THREADS", n)
-        ys, _ = jaxrnn.scan(cell, params, xs, initial_carry=carry, kernel="native")
-        runs.append(np.asarray(ys))
-    np.testing.assert_array_equal(runs[0], runs[1])
-    np.testing.assert_array_equal(runs[0], runs[2])
+        grad = jax.grad(lambda p: jnp.sum(jaxrnn.scan(cell, p, xs, initial_carry=carry, kernel="native")[0] ** 2))
+        runs.append(jax.tree_util.tree_leaves(grad(params)))
+    for run in runs[1:]:
+        for a, b in zip(runs[0], run):
+            np.testing.assert_array_equal(a, b)
 
 
 @needs_kernel
@@ -116,18 +128,20 @@ def test_native_under_vmap_runs_each_member():
 
 
 @needs_kernel
-def test_auto_picks_native_for_a_plain_lstm_and_xla_otherwise(monkeypatch):
+def test_auto_picks_native_for_plain_lstm_and_gru_and_xla_otherwise(monkeypatch):
     cell, params, xs, _ = setup(16, 4, 3, 8)
     calls = []
-    real = native.lstm_unroll
-    monkeypatch.setattr(native, "lstm_unroll", lambda *a: calls.append(1) or real(*a))
+    real = native.unroll
+    monkeypatch.setattr(native, "unroll", lambda kind, *a: calls.append(kind) or real(kind, *a))
     jaxrnn.scan(cell, params, xs)
-    assert calls == [1]
-    jaxrnn.scan(cell, params, xs, lengths=jnp.full(16, 4))  # masks: the loop
-    jaxrnn.scan(cell, params, xs[:4])  # a batch below MIN_BATCH: the loop
     gru = jaxrnn.gru(8)
     jaxrnn.scan(gru, gru.init(jax.random.key(0), 3), xs)
-    assert calls == [1]
+    assert calls == ["lstm", "gru"]
+    jaxrnn.scan(cell, params, xs, lengths=jnp.full(16, 4))  # masks: the loop
+    jaxrnn.scan(cell, params, xs[:4])  # a batch below MIN_BATCH: the loop
+    vanilla = jaxrnn.vanilla(8)
+    jaxrnn.scan(vanilla, vanilla.init(jax.random.key(0), 3), xs)
+    assert calls == ["lstm", "gru"]
 
 
 @pytest.mark.parametrize(
@@ -142,9 +156,9 @@ def test_asking_for_native_where_it_cannot_run_names_the_reason(kwargs, reason):
     cell, params, xs, _ = setup(16, 4, 3, 8)
     with pytest.raises(ValueError, match=f"kernel='native' cannot run this call: {reason}"):
         jaxrnn.scan(cell, params, xs, kernel="native", **kwargs)
-    with pytest.raises(ValueError, match="the cell is 'gru'"):
-        gru = jaxrnn.gru(8)
-        jaxrnn.scan(gru, gru.init(jax.random.key(0), 3), xs, kernel="native")
+    with pytest.raises(ValueError, match="the cell is 'vanilla'"):
+        vanilla = jaxrnn.vanilla(8)
+        jaxrnn.scan(vanilla, vanilla.init(jax.random.key(0), 3), xs, kernel="native")
     with pytest.raises(ValueError, match=r"kernel: expected one of .*'native'.*got 'c\+\+'"):
         jaxrnn.scan(cell, params, xs, kernel="c++")
 

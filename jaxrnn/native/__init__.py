@@ -1,24 +1,24 @@
-r"""The LSTM unroll as one compiled CPU kernel, called through the XLA FFI.
+r"""The LSTM and GRU unrolls as one compiled CPU kernel each, called through the XLA FFI.
 
 On XLA's CPU backend a ``lax.scan`` step is several separate operations, and
 for an LSTM of batch 32 and hidden size 256 the bare matmuls of such a loop
 already take longer than torch's whole oneDNN LSTM (README, Performance).
-``lstm_cpu.cc`` runs the whole unroll in one call instead: the weights are
+``rnn_cpu.cc`` runs the whole unroll in one call instead: the weights are
 packed once, each step is one pass over them per core with the gates computed
 on the accumulators, and the cores meet once per step.
 
-The kernel is compiled on first use with the machine's C++ compiler
-(``$CXX``, else ``c++``; about 5 s) for this machine's CPU (``-march=native``)
-and cached under ``$JAXRNN_CACHE`` (default ``~/.cache/jaxrnn``). It needs an
+The kernels are compiled on first use with the machine's C++ compiler
+(``$CXX``, else ``c++``; about 10 s) for this machine's CPU (``-march=native``)
+and cached under ``$JAXRNN_CACHE`` (default ``~/.cache/jaxrnn``). They need an
 x86-64 CPU with AVX-512 and float32; :func:`unavailable_reason` says why not
-where it cannot run, and :func:`jaxrnn.scan` then keeps to its XLA loop.
-``JAXRNN_NATIVE=0`` turns it off; ``JAXRNN_NATIVE_THREADS`` sets its thread
+where they cannot run, and :func:`jaxrnn.scan` then keeps to its XLA loop.
+``JAXRNN_NATIVE=0`` turns them off; ``JAXRNN_NATIVE_THREADS`` sets their thread
 count (default: the CPUs this process may run on).
 
 Differentiable (a custom VJP: the kernel's backward loop produces the gate
-gradients ``dG`` (T, B, 4H), and the weight and input gradients are then three
-large matmuls, as cuDNN does), jit-able and vmap-able (sequentially); not
-differentiable twice.
+gradients ``dG``, and the weight and input gradients are then large matmuls,
+as cuDNN does), jit-able and vmap-able (sequentially); not differentiable
+twice.
 
 Example::
 
@@ -47,8 +47,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SOURCE = Path(__file__).with_name("lstm_cpu.cc")
+SOURCE = Path(__file__).with_name("rnn_cpu.cc")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
+KINDS = ("lstm", "gru")
+GATES = {"lstm": 4, "gru": 3}
 
 
 def cache_dir() -> Path:
@@ -56,14 +58,14 @@ def cache_dir() -> Path:
 
 
 def threads() -> int:
-    """Threads the kernel runs on: ``$JAXRNN_NATIVE_THREADS``, else this process's CPUs."""
+    """Threads the kernels run on: ``$JAXRNN_NATIVE_THREADS``, else this process's CPUs."""
     if "JAXRNN_NATIVE_THREADS" in os.environ:
         return max(1, int(os.environ["JAXRNN_NATIVE_THREADS"]))
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _compile() -> Path:
-    """Build the kernel for this machine, or reuse the build cached for the same inputs."""
+    """Build the kernels for this machine, or reuse the build cached for the same inputs."""
     compiler = shutil.which(os.environ.get("CXX", "c++"))
     if compiler is None:
         raise RuntimeError(f"no C++ compiler found (looked for {os.environ.get('CXX', 'c++')!r})")
@@ -72,7 +74,7 @@ def _compile() -> Path:
     key = hashlib.sha256(
         "\n".join([SOURCE.read_text(), version, " ".join(FLAGS), include, jax.__version__, platform.node()]).encode()
     ).hexdigest()[:16]
-    target = cache_dir() / f"lstm_cpu-{key}.so"
+    target = cache_dir() / f"rnn_cpu-{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -90,7 +92,7 @@ def _compile() -> Path:
 
 @functools.cache
 def _load() -> str | None:
-    """Compile, load and register the kernel once per process; the reason it cannot run, or None."""
+    """Compile, load and register the kernels once per process; the reason they cannot run, or None."""
     if os.environ.get("JAXRNN_NATIVE", "1") == "0":
         return "turned off by JAXRNN_NATIVE=0"
     if platform.machine().lower() not in ("x86_64", "amd64"):
@@ -100,16 +102,16 @@ def _load() -> str | None:
     try:
         lib = ctypes.cdll.LoadLibrary(str(_compile()))
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
-        return f"could not build the kernel: {err}"
+        return f"could not build the kernels: {err}"
     if not lib.jaxrnn_native_available():
-        return "needs a CPU with AVX-512 (the kernel was built without it)"
-    for name in ("jaxrnn_lstm_forward", "jaxrnn_lstm_backward"):
+        return "needs a CPU with AVX-512 (the kernels were built without it)"
+    for name in (f"jaxrnn_{kind}_{way}" for kind in KINDS for way in ("forward", "backward")):
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
     return None
 
 
 def unavailable_reason() -> str | None:
-    """Why the native LSTM cannot run in this process, or None when it can."""
+    """Why the native kernels cannot run in this process, or None when they can."""
     return _load()
 
 
@@ -119,13 +121,13 @@ MIN_BATCH = 8  # the kernel pads the batch to a multiple of 16; below 8 most of 
 def unsupported(cell, params, batch: int, dtype, *, lengths=None, resets=None, backward: str = "fused") -> str | None:
     """Why :func:`jaxrnn.scan` cannot run this call natively, or None when it can.
 
-    The kernel covers the common case only: an LSTM cell in float32 on the
+    The kernels cover the common case only: an LSTM or GRU cell in float32 on the
     CPU backend, no ``lengths`` or ``resets``, the fused
     backward, a batch of at least ``MIN_BATCH``. Everything else keeps to the
     XLA loop.
     """
     checks = (
-        (cell.kind == "lstm", f"the cell is {cell.kind!r}; the kernel is an LSTM's"),
+        (cell.kind in KINDS, f"the cell is {cell.kind!r}; the kernels are an LSTM's and a GRU's"),
         (jax.default_backend() == "cpu", f"JAX's default backend is {jax.default_backend()!r}, not the CPU"),
         (
             all(
@@ -148,86 +150,110 @@ def unsupported(cell, params, batch: int, dtype, *, lengths=None, resets=None, b
 def _require() -> None:
     reason = _load()
     if reason is not None:
-        raise RuntimeError(f"jaxrnn's native LSTM cannot run here: {reason}")
+        raise RuntimeError(f"jaxrnn's native kernels cannot run here: {reason}")
 
 
-def _forward(x, h0, c0, w_i, w_h, b, batch_major: bool, keep: bool):
+def pooled() -> bool:
+    """Whether the kernels' helper threads come from XLA's intra-op pool (``JAXRNN_NATIVE_HELPERS=pool``)
+    rather than being their own (``threads``, the default)."""
+    return os.environ.get("JAXRNN_NATIVE_HELPERS", "threads") == "pool"
+
+
+def weights(cell, params) -> tuple:
+    """The kernel's weight arguments from a cell's params: LSTM (w_i, w_h, b); GRU (w_i, w_h, b, b_hn).
+    Biases a cell was made without are zeros."""
+    H, G = cell.hidden_size, GATES[cell.kind]
+    zeros = lambda n: jnp.zeros((n,), jnp.float32)
+    out = (params["w_i"], params["w_h"], params["b"] if "b" in params else zeros(G * H))
+    return out + ((params["b_hn"] if "b_hn" in params else zeros(H)),) if cell.kind == "gru" else out
+
+
+def _f32(*shape):
+    return jax.ShapeDtypeStruct(shape, jnp.float32)
+
+
+def _forward(kind, x, carry, w, batch_major: bool, keep: bool):
+    """One forward kernel call: ``(ys, carry, kept, operands)``, the last two empty without ``keep``."""
     _require()
-    B, H = h0.shape
+    B, H = carry[0].shape
     T = x.shape[1 if batch_major else 0]
-    padded = -(-B // 16) * 16
-    f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
     rows = x.shape[:2]  # (T, B) or (B, T): every sequence array is laid out as x
-    kept = (f32(T, 5 * H, padded), f32(*rows, x.shape[-1] + H)) if keep else (f32(0), f32(0))
-    call = jax.ffi.ffi_call(
-        "jaxrnn_lstm_forward", (f32(*rows, H), f32(B, H), f32(B, H), *kept), vmap_method="sequential"
-    )
-    return call(x, h0, c0, w_i, w_h, b, threads=np.int64(threads()), keep=keep, batch_major=batch_major)
+    kept = (_f32(T, 5 * H, -(-B // 16) * 16), _f32(*rows, x.shape[-1] + H)) if keep else (_f32(0), _f32(0))
+    outs = (_f32(*rows, H), *(_f32(B, H) for _ in carry), *kept)
+    call = jax.ffi.ffi_call(f"jaxrnn_{kind}_forward", outs, vmap_method="sequential")
+    ys, *rest = call(x, *carry, *w, threads=np.int64(threads()), pooled=pooled(), keep=keep, batch_major=batch_major)
+    return ys, tuple(rest[: len(carry)]), *rest[len(carry) :]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
-def lstm_unroll(x, h0, c0, w_i, w_h, b, batch_major=False):
-    """The LSTM of :func:`jaxrnn.lstm` over a batch of sequences, as one kernel call.
+def _backward(kind, kept, operands, carry0, w, d_ys, d_carry, batch_major: bool):
+    """The backward kernel's loop, then the weight and input gradients as large matmuls.
 
-    Arguments:
-      x: (T, B, I) float32 inputs, or (B, T, I) with ``batch_major=True``.
-      h0, c0: (B, H) the initial carry.
-      w_i, w_h, b: the cell's ``(I, 4H)``, ``(H, 4H)`` and ``(4H,)`` parameters,
-        gates ``i, f, g, o``.
-      batch_major: the layout of ``x`` and of the returned ``ys``.
-
-    Returns:
-      ``(ys, h_T, c_T)``: ys (T, B, H) (or (B, T, H)) and the final carry.
+    Returns ``(d_x, d_carry0, d_w)`` with ``d_w`` matching ``w``.
     """
-    ys, h_last, c_last, _, _ = _forward(x, h0, c0, w_i, w_h, b, batch_major, keep=False)
-    return ys, h_last, c_last
-
-
-def _unroll_fwd(x, h0, c0, w_i, w_h, b, batch_major):
-    ys, h_last, c_last, kept, operands = _forward(x, h0, c0, w_i, w_h, b, batch_major, keep=True)
-    return (ys, h_last, c_last), (c0, w_i, w_h, kept, operands)
-
-
-def _backward(kept, operands, c0, w_i, w_h, d_ys, d_h_last, d_c_last, batch_major: bool):
-    """The kernel's backward loop, then the weight and input gradients as large matmuls.
-
-    Returns ``(d_x, d_h0, d_c0, d_w, d_b)`` with ``d_w`` = [dW_i; dW_h], (I+H, 4H).
-    """
-    B, H = c0.shape
+    B, H = carry0[0].shape
+    w_i, w_h = w[0], w[1]
+    I, G = w_i.shape[0], GATES[kind]
     rows = d_ys.shape[:2]
-    f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
-    call = jax.ffi.ffi_call(
-        "jaxrnn_lstm_backward", (f32(*rows, 4 * H), f32(B, H), f32(B, H), f32(4 * H)),
-        vmap_method="sequential",
-    )
-    dg, d_h0, d_c0, d_b = call(
-        kept, c0, w_h, d_ys, d_h_last, d_c_last, threads=np.int64(threads()), batch_major=batch_major
+    outs = (_f32(*rows, 4 * H), *(_f32(B, H) for _ in carry0), _f32(4 * H))
+    call = jax.ffi.ffi_call(f"jaxrnn_{kind}_backward", outs, vmap_method="sequential")
+    # The LSTM's backward reads c_0 (for d f at step 0); the GRU's kept h_{t-1} itself.
+    args = (kept, carry0[1], w_h) if kind == "lstm" else (kept, w_h)
+    dg, *d_carry0, d_sum = call(
+        *args, d_ys, *d_carry, threads=np.int64(threads()), pooled=pooled(), batch_major=batch_major
     )
     # cuDNN's split, as in jaxrnn.unroll: the forward kept every step's matmul
-    # operand [x_t, h_{t-1}], so dW_i and dW_h are one (I+H, T*B) x (T*B, 4H)
-    # product. Written as 2-D matmuls: the same contraction as an einsum over
-    # (t, b) measured 98-132 ms against 93 (T=1000, B=32, H=256). Either layout
-    # works: operands and dG list the (t, b) pairs in the same order.
-    I = w_i.shape[0]
+    # operand [x_t, h_{t-1}], so dW_i and dW_h come from one (I+H, T*B) x
+    # (T*B, 4H) product. Written as 2-D matmuls: the same contraction as an
+    # einsum over (t, b) measured 98-132 ms against 93 (LSTM, T=1000, B=32,
+    # H=256). Either layout works: operands and dG list (t, b) in one order.
     dg_2d = dg.reshape(-1, 4 * H)
     d_w = operands.reshape(-1, I + H).T @ dg_2d
-    d_x = (dg_2d @ w_i.T).reshape(*rows, I)
-    return d_x, d_h0, d_c0, d_w, d_b
+    if kind == "lstm":
+        d_x = (dg_2d @ w_i.T).reshape(*rows, I)
+        return d_x, tuple(d_carry0), (d_w[:I], d_w[I:], d_sum)
+    # The GRU's dG holds d r, d z, d(x W_in) and d(h W_hn): W_i's gradient takes
+    # the first three, W_h's the first two and the last. One product over all
+    # four costs a third more flops than two exact ones, and no copies of dG.
+    d_x = (dg_2d[:, : 3 * H] @ w_i.T).reshape(*rows, I)
+    d_w_h = jnp.concatenate([d_w[I:, : 2 * H], d_w[I:, 3 * H :]], axis=1)
+    return d_x, tuple(d_carry0), (d_w[:I, : 3 * H], d_w_h, d_sum[: 3 * H], d_sum[3 * H :])
 
 
-def _unroll_bwd(batch_major, residuals, cotangents):
-    c0, w_i, w_h, kept, operands = residuals
-    d_x, d_h0, d_c0, d_w, d_b = _backward(kept, operands, c0, w_i, w_h, *cotangents, batch_major)
-    I = w_i.shape[0]
-    return d_x, d_h0, d_c0, d_w[:I], d_w[I:], d_b
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def unroll(kind: str, batch_major: bool, x, carry: tuple, w: tuple):
+    """A cell of :func:`jaxrnn.lstm` or :func:`jaxrnn.gru` over a batch of sequences, as one kernel call.
+
+    Arguments:
+      kind: ``"lstm"`` or ``"gru"``.
+      batch_major: the layout of ``x`` and of the returned ``ys``.
+      x: (T, B, I) float32 inputs, or (B, T, I) with ``batch_major``.
+      carry: the initial carry as a tuple of (B, H) arrays: LSTM ``(h, c)``, GRU ``(h,)``.
+      w: the cell's parameters as :func:`weights` lists them.
+
+    Returns:
+      ``(ys, carry)``: ys (T, B, H) (or (B, T, H)) and the final carry, a tuple like ``carry``.
+    """
+    ys, carry, _, _ = _forward(kind, x, carry, w, batch_major, keep=False)
+    return ys, carry
 
 
-lstm_unroll.defvjp(_unroll_fwd, _unroll_bwd)
+def _unroll_fwd(kind, batch_major, x, carry, w):
+    ys, last, kept, operands = _forward(kind, x, carry, w, batch_major, keep=True)
+    return (ys, last), (carry, w, kept, operands)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
-def lstm_unroll_checkpointed(x, h0, c0, w_i, w_h, b, chunk: int, batch_major: bool = False):
-    """:func:`lstm_unroll` keeping only the carry every ``chunk`` steps for the backward pass.
+def _unroll_bwd(kind, batch_major, residuals, cotangents):
+    carry, w, kept, operands = residuals
+    d_ys, d_carry = cotangents
+    return _backward(kind, kept, operands, carry, w, d_ys, d_carry, batch_major)
+
+
+unroll.defvjp(_unroll_fwd, _unroll_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def unroll_checkpointed(kind: str, batch_major: bool, chunk: int, x, carry: tuple, w: tuple):
+    """:func:`unroll` keeping only the carry every ``chunk`` steps for the backward pass.
 
     The forward pass runs the kernel chunk by chunk without keeping any
     activations; the backward pass reruns each chunk's forward, last chunk
@@ -235,59 +261,51 @@ def lstm_unroll_checkpointed(x, h0, c0, w_i, w_h, b, chunk: int, batch_major: bo
     pass: T/chunk carries plus one chunk's activations, instead of all T
     steps'; time: one more forward pass.
     """
-    (ys, h_last, c_last), _ = _checkpointed_fwd(x, h0, c0, w_i, w_h, b, chunk, batch_major)
-    return ys, h_last, c_last
+    (ys, last), _ = _checkpointed_fwd(kind, batch_major, chunk, x, carry, w)
+    return ys, last
 
 
-def _chunk_starts(T: int, chunk: int) -> list[tuple[int, int]]:
-    """(start, length) of each chunk; the last may be shorter."""
-    return [(s, min(chunk, T - s)) for s in range(0, T, chunk)]
-
-
-def _checkpointed_fwd(x, h0, c0, w_i, w_h, b, chunk, batch_major):
+def _checkpointed_fwd(kind, batch_major, chunk, x, carry, w):
     # Chunks are sliced out of x and written into ys in place, in either layout:
     # no transposed copy of the whole sequence (its size is what this saves).
     axis = 1 if batch_major else 0
-    T = x.shape[axis]
-    n, tail = divmod(T, chunk)
+    n, tail = divmod(x.shape[axis], chunk)
 
-    def run(carry, start, length):
-        h, c, ys = carry
-        x_chunk = jax.lax.dynamic_slice_in_dim(x, start, length, axis)
-        y, h, c, _, _ = _forward(x_chunk, h, c, w_i, w_h, b, batch_major, keep=False)
-        return (h, c, jax.lax.dynamic_update_slice_in_dim(ys, y, start, axis)), (h, c)
+    def run(state, start, length):
+        carry, ys = state
+        y, carry, _, _ = _forward(kind, jax.lax.dynamic_slice_in_dim(x, start, length, axis), carry, w, batch_major, False)
+        return (carry, jax.lax.dynamic_update_slice_in_dim(ys, y, start, axis)), carry
 
-    ys = jnp.zeros(x.shape[:2] + (h0.shape[-1],), jnp.float32)
-    (h, c, ys), ends = jax.lax.scan(lambda carry, k: run(carry, k * chunk, chunk), (h0, c0, ys), jnp.arange(n))
-    # The carry each chunk starts from: h0 for the first, then each whole chunk's last.
-    starts = jax.tree_util.tree_map(lambda first, rest: jnp.concatenate([first[None], rest]), (h0, c0), ends)
+    ys = jnp.zeros(x.shape[:2] + (carry[0].shape[-1],), jnp.float32)
+    (last, ys), ends = jax.lax.scan(lambda state, k: run(state, k * chunk, chunk), (carry, ys), jnp.arange(n))
+    # The carry each chunk starts from: the initial one, then each whole chunk's last.
+    starts = jax.tree_util.tree_map(lambda first, rest: jnp.concatenate([first[None], rest]), carry, ends)
     if tail:
-        (h, c, ys), _ = run((h, c, ys), n * chunk, tail)
-    return (ys, h, c), (x, w_i, w_h, b, starts)
+        (last, ys), _ = run((last, ys), n * chunk, tail)
+    return (ys, last), (x, w, starts)
 
 
-def _checkpointed_bwd(chunk, batch_major, residuals, cotangents):
-    x, w_i, w_h, b, starts = residuals
-    d_ys, d_h, d_c = cotangents
-    (I, G), H = w_i.shape, w_h.shape[0]
+def _checkpointed_bwd(kind, batch_major, chunk, residuals, cotangents):
+    x, w, starts = residuals
+    d_ys, d_carry = cotangents
     axis = 1 if batch_major else 0
-    T = x.shape[axis]
-    n, tail = divmod(T, chunk)
+    n, tail = divmod(x.shape[axis], chunk)
 
-    def back(carry, start, length, h0, c0):  # rerun the chunk's forward, keeping activations, then back
-        d_h, d_c, d_w, d_b, d_x = carry
+    def back(state, start, length, carry0):  # rerun the chunk's forward, keeping activations, then back
+        d_carry, d_w, d_x = state
         x_chunk = jax.lax.dynamic_slice_in_dim(x, start, length, axis)
-        _, _, _, kept, operands = _forward(x_chunk, h0, c0, w_i, w_h, b, batch_major, keep=True)
+        _, _, kept, operands = _forward(kind, x_chunk, carry0, w, batch_major, keep=True)
         d_y = jax.lax.dynamic_slice_in_dim(d_ys, start, length, axis)
-        dx, d_h, d_c, dw, db = _backward(kept, operands, c0, w_i, w_h, d_y, d_h, d_c, batch_major)
-        return d_h, d_c, d_w + dw, d_b + db, jax.lax.dynamic_update_slice_in_dim(d_x, dx, start, axis)
+        dx, d_carry, dw = _backward(kind, kept, operands, carry0, w, d_y, d_carry, batch_major)
+        d_w = jax.tree_util.tree_map(jnp.add, d_w, dw)
+        return d_carry, d_w, jax.lax.dynamic_update_slice_in_dim(d_x, dx, start, axis)
 
-    carry = (d_h, d_c, jnp.zeros((I + H, G), jnp.float32), jnp.zeros((G,), jnp.float32), jnp.zeros_like(x))
+    state = (d_carry, jax.tree_util.tree_map(jnp.zeros_like, w), jnp.zeros_like(x))
     if tail:
-        carry = back(carry, n * chunk, tail, *(s[n] for s in starts))
-    step = lambda carry, k: (back(carry, k * chunk, chunk, starts[0][k], starts[1][k]), None)
-    (d_h0, d_c0, d_w, d_b, d_x), _ = jax.lax.scan(step, carry, jnp.arange(n), reverse=True)
-    return d_x, d_h0, d_c0, d_w[:I], d_w[I:], d_b
+        state = back(state, n * chunk, tail, tuple(s[n] for s in starts))
+    step = lambda state, k: (back(state, k * chunk, chunk, tuple(s[k] for s in starts)), None)
+    (d_carry0, d_w, d_x), _ = jax.lax.scan(step, state, jnp.arange(n), reverse=True)
+    return d_x, d_carry0, d_w
 
 
-lstm_unroll_checkpointed.defvjp(_checkpointed_fwd, _checkpointed_bwd)
+unroll_checkpointed.defvjp(_checkpointed_fwd, _checkpointed_bwd)

@@ -1,0 +1,652 @@
+// jaxrnn's LSTM for x86-64 CPUs with AVX-512: the whole unroll in one XLA FFI call.
+//
+// Why a kernel: on XLA's CPU backend every step of a lax.scan is a handful of
+// separate thunks (a small matmul through Eigen, a fusion for the gates, the
+// copies of the carry), and the bare matmuls of an LSTM already cost more as an
+// XLA loop than torch's oneDNN LSTM does in total (README, Performance). Here a
+// step is one pass over the packed weights per core, with the gates computed on
+// the accumulators while they are still in registers.
+//
+// Layout. Inside the kernel everything is "feature-major": a state is stored as
+// (features, Bp) with the batch, padded to a multiple of 16, along the fast
+// axis, so one 512-bit register holds 16 batch rows of one feature. A step is
+//
+//     G^T (4H, Bp) = W^T (4H, I+H) . [x_t^T ; h_{t-1}^T] (I+H, Bp)
+//
+// computed in tiles of (4 gates x U units) x (16 or 32 batch rows): each
+// weight is broadcast once per tile and multiplies the one or two batch
+// registers, and the tile's accumulators hold all four gates of its U units, so
+// c_t and h_t are finished right there. The weights are packed once per call
+// so that a tile reads its (I+H) x 4U block contiguously.
+//
+// Threads. A step is split into one share of contiguous hidden units per
+// thread (c and h of a unit are only ever written by its share), and the only
+// exchange is h_t, which every share of the next step reads: the shares of
+// step t+1 start when all of step t's are done (Phases, below), with h and the
+// transposed x_t double-buffered so that step t+1's are written while step
+// t's are still read. The helper threads come from XLA's own intra-op pool.
+//
+// The backward pass mirrors it: per step, each share turns d h_t, d c_t and
+// the kept gate activations of its units into the gate pre-activation
+// gradients dG_t (written out for the weight gradients, which JAX computes
+// afterwards as large matmuls), then, once every share's dG_t is there,
+// computes its units' part of d h_{t-1} = dG_t W_h^T.
+//
+// Built on first use by jaxrnn/native/__init__.py with the machine's C++
+// compiler (-march=native); without AVX-512 it builds a stub that reports
+// itself unavailable and jaxrnn keeps to its XLA loop.
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+
+#include <atomic>
+#include <functional>
+#include <thread>
+#include <type_traits>
+
+namespace {
+
+// ---------------------------------------------------------------- math ----
+
+// exp(x) for |x| <= 88: 2^n * 2^f with n = round(x log2 e), |f| <= 1/2, and a
+// degree-6 polynomial for 2^f (relative error about 2e-7).
+inline __m512 exp16(__m512 x) {
+  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.f)), _mm512_set1_ps(-88.f));
+  const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.4426950408889634f));
+  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(t, n);
+  __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
+  return _mm512_scalef_ps(p, n);
+}
+
+inline __m512 sigmoid16(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.f);
+  return _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+
+// tanh(x) = 1 - 2 / (exp(2x) + 1): exact limits at both ends, no cancellation
+// trouble at float32 tolerance.
+inline __m512 tanh16(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.f);
+  const __m512 e = exp16(_mm512_add_ps(x, x));
+  return _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.f), _mm512_add_ps(e, one)));
+}
+
+// ------------------------------------------------------------- threads ----
+
+// The work of one call as a sequence of phases (a step, say), each split into
+// `shares` tasks that may run in parallel; a phase's tasks start only when all
+// of the previous phase's are done. Any thread may run any task: threads claim
+// them in order from one counter, so a helper that starts late, or not at all
+// (XLA's thread pool busy with other work), costs parallelism, never a stall,
+// and the calling thread alone finishes the call if need be.
+struct Phases {
+  int64_t phases;
+  int shares;
+  std::function<void(int64_t, int)> task;  // task(phase, share)
+  std::atomic<int64_t> next{0}, done{0};
+
+  // Spin while another thread finishes its task (tens of microseconds), then
+  // yield the core, so that more threads than free cores slow down, not stall.
+  void wait_for(int64_t count) {
+    for (int spins = 0; done.load(std::memory_order_acquire) < count; ++spins) {
+      if (spins < 4096) _mm_pause();
+      else std::this_thread::yield();
+    }
+  }
+
+  void work() {
+    const int64_t total = phases * shares;
+    for (int64_t k; (k = next.fetch_add(1, std::memory_order_relaxed)) < total;) {
+      wait_for(k / shares * shares);  // all of the previous phase
+      task(k / shares, static_cast<int>(k % shares));
+      done.fetch_add(1, std::memory_order_acq_rel);
+    }
+  }
+};
+
+// Run `task(phase, share)` for every phase in order on the calling thread and
+// `shares` - 1 helpers: threads of XLA's intra-op pool (`pooled`) or threads
+// of our own. A pool helper that runs after the call has returned finds no
+// task left: it only touches the shared counters, never the call's buffers.
+void run_phases(ffi::ThreadPool& pool, bool pooled, int64_t phases, int shares,
+                std::function<void(int64_t, int)> task) {
+  auto state = std::make_shared<Phases>();
+  state->phases = phases;
+  state->shares = shares;
+  state->task = std::move(task);
+  std::vector<std::thread> own;
+  for (int i = 1; i < shares; ++i) {
+    if (pooled) pool.Schedule([state] { state->work(); });
+    else own.emplace_back([state] { state->work(); });
+  }
+  state->work();
+  state->wait_for(phases * shares);  // a helper may still be in its last task
+  for (auto& t : own) t.join();
+}
+
+// Share `tid` of `n`, [lo, hi), of `groups` groups of units.
+struct Range {
+  int lo, hi;
+};
+inline Range share(int groups, int tid, int n) {
+  return {static_cast<int>(int64_t{groups} * tid / n), static_cast<int>(int64_t{groups} * (tid + 1) / n)};
+}
+
+// Batch tiles: 32 rows (two registers) while they last, then 16.
+template <typename F>
+void for_batch_tiles(int Bp, F&& f) {
+  int b = 0;
+  for (; b + 32 <= Bp; b += 32) f(b, std::integral_constant<int, 2>{});
+  if (b < Bp) f(b, std::integral_constant<int, 1>{});
+}
+
+inline int round16(int b) { return (b + 15) / 16 * 16; }
+
+// Copy columns [r0, r1) of B rows of `ld` floats into a (R, Bp) block.
+void transpose_in(const float* src, int B, int64_t ld, float* dst, int Bp, int r0, int r1) {
+  for (int b = 0; b < B; ++b)
+    for (int r = r0; r < r1; ++r) dst[int64_t{r} * Bp + b] = src[b * ld + r];
+}
+
+// Where row (t, b) of a sequence array starts, in rows: time-major (T, B, .)
+// arrays have strides (B, 1), batch-major (B, T, .) ones (1, T). The kernel
+// takes either, so that jaxrnn.scan's default batch-major layout costs no
+// transposes around the call.
+struct Rows {
+  int64_t t, b;
+  int64_t at(int step) const { return step * t; }
+};
+
+// ----------------------------------------------------------------- cells ----
+
+// What a cell adds to the shared loop. A forward tile keeps four accumulator
+// slots per unit; a cell says which slot each of its gate blocks of w_i (the
+// x_t rows of the step's matmul) and of w_h (the h_{t-1} rows) adds into.
+// The LSTM's gates take both halves summed; the GRU keeps h W_hn (slot 3)
+// apart from x W_in (slot 2), because r multiplies it alone.
+struct Lstm {
+  static constexpr int kGates = 4;
+  static constexpr int kXSlot[4] = {0, 1, 2, 3}, kHSlot[4] = {0, 1, 2, 3};
+};
+struct Gru {
+  static constexpr int kGates = 3;
+  static constexpr int kXSlot[3] = {0, 1, 2}, kHSlot[3] = {0, 1, 3};
+};
+constexpr int kSlots = 4;  // per unit, both cells
+constexpr int kKept = 5;   // H-row blocks kept per step for the backward pass, both cells
+
+// --------------------------------------------------------------- forward ----
+
+constexpr int kUnits = 2;  // units per forward tile: 4 slots x 2 units x 2 registers = 16 accumulators
+
+template <class Cell>
+struct Forward {
+  static constexpr int G = Cell::kGates;
+  int T, B, I, H, Bp, K;  // K = I + H
+  Rows layout;            // of x, ys and operands
+  const float *x, *w_i, *w_h;
+  const float* bias[kSlots];  // each slot's H biases
+  float* wp;                  // packed weights, see pack()
+  float *ys, *res;  // res: (T, 5H, Bp), per step LSTM i, f, g, o, c; GRU r, z, n, h W_hn + b_hn, h_{t-1}
+  float* operands;  // [x_t, h_{t-1}] per step, each step's matmul operand; null for inference
+  float* cT;        // LSTM: (H, Bp), the running memory cell
+  float* a[2];      // (K, Bp) twice: [x_t^T; h_{t-1}^T], double-buffered
+
+  // Weights of units [u0, u0 + U) as a (K, G, U) block, blocks one after the
+  // other; each share packs the blocks it reads.
+  void pack(int ulo, int uhi) const {
+    for (int u0 = ulo; u0 < uhi; u0 += kUnits) {
+      const int U = std::min(kUnits, H - u0);
+      float* block = wp + int64_t{u0} * G * K;
+      for (int k = 0; k < K; ++k) {
+        const float* row = k < I ? w_i + int64_t{k} * G * H : w_h + int64_t{k - I} * G * H;
+        for (int g = 0; g < G; ++g)
+          for (int j = 0; j < U; ++j) block[(int64_t{k} * G + g) * U + j] = row[g * H + u0 + j];
+      }
+    }
+  }
+
+  // acc[slot[g] * U + j] += w[k, g, j] * col[k] for k in [k0, k1).
+  template <int U, int NB>
+  static void accumulate(__m512 (&acc)[kSlots * U][NB], const float* w, const float* col, int Bp, int k0, int k1,
+                         const int (&slot)[G]) {
+    for (int k = k0; k < k1; ++k) {
+      __m512 v[NB];
+      for (int s = 0; s < NB; ++s) v[s] = _mm512_loadu_ps(col + int64_t{k} * Bp + 16 * s);
+#pragma GCC unroll 16
+      for (int c = 0; c < G * U; ++c) {
+        const __m512 wc = _mm512_set1_ps(w[k * G * U + c]);
+        for (int s = 0; s < NB; ++s) acc[slot[c / U] * U + c % U][s] = _mm512_fmadd_ps(wc, v[s], acc[slot[c / U] * U + c % U][s]);
+      }
+    }
+  }
+
+  template <int U, int NB>
+  void tile(int t, int u0, int b0, const float* at, float* h_next) const {
+    __m512 acc[kSlots * U][NB];
+    for (int c = 0; c < kSlots * U; ++c)
+      for (int s = 0; s < NB; ++s) acc[c][s] = _mm512_set1_ps(bias[c / U][u0 + c % U]);
+    const float* w = wp + int64_t{u0} * G * K;
+    accumulate<U, NB>(acc, w, at + b0, Bp, 0, I, Cell::kXSlot);
+    accumulate<U, NB>(acc, w, at + b0, Bp, I, K, Cell::kHSlot);
+    for (int j = 0; j < U; ++j) {
+      const int u = u0 + j;
+      for (int s = 0; s < NB; ++s) {
+        const int64_t at_u = int64_t{u} * Bp + b0 + 16 * s;
+        __m512 kept[kKept], h;
+        if constexpr (std::is_same_v<Cell, Lstm>) {
+          const __m512 i = sigmoid16(acc[0 * U + j][s]), f = sigmoid16(acc[1 * U + j][s]);
+          const __m512 g = tanh16(acc[2 * U + j][s]), o = sigmoid16(acc[3 * U + j][s]);
+          const __m512 c = _mm512_fmadd_ps(f, _mm512_loadu_ps(cT + at_u), _mm512_mul_ps(i, g));
+          h = _mm512_mul_ps(o, tanh16(c));
+          _mm512_storeu_ps(cT + at_u, c);
+          kept[0] = i, kept[1] = f, kept[2] = g, kept[3] = o, kept[4] = c;
+        } else {  // h = (1 - z) n + z h_{t-1}, n = tanh(x W_in + b_in + r (h W_hn + b_hn))
+          const __m512 r = sigmoid16(acc[0 * U + j][s]), z = sigmoid16(acc[1 * U + j][s]);
+          const __m512 hn = acc[3 * U + j][s];
+          const __m512 n = tanh16(_mm512_fmadd_ps(r, hn, acc[2 * U + j][s]));
+          const __m512 h_prev = _mm512_loadu_ps(at + int64_t{I} * Bp + at_u);
+          h = _mm512_fmadd_ps(z, _mm512_sub_ps(h_prev, n), n);
+          kept[0] = r, kept[1] = z, kept[2] = n, kept[3] = hn, kept[4] = h_prev;
+        }
+        _mm512_storeu_ps(h_next + at_u, h);
+        if (res) {
+          float* r = res + int64_t{t} * kKept * H * Bp + at_u;
+          for (int q = 0; q < kKept; ++q) _mm512_storeu_ps(r + int64_t{q} * H * Bp, kept[q]);
+        }
+      }
+    }
+  }
+
+  template <int U>
+  void units(int t, int u0, const float* at, float* h_next) const {
+    for_batch_tiles(Bp, [&](int b0, auto nb) { tile<U, decltype(nb)::value>(t, u0, b0, at, h_next); });
+  }
+
+  // Units [ulo, uhi) of the feature-major `h` into B rows of `ld` floats.
+  void put_h(const float* h, int ulo, int uhi, float* dst, int64_t ld) const {
+    for (int bb = 0; bb < B; ++bb)
+      for (int u = ulo; u < uhi; ++u) dst[bb * ld + u] = h[int64_t{u} * Bp + bb];
+  }
+
+  // Step t's x_t^T into `a`, rows [r0, r1); for training also x_t into its operand row.
+  void take_x(int t, float* a, int r0, int r1) const {
+    const float* x_t = x + layout.at(t) * I;
+    transpose_in(x_t, B, layout.b * I, a, Bp, r0, r1);
+    if (operands)
+      for (int bb = 0; bb < B; ++bb)
+        std::memcpy(operands + (layout.at(t) + bb * layout.b) * K + r0, x_t + bb * layout.b * I + r0,
+                    sizeof(float) * (r1 - r0));
+  }
+
+  // Phase 0 packs the weights and takes x_0; phase t + 1 is step t. Share j of
+  // n owns a contiguous range of units (and of x's columns to transpose).
+  void phase(int64_t p, int j, int n) const {
+    const int groups = (H + kUnits - 1) / kUnits;
+    const Range mine = share(groups, j, n), cols = share(I, j, n);
+    const int ulo = std::min(H, mine.lo * kUnits), uhi = std::min(H, mine.hi * kUnits);
+    if (p == 0) {
+      pack(ulo, uhi);
+      take_x(0, a[0], cols.lo, cols.hi);
+      if (operands) put_h(a[0] + int64_t{I} * Bp, ulo, uhi, operands + I, layout.b * K);
+      return;
+    }
+    const int t = static_cast<int>(p - 1);
+    const float* at = a[t & 1];
+    float* next = a[(t + 1) & 1];
+    float* h_next = next + int64_t{I} * Bp;
+    for (int gi = mine.lo; gi < mine.hi; ++gi) {
+      const int u0 = gi * kUnits;
+      if (u0 + kUnits <= H) units<kUnits>(t, u0, at, h_next);
+      else units<1>(t, u0, at, h_next);
+    }
+    put_h(h_next, ulo, uhi, ys + layout.at(t) * H, layout.b * H);
+    if (t + 1 < T) {
+      take_x(t + 1, next, cols.lo, cols.hi);
+      if (operands) put_h(h_next, ulo, uhi, operands + layout.at(t + 1) * K + I, layout.b * K);
+    }
+  }
+};
+
+// -------------------------------------------------------------- backward ----
+
+constexpr int kRows = 8;  // units per backward tile: 8 x 2 registers = 16 accumulators
+
+template <class Cell>
+struct Backward {
+  static constexpr int G = Cell::kGates;
+  int T, B, H, Bp;
+  Rows layout;      // of dys and dg
+  const float *res, *c0, *dys;  // c0: LSTM, feature-major
+  const float* w_h;
+  float* wp;        // W_h packed as (G H, kRows) blocks of units, see pack()
+  float* dg;        // 4 H per step: LSTM d(i, f, g, o) pre-activations; GRU d r, d z, d(x W_in), d(h W_hn)
+  float* dh;        // (H, Bp): d h_t from step t+1, then d h_{t-1}
+  float* dc;        // (H, Bp): LSTM d c_t; GRU the part of d h_{t-1} that bypasses W_h, z d h_t
+  float* g[2];      // (G H, Bp) twice: what multiplies W_h^T (dG_t^T), double-buffered
+  float* db;        // (4H, 16): sums of dg, each lane over its own batch rows
+
+  void pack(int ulo, int uhi) const {
+    for (int u0 = ulo; u0 < uhi; u0 += kRows) {
+      const int R = std::min(kRows, H - u0);
+      float* block = wp + int64_t{u0} * G * H;
+      for (int k = 0; k < G * H; ++k)
+        for (int j = 0; j < R; ++j) block[int64_t{k} * R + j] = w_h[int64_t{u0 + j} * G * H + k];
+    }
+  }
+
+  // The step's derivative for units [ulo, uhi), given d h_t (its output's
+  // cotangent plus what step t+1 sent back). Units go 16 at a time so that
+  // d ys is read, and dg written, a row of 16 floats at once: rows are
+  // H or 4H floats apart, and 16 stores that far apart land in one L1 set.
+  void gates(int t, int ulo, int uhi, float* gt) const {
+    const float* r = res + int64_t{t} * kKept * H * Bp;
+    const float* dy = dys + layout.at(t) * H;
+    float* out = dg + layout.at(t) * 4 * H;
+    const int64_t dy_ld = layout.b * H, out_ld = layout.b * 4 * H;
+    const __m512 one = _mm512_set1_ps(1.f);
+    alignas(64) float dy_block[16][16], dg_block[4][16][16];  // [unit][lane], [slot][unit][lane]
+    for (int u0 = ulo; u0 < uhi; u0 += 16) {
+      const int n = std::min(16, uhi - u0);
+      for (int b0 = 0; b0 < Bp; b0 += 16) {
+        const int lanes = std::min(16, B - b0);
+        std::memset(dy_block, 0, sizeof(dy_block));
+        for (int l = 0; l < lanes; ++l)
+          for (int j = 0; j < n; ++j) dy_block[j][l] = dy[(b0 + l) * dy_ld + u0 + j];
+        for (int j = 0; j < n; ++j) {
+          const int64_t at = int64_t{u0 + j} * Bp + b0;
+          const __m512 d_h = _mm512_add_ps(_mm512_load_ps(dy_block[j]), _mm512_loadu_ps(dh + at));
+          __m512 kept[kKept];
+          for (int q = 0; q < kKept; ++q) kept[q] = _mm512_loadu_ps(r + int64_t{q} * H * Bp + at);
+          __m512 d[4];  // dg's four slots
+          if constexpr (std::is_same_v<Cell, Lstm>) {
+            const __m512 i = kept[0], f = kept[1], gg = kept[2], o = kept[3], tc = tanh16(kept[4]);
+            const __m512 c_prev = _mm512_loadu_ps(
+                (t > 0 ? res + (int64_t{t - 1} * kKept + 4) * H * Bp : c0) + at);
+            // d c_t = (carried d c_t) + d h_t * o * (1 - tanh(c_t)^2)
+            const __m512 d_c =
+                _mm512_fmadd_ps(_mm512_mul_ps(d_h, o), _mm512_fnmadd_ps(tc, tc, one), _mm512_loadu_ps(dc + at));
+            d[0] = _mm512_mul_ps(_mm512_mul_ps(d_c, gg), _mm512_mul_ps(i, _mm512_sub_ps(one, i)));
+            d[1] = _mm512_mul_ps(_mm512_mul_ps(d_c, c_prev), _mm512_mul_ps(f, _mm512_sub_ps(one, f)));
+            d[2] = _mm512_mul_ps(_mm512_mul_ps(d_c, i), _mm512_fnmadd_ps(gg, gg, one));
+            d[3] = _mm512_mul_ps(_mm512_mul_ps(d_h, tc), _mm512_mul_ps(o, _mm512_sub_ps(one, o)));
+            _mm512_storeu_ps(dc + at, _mm512_mul_ps(d_c, f));  // d c_{t-1}, through the forget gate
+          } else {
+            const __m512 rr = kept[0], z = kept[1], nn = kept[2], hn = kept[3], h_prev = kept[4];
+            d[2] = _mm512_mul_ps(_mm512_mul_ps(d_h, _mm512_sub_ps(one, z)), _mm512_fnmadd_ps(nn, nn, one));
+            d[1] = _mm512_mul_ps(_mm512_mul_ps(d_h, _mm512_sub_ps(h_prev, nn)), _mm512_mul_ps(z, _mm512_sub_ps(one, z)));
+            d[0] = _mm512_mul_ps(_mm512_mul_ps(d[2], hn), _mm512_mul_ps(rr, _mm512_sub_ps(one, rr)));
+            d[3] = _mm512_mul_ps(d[2], rr);
+            _mm512_storeu_ps(dc + at, _mm512_mul_ps(d_h, z));  // d h_{t-1} through z, added by recurrent()
+          }
+          for (int q = 0; q < 4; ++q) {
+            float* sum = db + int64_t{q * H + u0 + j} * 16;
+            _mm512_storeu_ps(sum, _mm512_add_ps(_mm512_loadu_ps(sum), d[q]));
+            _mm512_store_ps(dg_block[q][j], d[q]);
+          }
+          for (int g = 0; g < G; ++g) _mm512_storeu_ps(gt + int64_t{g * H} * Bp + at, d[Cell::kHSlot[g]]);
+        }
+        for (int l = 0; l < lanes; ++l)
+          for (int q = 0; q < 4; ++q)
+            for (int j = 0; j < n; ++j) out[(b0 + l) * out_ld + q * H + u0 + j] = dg_block[q][j][l];
+      }
+    }
+  }
+
+  // d h_{t-1} for units [u0, u0 + R): (R, G H) rows of W_h times dG_t^T
+  // (for the GRU plus z d h_t, which bypasses W_h).
+  template <int R, int NB>
+  void tile(int u0, int b0, const float* gt) const {
+    __m512 acc[R][NB];
+    for (int j = 0; j < R; ++j)
+      for (int s = 0; s < NB; ++s)
+        acc[j][s] = std::is_same_v<Cell, Gru> ? _mm512_loadu_ps(dc + int64_t{u0 + j} * Bp + b0 + 16 * s)
+                                             : _mm512_setzero_ps();
+    const float* w = wp + int64_t{u0} * G * H;
+    for (int k = 0; k < G * H; ++k) {
+      __m512 v[NB];
+      for (int s = 0; s < NB; ++s) v[s] = _mm512_loadu_ps(gt + int64_t{k} * Bp + b0 + 16 * s);
+#pragma GCC unroll 8
+      for (int j = 0; j < R; ++j) {
+        const __m512 wj = _mm512_set1_ps(w[k * R + j]);
+        for (int s = 0; s < NB; ++s) acc[j][s] = _mm512_fmadd_ps(wj, v[s], acc[j][s]);
+      }
+    }
+    for (int j = 0; j < R; ++j)
+      for (int s = 0; s < NB; ++s) _mm512_storeu_ps(dh + int64_t{u0 + j} * Bp + b0 + 16 * s, acc[j][s]);
+  }
+
+  template <int R>
+  void rows(int u0, const float* gt) const {
+    for_batch_tiles(Bp, [&](int b0, auto nb) { tile<R, decltype(nb)::value>(u0, b0, gt); });
+  }
+
+  void recurrent(int u0, const float* gt) const {
+    switch (std::min(kRows, H - u0)) {
+      case 8: return rows<8>(u0, gt);
+      case 7: return rows<7>(u0, gt);
+      case 6: return rows<6>(u0, gt);
+      case 5: return rows<5>(u0, gt);
+      case 4: return rows<4>(u0, gt);
+      case 3: return rows<3>(u0, gt);
+      case 2: return rows<2>(u0, gt);
+      default: return rows<1>(u0, gt);
+    }
+  }
+
+  // Phase 0 packs W_h; then, for t = T-1 down to 0, one phase for dG_t and one
+  // for d h_{t-1}. Share j of n owns a contiguous range of units in both.
+  void phase(int64_t p, int j, int n) const {
+    const int groups = (H + kRows - 1) / kRows;
+    const Range mine = share(groups, j, n);
+    const int ulo = std::min(H, mine.lo * kRows), uhi = std::min(H, mine.hi * kRows);
+    if (p == 0) return pack(ulo, uhi);
+    const int t = T - 1 - static_cast<int>((p - 1) / 2);
+    float* gt = g[t & 1];
+    if (p % 2) return gates(t, ulo, uhi, gt);
+    for (int gi = mine.lo; gi < mine.hi; ++gi) recurrent(gi * kRows, gt);
+  }
+};
+
+// ------------------------------------------------------------ handlers ----
+
+int threads_for(int64_t requested, int H) {
+  const int n = static_cast<int>(std::max<int64_t>(1, requested));
+  return std::min(n, std::max(1, H / 16));
+}
+
+// (T, B) of a (T, B, .) or (B, T, .) sequence array, and its row layout.
+struct Shape {
+  int T, B;
+  Rows layout;
+};
+Shape sequence(ffi::Span<const int64_t> dims, bool batch_major) {
+  const int T = dims[batch_major ? 1 : 0], B = dims[batch_major ? 0 : 1];
+  return {T, B, batch_major ? Rows{1, T} : Rows{B, 1}};
+}
+
+// (B, H) row-major -> (H, Bp) feature-major, and back.
+std::vector<float> feature_major(const float* src, int B, int H, int Bp) {
+  std::vector<float> out(int64_t{H} * Bp, 0.f);
+  transpose_in(src, B, H, out.data(), Bp, 0, H);
+  return out;
+}
+void batch_major_out(const float* src, int B, int H, int Bp, float* dst) {
+  for (int bb = 0; bb < B; ++bb)
+    for (int u = 0; u < H; ++u) dst[int64_t{bb} * H + u] = src[int64_t{u} * Bp + bb];
+}
+
+// The forward loop of either cell. c0 and c_last: LSTM only (null for the GRU).
+template <class Cell>
+void forward(ffi::ThreadPool& pool, const float* x, Shape seq, int I, int H, const float* h0, const float* c0,
+             const float* w_i, const float* w_h, const float* (&bias)[kSlots], float* ys, float* h_last,
+             float* c_last, float* res, float* operands, int64_t threads, bool pooled) {
+  const int Bp = round16(seq.B), K = I + H;
+  std::unique_ptr<float[]> wp(new float[int64_t{K} * Cell::kGates * H]);
+  std::vector<float> a0(int64_t{K} * Bp, 0.f), a1(int64_t{K} * Bp, 0.f);
+  transpose_in(h0, seq.B, H, a0.data() + int64_t{I} * Bp, Bp, 0, H);
+  std::vector<float> c = c0 ? feature_major(c0, seq.B, H, Bp) : std::vector<float>();
+  Forward<Cell> f{seq.T, seq.B, I, H, Bp, K, seq.layout, x, w_i, w_h, {bias[0], bias[1], bias[2], bias[3]},
+                  wp.get(), ys, res, operands, c.data(), {a0.data(), a1.data()}};
+  const int n = threads_for(threads, H);
+  run_phases(pool, pooled, int64_t{seq.T} + 1, n, [&f, n](int64_t p, int j) { f.phase(p, j, n); });
+  batch_major_out((seq.T % 2 ? a1 : a0).data() + int64_t{I} * Bp, seq.B, H, Bp, h_last);
+  if (c_last) batch_major_out(c.data(), seq.B, H, Bp, c_last);
+}
+
+template <class Cell>
+void backward(ffi::ThreadPool& pool, const float* res, Shape seq, int H, const float* c0, const float* w_h,
+              const float* dys, const float* dh_last, const float* dc_last, float* dg, float* dh0, float* dc0,
+              float* db, int64_t threads, bool pooled) {
+  const int Bp = round16(seq.B), G = Cell::kGates;
+  std::unique_ptr<float[]> wp(new float[int64_t{G} * H * H]);
+  std::vector<float> dh = feature_major(dh_last, seq.B, H, Bp);
+  std::vector<float> dc = dc_last ? feature_major(dc_last, seq.B, H, Bp) : std::vector<float>(int64_t{H} * Bp, 0.f);
+  std::vector<float> c0t = c0 ? feature_major(c0, seq.B, H, Bp) : std::vector<float>();
+  std::vector<float> g0(int64_t{G} * H * Bp, 0.f), g1(int64_t{G} * H * Bp, 0.f), lanes(int64_t{4} * H * 16, 0.f);
+  Backward<Cell> bw{seq.T, seq.B, H, Bp, seq.layout, res, c0t.data(), dys, w_h, wp.get(), dg,
+                    dh.data(), dc.data(), {g0.data(), g1.data()}, lanes.data()};
+  const int n = threads_for(threads, H);
+  run_phases(pool, pooled, 2 * int64_t{seq.T} + 1, n, [&bw, n](int64_t p, int j) { bw.phase(p, j, n); });
+  batch_major_out(dh.data(), seq.B, H, Bp, dh0);
+  if (dc0) batch_major_out(dc.data(), seq.B, H, Bp, dc0);
+  for (int k = 0; k < 4 * H; ++k) {  // padded batch rows hold exact zeros in dg, so all lanes count
+    float sum = 0.f;
+    for (int l = 0; l < 16; ++l) sum += lanes[int64_t{k} * 16 + l];
+    db[k] = sum;
+  }
+}
+
+using F32 = ffi::Buffer<ffi::F32>;
+using Out = ffi::ResultBuffer<ffi::F32>;
+
+ffi::Error LstmForward(ffi::ThreadPool pool, F32 x, F32 h0, F32 c0, F32 w_i, F32 w_h, F32 b, Out ys, Out h_last,
+                       Out c_last, Out res, Out operands, int64_t threads, bool pooled, bool keep, bool batch_major) {
+  const int H = h0.dimensions()[1];
+  const float* bias[kSlots] = {b.typed_data(), b.typed_data() + H, b.typed_data() + 2 * H, b.typed_data() + 3 * H};
+  forward<Lstm>(pool, x.typed_data(), sequence(x.dimensions(), batch_major), x.dimensions()[2], H, h0.typed_data(),
+                c0.typed_data(), w_i.typed_data(), w_h.typed_data(), bias, ys->typed_data(), h_last->typed_data(),
+                c_last->typed_data(), keep ? res->typed_data() : nullptr, keep ? operands->typed_data() : nullptr,
+                threads, pooled);
+  return ffi::Error::Success();
+}
+
+ffi::Error GruForward(ffi::ThreadPool pool, F32 x, F32 h0, F32 w_i, F32 w_h, F32 b, F32 b_hn, Out ys, Out h_last,
+                      Out res, Out operands, int64_t threads, bool pooled, bool keep, bool batch_major) {
+  const int H = h0.dimensions()[1];
+  const float* bias[kSlots] = {b.typed_data(), b.typed_data() + H, b.typed_data() + 2 * H, b_hn.typed_data()};
+  forward<Gru>(pool, x.typed_data(), sequence(x.dimensions(), batch_major), x.dimensions()[2], H, h0.typed_data(),
+               nullptr, w_i.typed_data(), w_h.typed_data(), bias, ys->typed_data(), h_last->typed_data(), nullptr,
+               keep ? res->typed_data() : nullptr, keep ? operands->typed_data() : nullptr, threads, pooled);
+  return ffi::Error::Success();
+}
+
+ffi::Error LstmBackward(ffi::ThreadPool pool, F32 res, F32 c0, F32 w_h, F32 dys, F32 dh_last, F32 dc_last, Out dg,
+                        Out dh0, Out dc0, Out db, int64_t threads, bool pooled, bool batch_major) {
+  backward<Lstm>(pool, res.typed_data(), sequence(dys.dimensions(), batch_major), dys.dimensions()[2],
+                 c0.typed_data(), w_h.typed_data(), dys.typed_data(), dh_last.typed_data(), dc_last.typed_data(),
+                 dg->typed_data(), dh0->typed_data(), dc0->typed_data(), db->typed_data(), threads, pooled);
+  return ffi::Error::Success();
+}
+
+ffi::Error GruBackward(ffi::ThreadPool pool, F32 res, F32 w_h, F32 dys, F32 dh_last, Out dg, Out dh0, Out db,
+                       int64_t threads, bool pooled, bool batch_major) {
+  backward<Gru>(pool, res.typed_data(), sequence(dys.dimensions(), batch_major), dys.dimensions()[2], nullptr,
+                w_h.typed_data(), dys.typed_data(), dh_last.typed_data(), nullptr, dg->typed_data(),
+                dh0->typed_data(), nullptr, db->typed_data(), threads, pooled);
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+extern "C" int jaxrnn_native_available() { return 1; }
+
+#else  // no AVX-512: stubs, so that the library still loads and says why.
+
+namespace {
+using F32 = ffi::Buffer<ffi::F32>;
+using Out = ffi::ResultBuffer<ffi::F32>;
+ffi::Error Unavailable() { return ffi::Error(ffi::ErrorCode::kUnimplemented, "jaxrnn's native kernels need AVX-512"); }
+ffi::Error LstmForward(ffi::ThreadPool, F32, F32, F32, F32, F32, F32, Out, Out, Out, Out, Out, int64_t, bool, bool, bool) {
+  return Unavailable();
+}
+ffi::Error GruForward(ffi::ThreadPool, F32, F32, F32, F32, F32, F32, Out, Out, Out, Out, int64_t, bool, bool, bool) {
+  return Unavailable();
+}
+ffi::Error LstmBackward(ffi::ThreadPool, F32, F32, F32, F32, F32, F32, Out, Out, Out, Out, int64_t, bool, bool) {
+  return Unavailable();
+}
+ffi::Error GruBackward(ffi::ThreadPool, F32, F32, F32, F32, Out, Out, Out, int64_t, bool, bool) { return Unavailable(); }
+}  // namespace
+
+extern "C" int jaxrnn_native_available() { return 0; }
+
+#endif
+
+// Sequence arrays (x, ys, dys, dg, operands) are (T, B, .), or (B, T, .) with batch_major.
+// kept: (T, 5H, Bp), operands: (.., I + H); both (0,) without keep (inference).
+using In = ffi::Buffer<ffi::F32>;
+using Ret = ffi::Buffer<ffi::F32>;
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_lstm_forward, LstmForward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<In>().Arg<In>().Arg<In>()   // x, h0, c0
+                                  .Arg<In>().Arg<In>().Arg<In>()   // w_i (I, 4H), w_h (H, 4H), b (4H,)
+                                  .Ret<Ret>().Ret<Ret>().Ret<Ret>()  // ys, h_T, c_T
+                                  .Ret<Ret>().Ret<Ret>()             // kept, operands
+                                  .Attr<int64_t>("threads")
+                                  .Attr<bool>("pooled")
+                                  .Attr<bool>("keep")
+                                  .Attr<bool>("batch_major"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_gru_forward, GruForward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<In>().Arg<In>()             // x, h0
+                                  .Arg<In>().Arg<In>()             // w_i (I, 3H), w_h (H, 3H)
+                                  .Arg<In>().Arg<In>()             // b (3H,), b_hn (H,)
+                                  .Ret<Ret>().Ret<Ret>()           // ys, h_T
+                                  .Ret<Ret>().Ret<Ret>()           // kept, operands
+                                  .Attr<int64_t>("threads")
+                                  .Attr<bool>("pooled")
+                                  .Attr<bool>("keep")
+                                  .Attr<bool>("batch_major"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_lstm_backward, LstmBackward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<In>().Arg<In>().Arg<In>()   // kept, c0, w_h
+                                  .Arg<In>().Arg<In>().Arg<In>()   // d ys, d h_T, d c_T
+                                  .Ret<Ret>().Ret<Ret>()           // dg (.., 4H), d h0
+                                  .Ret<Ret>().Ret<Ret>()           // d c0, sum of dg (4H,)
+                                  .Attr<int64_t>("threads")
+                                  .Attr<bool>("pooled")
+                                  .Attr<bool>("batch_major"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_gru_backward, GruBackward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<In>().Arg<In>()             // kept, w_h
+                                  .Arg<In>().Arg<In>()             // d ys, d h_T
+                                  .Ret<Ret>().Ret<Ret>().Ret<Ret>()  // dg (.., 4H), d h0, sum of dg (4H,)
+                                  .Attr<int64_t>("threads")
+                                  .Attr<bool>("pooled")
+                                  .Attr<bool>("batch_major"));
