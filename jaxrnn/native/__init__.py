@@ -153,10 +153,17 @@ def _require() -> None:
         raise RuntimeError(f"jaxrnn's native kernels cannot run here: {reason}")
 
 
-def pooled() -> bool:
-    """Whether the kernels' helper threads come from XLA's intra-op pool (``JAXRNN_NATIVE_HELPERS=pool``)
-    rather than being their own (``threads``, the default)."""
-    return os.environ.get("JAXRNN_NATIVE_HELPERS", "threads") == "pool"
+def pooled(in_loop: bool) -> bool:
+    """Whether a kernel call's helper threads come from XLA's intra-op pool rather than its own.
+
+    Measured on 2 cores (B=32, H=256): a call inside an XLA loop (the
+    checkpointed chunks) pays for XLA's pool threads spinning between
+    iterations unless its helper is one of them (LSTM, ten chunks of 100 steps:
+    113 ms with its own helper, 82 with the pool's, 79 as one call); a call on
+    its own was faster with its own helper (LSTM fwd+bwd T=100: 27.7 against
+    38.8 ms). ``JAXRNN_NATIVE_HELPERS=threads`` or ``pool`` sets it for every call.
+    """
+    return {"pool": True, "threads": False}.get(os.environ.get("JAXRNN_NATIVE_HELPERS", ""), in_loop)
 
 
 def weights(cell, params) -> tuple:
@@ -172,7 +179,7 @@ def _f32(*shape):
     return jax.ShapeDtypeStruct(shape, jnp.float32)
 
 
-def _forward(kind, x, carry, w, batch_major: bool, keep: bool):
+def _forward(kind, x, carry, w, batch_major: bool, keep: bool, in_loop: bool = False):
     """One forward kernel call: ``(ys, carry, kept, operands)``, the last two empty without ``keep``."""
     _require()
     B, H = carry[0].shape
@@ -181,11 +188,13 @@ def _forward(kind, x, carry, w, batch_major: bool, keep: bool):
     kept = (_f32(T, 5 * H, -(-B // 16) * 16), _f32(*rows, x.shape[-1] + H)) if keep else (_f32(0), _f32(0))
     outs = (_f32(*rows, H), *(_f32(B, H) for _ in carry), *kept)
     call = jax.ffi.ffi_call(f"jaxrnn_{kind}_forward", outs, vmap_method="sequential")
-    ys, *rest = call(x, *carry, *w, threads=np.int64(threads()), pooled=pooled(), keep=keep, batch_major=batch_major)
+    ys, *rest = call(
+        x, *carry, *w, threads=np.int64(threads()), pooled=pooled(in_loop), keep=keep, batch_major=batch_major
+    )
     return ys, tuple(rest[: len(carry)]), *rest[len(carry) :]
 
 
-def _backward(kind, kept, operands, carry0, w, d_ys, d_carry, batch_major: bool):
+def _backward(kind, kept, operands, carry0, w, d_ys, d_carry, batch_major: bool, in_loop: bool = False):
     """The backward kernel's loop, then the weight and input gradients as large matmuls.
 
     Returns ``(d_x, d_carry0, d_w)`` with ``d_w`` matching ``w``.
@@ -199,7 +208,7 @@ def _backward(kind, kept, operands, carry0, w, d_ys, d_carry, batch_major: bool)
     # The LSTM's backward reads c_0 (for d f at step 0); the GRU's kept h_{t-1} itself.
     args = (kept, carry0[1], w_h) if kind == "lstm" else (kept, w_h)
     dg, *d_carry0, d_sum = call(
-        *args, d_ys, *d_carry, threads=np.int64(threads()), pooled=pooled(), batch_major=batch_major
+        *args, d_ys, *d_carry, threads=np.int64(threads()), pooled=pooled(in_loop), batch_major=batch_major
     )
     # cuDNN's split, as in jaxrnn.unroll: the forward kept every step's matmul
     # operand [x_t, h_{t-1}], so dW_i and dW_h come from one (I+H, T*B) x
@@ -273,7 +282,8 @@ def _checkpointed_fwd(kind, batch_major, chunk, x, carry, w):
 
     def run(state, start, length):
         carry, ys = state
-        y, carry, _, _ = _forward(kind, jax.lax.dynamic_slice_in_dim(x, start, length, axis), carry, w, batch_major, False)
+        x_chunk = jax.lax.dynamic_slice_in_dim(x, start, length, axis)
+        y, carry, _, _ = _forward(kind, x_chunk, carry, w, batch_major, keep=False, in_loop=True)
         return (carry, jax.lax.dynamic_update_slice_in_dim(ys, y, start, axis)), carry
 
     ys = jnp.zeros(x.shape[:2] + (carry[0].shape[-1],), jnp.float32)
@@ -294,9 +304,9 @@ def _checkpointed_bwd(kind, batch_major, chunk, residuals, cotangents):
     def back(state, start, length, carry0):  # rerun the chunk's forward, keeping activations, then back
         d_carry, d_w, d_x = state
         x_chunk = jax.lax.dynamic_slice_in_dim(x, start, length, axis)
-        _, _, kept, operands = _forward(kind, x_chunk, carry0, w, batch_major, keep=True)
+        _, _, kept, operands = _forward(kind, x_chunk, carry0, w, batch_major, keep=True, in_loop=True)
         d_y = jax.lax.dynamic_slice_in_dim(d_ys, start, length, axis)
-        dx, d_carry, dw = _backward(kind, kept, operands, carry0, w, d_y, d_carry, batch_major)
+        dx, d_carry, dw = _backward(kind, kept, operands, carry0, w, d_y, d_carry, batch_major, in_loop=True)
         d_w = jax.tree_util.tree_map(jnp.add, d_w, dw)
         return d_carry, d_w, jax.lax.dynamic_update_slice_in_dim(d_x, dx, start, axis)
 
