@@ -19,7 +19,8 @@ in the same run with one large matmul) and writes JSON. The ``floor`` column is
 not a library: it runs only the matmuls of jaxrnn's fused path (two per step
 forward, one per step backward, then the three large weight and input
 gradient GEMMs) with no gates at all, so it bounds from below what any loop
-of XLA CPU ops shaped like this one can reach. ``--memory`` adds the peak
+of XLA CPU ops shaped like this one can reach. On a CPU jaxrnn's LSTM and GRU
+are no such loop: they run :mod:`jaxrnn.native`'s kernels (``kernel="auto"``). ``--memory`` adds the peak
 activation memory (XLA's compiled temp buffers) of a forward+backward LSTM at
 T = 10,000, B = 32, H = 256 for jaxrnn, jaxrnn with ``checkpoint_every=100``
 and flax, with their times.
@@ -176,7 +177,8 @@ def make_floor(kind, B, T, H, with_grad):
     ``dW_i`` and ``dx`` are one large GEMM each, as in
     :func:`jaxrnn.unroll.fused_recurrence`. Inputs are already time-major, so
     there are no transposes either. A peer faster than this cannot be matched
-    by rearranging XLA ops; it would take a different kernel.
+    by rearranging XLA ops; it takes a different kernel, such as
+    :mod:`jaxrnn.native`, which jaxrnn runs for the LSTM and GRU on a CPU.
     """
     G = GATES[kind]
     k_i, k_h, k_x = jax.random.split(jax.random.key(0), 3)
