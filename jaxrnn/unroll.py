@@ -167,9 +167,9 @@ def scan(
     _checks.check_choice("projection", projection, PROJECTIONS)
     _checks.check_choice("kernel", kernel, KERNELS)
     if kernel != "xla":
-        batch = xs.shape[1] if time_major else xs.shape[0]
+        steps, batch = xs.shape[:2] if time_major else xs.shape[1::-1]
         reason = native.unsupported(
-            cell, params, batch, xs.dtype, lengths=lengths, resets=resets, backward=backward
+            cell, params, batch, xs.dtype, steps=steps, lengths=lengths, resets=resets, backward=backward
         )
         if reason is None:
             return _native(cell, params, xs, initial_carry, reverse, time_major, checkpoint_every)

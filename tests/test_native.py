@@ -139,6 +139,7 @@ def test_auto_picks_native_for_plain_lstm_and_gru_and_xla_otherwise(monkeypatch)
     assert calls == ["lstm", "gru"]
     jaxrnn.scan(cell, params, xs, lengths=jnp.full(16, 4))  # masks: the loop
     jaxrnn.scan(cell, params, xs[:4])  # a batch below MIN_BATCH: the loop
+    assert jaxrnn.scan(cell, params, xs[:, :0])[0].shape == (16, 0, 8)  # no steps: the loop
     vanilla = jaxrnn.vanilla(8)
     jaxrnn.scan(vanilla, vanilla.init(jax.random.key(0), 3), xs)
     assert calls == ["lstm", "gru"]

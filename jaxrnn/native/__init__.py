@@ -121,7 +121,8 @@ def unavailable_reason() -> str | None:
 MIN_BATCH = {"lstm": 8, "gru": 16}
 
 
-def unsupported(cell, params, batch: int, dtype, *, lengths=None, resets=None, backward: str = "fused") -> str | None:
+def unsupported(cell, params, batch: int, dtype, *, steps: int = 1, lengths=None, resets=None,
+                backward: str = "fused") -> str | None:
     """Why :func:`jaxrnn.scan` cannot run this call natively, or None when it can.
 
     The kernels cover the common case only: an LSTM or GRU cell in float32 on
@@ -142,6 +143,7 @@ def unsupported(cell, params, batch: int, dtype, *, lengths=None, resets=None, b
         (resets is None, "resets are given"),
         (backward == "fused", f"backward={backward!r} asks for JAX's own derivative of the loop"),
         (batch >= MIN_BATCH.get(cell.kind, 0), f"the batch ({batch}) is below {MIN_BATCH.get(cell.kind)}"),
+        (steps > 0, "the sequence is empty"),
     )
     for ok, reason in checks:
         if not ok:
