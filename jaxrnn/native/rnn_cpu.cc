@@ -1,4 +1,4 @@
-// jaxrnn's LSTM for x86-64 CPUs with AVX-512: the whole unroll in one XLA FFI call.
+// jaxrnn's LSTM and GRU for x86-64 CPUs with AVX-512: the whole unroll in one XLA FFI call.
 //
 // Why a kernel: on XLA's CPU backend every step of a lax.scan is a handful of
 // separate thunks (a small matmul through Eigen, a fusion for the gates, the
@@ -13,28 +13,32 @@
 //
 //     G^T (4H, Bp) = W^T (4H, I+H) . [x_t^T ; h_{t-1}^T] (I+H, Bp)
 //
-// computed in tiles of (4 gates x U units) x (16 or 32 batch rows): each
+// computed in tiles of (4 slots x U units) x (16 or 32 batch rows): each
 // weight is broadcast once per tile and multiplies the one or two batch
-// registers, and the tile's accumulators hold all four gates of its U units, so
-// c_t and h_t are finished right there. The weights are packed once per call
-// so that a tile reads its (I+H) x 4U block contiguously.
+// registers, and the tile's accumulators hold all four gate slots of its U
+// units (the GRU's 3 gates take 4 slots: h W_hn apart from x W_in), so c_t and
+// h_t are finished right there. The weights are packed once per call so that a
+// tile reads its (I+H) x G U block contiguously.
 //
 // Threads. A step is split into one share of contiguous hidden units per
 // thread (c and h of a unit are only ever written by its share), and the only
 // exchange is h_t, which every share of the next step reads: the shares of
 // step t+1 start when all of step t's are done (Phases, below), with h and the
 // transposed x_t double-buffered so that step t+1's are written while step
-// t's are still read. The helper threads come from XLA's own intra-op pool.
+// t's are still read. Helper threads are the call's own, or XLA's intra-op
+// pool's for calls inside an XLA loop (run_phases).
 //
-// The backward pass mirrors it: per step, each share turns d h_t, d c_t and
-// the kept gate activations of its units into the gate pre-activation
+// The backward pass mirrors it: per step, each share turns d h_t (and the
+// LSTM's d c_t) and the kept gate activations of its units into the gate pre-activation
 // gradients dG_t (written out for the weight gradients, which JAX computes
 // afterwards as large matmuls), then, once every share's dG_t is there,
 // computes its units' part of d h_{t-1} = dG_t W_h^T.
 //
 // Built on first use by jaxrnn/native/__init__.py with the machine's C++
 // compiler (-march=native); without AVX-512 it builds a stub that reports
-// itself unavailable and jaxrnn keeps to its XLA loop.
+// itself unavailable and jaxrnn keeps to its XLA loop. Shared by both cells:
+// the loop, the tiles, the threads; each cell adds its slots and its
+// elementwise step (Lstm, Gru below).
 
 #include <algorithm>
 #include <cstdint>
