@@ -1,6 +1,7 @@
-"""jaxrnn's unroll / projection / backward options side by side, with flax and torch as references.
+"""jaxrnn's unroll / projection / backward / kernel options side by side, with flax and torch as references.
 
     python benchmarks/variants.py --cells lstm gru --lengths 100 1000 --unroll 1 2 4 8
+    python benchmarks/variants.py --cells lstm gru --unroll 2 --projection per_step --kernel xla native
 """
 
 from jaxrnn.bench.variants import main

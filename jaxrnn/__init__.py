@@ -5,8 +5,8 @@ functions; :func:`scan` unrolls any of them; :class:`RNN` stacks them;
 :mod:`jaxrnn.diagnostics` measures how gradients flow back through time;
 :mod:`jaxrnn.heads` (losses for every sequence shape), :mod:`jaxrnn.seq2seq`
 (encoder-decoder with attention) and :mod:`jaxrnn.streaming` build on them;
-:mod:`jaxrnn.tasks` holds the long-range benchmark tasks; :mod:`jaxrnn.native` is
-the LSTM as one compiled CPU kernel, which :func:`scan` uses where it can.
+:mod:`jaxrnn.tasks` holds the long-range benchmark tasks; :mod:`jaxrnn.native` runs
+the LSTM and GRU as one compiled CPU kernel each, which :func:`scan` uses where it can.
 """
 
 from jaxrnn import heads, linen, native, seq2seq, streaming, tasks

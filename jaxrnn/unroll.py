@@ -166,6 +166,8 @@ def scan(
     _checks.check_choice("backward", backward, ("fused", "autodiff"))
     _checks.check_choice("projection", projection, PROJECTIONS)
     _checks.check_choice("kernel", kernel, KERNELS)
+    if checkpoint_every is not None:
+        _checks.check_positive_int("checkpoint_every", checkpoint_every)
     if kernel != "xla":
         steps, batch = xs.shape[:2] if time_major else xs.shape[1::-1]
         reason = native.unsupported(
@@ -181,7 +183,6 @@ def scan(
         reverse=reverse, time_major=time_major, project=hoisted and checkpoint_every is None,
     )
     if checkpoint_every is not None:
-        _checks.check_positive_int("checkpoint_every", checkpoint_every)
         final_carry, ys = _checkpointed(
             cell, params, prep, checkpoint_every, unroll, per_chunk=hoisted, fused=backward == "fused"
         )
@@ -218,7 +219,6 @@ def _native(cell: Cell, params: Params, xs: Array, initial_carry, reverse: bool,
     if checkpoint_every is None:
         ys, carry = native.unroll(cell.kind, not time_major, xs, carry, w)
     else:
-        _checks.check_positive_int("checkpoint_every", checkpoint_every)
         ys, carry = native.unroll_checkpointed(cell.kind, not time_major, checkpoint_every, xs, carry, w)
     return (jnp.flip(ys, time_axis) if reverse else ys), (type(prep.initial_carry)(*carry) if lstm else carry[0])
 
@@ -364,8 +364,8 @@ def fused_recurrence(
     :class:`~jaxrnn.cells.StepVJP` saves: ``xp_t`` and ``hh_t = h_{t-1} W_h``
     by default, the GRU its activations. Backward, a reverse scan
     differentiates only the elementwise part of each step and sends
-    ``dh_{t-1} = d hh_t W_h^T`` back: one matmul per step. The weight gradient ``dW_h = sum_t h_{t-1}^T d hh_t``
-    is then one matmul of (H, T*B) by (T*B, G*H), which runs near the machine's
+    ``dh_{t-1} = d hh_t W_h^T`` back: one matmul per step. The weight
+    gradient ``dW_h = sum_t h_{t-1}^T d hh_t`` is then one matmul of (H, T*B) by (T*B, G*H), which runs near the machine's
     GEMM peak, where autodiff would do T small ones inside the loop. ``d xp``
     goes back through the projection, whose derivative (``dW_i``, ``db``,
     ``dx``) is likewise one large matmul each, whichever side of the loop the

@@ -157,6 +157,10 @@ def test_asking_for_native_where_it_cannot_run_names_the_reason(kwargs, reason):
     cell, params, xs, _ = setup(16, 4, 3, 8)
     with pytest.raises(ValueError, match=f"kernel='native' cannot run this call: {reason}"):
         jaxrnn.scan(cell, params, xs, kernel="native", **kwargs)
+
+
+def test_native_for_a_cell_without_a_kernel_or_an_unknown_kernel_is_an_error():
+    cell, params, xs, _ = setup(16, 4, 3, 8)
     with pytest.raises(ValueError, match="the cell is 'vanilla'"):
         vanilla = jaxrnn.vanilla(8)
         jaxrnn.scan(vanilla, vanilla.init(jax.random.key(0), 3), xs, kernel="native")

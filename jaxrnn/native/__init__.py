@@ -50,7 +50,6 @@ import numpy as np
 SOURCE = Path(__file__).with_name("rnn_cpu.cc")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
 KINDS = ("lstm", "gru")
-GATES = {"lstm": 4, "gru": 3}
 
 
 def cache_dir() -> Path:
@@ -173,7 +172,7 @@ def pooled(in_loop: bool) -> bool:
 def weights(cell, params) -> tuple:
     """The kernel's weight arguments from a cell's params: LSTM (w_i, w_h, b); GRU (w_i, w_h, b, b_hn).
     Biases a cell was made without are zeros."""
-    H, G = cell.hidden_size, GATES[cell.kind]
+    H, G = cell.hidden_size, cell.num_gates
     zeros = lambda n: jnp.zeros((n,), jnp.float32)
     out = (params["w_i"], params["w_h"], params["b"] if "b" in params else zeros(G * H))
     return out + ((params["b_hn"] if "b_hn" in params else zeros(H)),) if cell.kind == "gru" else out
@@ -205,7 +204,7 @@ def _backward(kind, kept, operands, carry0, w, d_ys, d_carry, batch_major: bool,
     """
     B, H = carry0[0].shape
     w_i, w_h = w[0], w[1]
-    I, G = w_i.shape[0], GATES[kind]
+    I = w_i.shape[0]
     rows = d_ys.shape[:2]
     outs = (_f32(*rows, 4 * H), *(_f32(B, H) for _ in carry0), _f32(4 * H))
     call = jax.ffi.ffi_call(f"jaxrnn_{kind}_backward", outs, vmap_method="sequential")
