@@ -198,7 +198,7 @@ def _forward(kind, x, carry, w, batch_major: bool, keep: bool, in_loop: bool = F
 
 
 def _backward(kind, kept, operands, carry0, w, d_ys, d_carry, batch_major: bool, in_loop: bool = False):
-    """The backward kernel's loop, then the weight and input gradients as large matmuls.
+    """The backward kernel's loop (which also gives the input gradient), then the weight gradients as one matmul.
 
     Returns ``(d_x, d_carry0, d_w)`` with ``d_w`` matching ``w``.
     """
@@ -206,27 +206,24 @@ def _backward(kind, kept, operands, carry0, w, d_ys, d_carry, batch_major: bool,
     w_i, w_h = w[0], w[1]
     I = w_i.shape[0]
     rows = d_ys.shape[:2]
-    outs = (_f32(*rows, 4 * H), *(_f32(B, H) for _ in carry0), _f32(4 * H))
+    outs = (_f32(*rows, 4 * H), _f32(*rows, I), *(_f32(B, H) for _ in carry0), _f32(4 * H))
     call = jax.ffi.ffi_call(f"jaxrnn_{kind}_backward", outs, vmap_method="sequential")
     # The LSTM's backward reads c_0 (for d f at step 0); the GRU's kept h_{t-1} itself.
-    args = (kept, carry0[1], w_h) if kind == "lstm" else (kept, w_h)
-    dg, *d_carry0, d_sum = call(
+    args = (kept, carry0[1], w_i, w_h) if kind == "lstm" else (kept, w_i, w_h)
+    dg, d_x, *d_carry0, d_sum = call(
         *args, d_ys, *d_carry, threads=np.int64(threads()), pooled=pooled(in_loop), batch_major=batch_major
     )
     # cuDNN's split, as in jaxrnn.unroll: the forward kept every step's matmul
     # operand [x_t, h_{t-1}], so dW_i and dW_h come from one (I+H, T*B) x
-    # (T*B, 4H) product. Written as 2-D matmuls: the same contraction as an
+    # (T*B, 4H) product. Written as a 2-D matmul: the same contraction as an
     # einsum over (t, b) measured 98-132 ms against 93 (LSTM, T=1000, B=32,
     # H=256). Either layout works: operands and dG list (t, b) in one order.
-    dg_2d = dg.reshape(-1, 4 * H)
-    d_w = operands.reshape(-1, I + H).T @ dg_2d
+    d_w = operands.reshape(-1, I + H).T @ dg.reshape(-1, 4 * H)
     if kind == "lstm":
-        d_x = (dg_2d @ w_i.T).reshape(*rows, I)
         return d_x, tuple(d_carry0), (d_w[:I], d_w[I:], d_sum)
     # The GRU's dG holds d r, d z, d(x W_in) and d(h W_hn): W_i's gradient takes
     # the first three, W_h's the first two and the last. One product over all
     # four costs a third more flops than two exact ones, and no copies of dG.
-    d_x = (dg_2d[:, : 3 * H] @ w_i.T).reshape(*rows, I)
     d_w_h = jnp.concatenate([d_w[I:, : 2 * H], d_w[I:, 3 * H :]], axis=1)
     return d_x, tuple(d_carry0), (d_w[:I, : 3 * H], d_w_h, d_sum[: 3 * H], d_sum[3 * H :])
 

@@ -31,8 +31,10 @@
 // The backward pass mirrors it: per step, each share turns d h_t (and the
 // LSTM's d c_t) and the kept gate activations of its units into the gate pre-activation
 // gradients dG_t (written out for the weight gradients, which JAX computes
-// afterwards as large matmuls), then, once every share's dG_t is there,
-// computes its units' part of d h_{t-1} = dG_t W_h^T.
+// afterwards as one large matmul), then, once every share's dG_t is there,
+// computes its units' part of d h_{t-1} = dG_t W_h^T and its share of
+// d x_t = dG_t W_i^T, and goes straight on to its units' dG_{t-1}: one
+// exchange per step, as forward.
 //
 // Built on first use by jaxrnn/native/__init__.py with the machine's C++
 // compiler (-march=native); without AVX-512 it builds a stub that reports
@@ -163,10 +165,82 @@ void for_batch_tiles(int Bp, F&& f) {
 
 inline int round16(int b) { return (b + 15) / 16 * 16; }
 
-// Copy columns [r0, r1) of B rows of `ld` floats into a (R, Bp) block.
+// --------------------------------------------------------- transposes ----
+//
+// Between the kernel's feature-major states and the row-major (batch rows)
+// arrays of its callers, 16 x 16 blocks at a time through registers: a column
+// of a row-major array is 16 floats `ld` apart, and reading or writing those
+// one float at a time cost more than the step's elementwise math.
+
+// r[i] <- column i of the 16 x 16 matrix whose row j is r[j].
+inline void transpose16(__m512 (&r)[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {  // 2 x 2 blocks of floats
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  auto lo64 = [](__m512 a, __m512 b) {
+    return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+  };
+  auto hi64 = [](__m512 a, __m512 b) {
+    return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+  };
+  for (int i = 0; i < 4; ++i) {  // 4 x 4
+    r[4 * i] = lo64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 1] = hi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 2] = lo64(t[4 * i + 1], t[4 * i + 3]);
+    r[4 * i + 3] = hi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  for (int i = 0; i < 2; ++i)  // 8 x 8, moving 128-bit lanes
+    for (int j = 0; j < 4; ++j) {
+      t[8 * i + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + 4 + j], 0x88);
+      t[8 * i + 4 + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + 4 + j], 0xdd);
+    }
+  for (int j = 0; j < 8; ++j) {  // 16 x 16
+    r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
+    r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xdd);
+  }
+}
+
+inline __mmask16 first(int n) { return static_cast<__mmask16>((1u << n) - 1); }
+
+// Columns [0, n) of rows [0, lanes) of a row-major array (rows `ld` floats
+// apart), n, lanes <= 16: r[j] <- column j, its lanes past `lanes` zero.
+inline void gather16(const float* src, int64_t ld, int n, int lanes, __m512 (&r)[16]) {
+  for (int l = 0; l < 16; ++l) r[l] = l < lanes ? _mm512_maskz_loadu_ps(first(n), src + l * ld) : _mm512_setzero_ps();
+  transpose16(r);
+}
+
+// The inverse: r[j] (lanes of column j) into columns [0, n) of rows [0, lanes).
+inline void scatter16(__m512 (&r)[16], int n, int lanes, float* dst, int64_t ld) {
+  transpose16(r);
+  for (int l = 0; l < lanes; ++l) _mm512_mask_storeu_ps(dst + l * ld, first(n), r[l]);
+}
+
+// Columns [r0, r1) of B rows of `ld` floats into rows [r0, r1) of a (., Bp)
+// feature-major array, its padding lanes zero.
 void transpose_in(const float* src, int B, int64_t ld, float* dst, int Bp, int r0, int r1) {
-  for (int b = 0; b < B; ++b)
-    for (int r = r0; r < r1; ++r) dst[int64_t{r} * Bp + b] = src[b * ld + r];
+  __m512 r[16];
+  for (int c0 = r0; c0 < r1; c0 += 16) {
+    const int n = std::min(16, r1 - c0);
+    for (int b0 = 0; b0 < Bp; b0 += 16) {
+      gather16(src + b0 * ld + c0, ld, n, std::min(16, B - b0), r);
+      for (int j = 0; j < n; ++j) _mm512_storeu_ps(dst + int64_t{c0 + j} * Bp + b0, r[j]);
+    }
+  }
+}
+
+// Rows [r0, r1) of a (., Bp) feature-major array into columns [r0, r1) of B rows of `ld` floats.
+void transpose_out(const float* src, int Bp, int r0, int r1, int B, float* dst, int64_t ld) {
+  __m512 r[16];
+  for (int c0 = r0; c0 < r1; c0 += 16) {
+    const int n = std::min(16, r1 - c0);
+    for (int b0 = 0; b0 < Bp; b0 += 16) {
+      for (int j = 0; j < 16; ++j)
+        r[j] = j < n ? _mm512_loadu_ps(src + int64_t{c0 + j} * Bp + b0) : _mm512_setzero_ps();
+      scatter16(r, n, std::min(16, B - b0), dst + b0 * ld + c0, ld);
+    }
+  }
 }
 
 // Where row (t, b) of a sequence array starts, in rows: time-major (T, B, .)
@@ -286,8 +360,7 @@ struct Forward {
 
   // Units [ulo, uhi) of the feature-major `h` into B rows of `ld` floats.
   void put_h(const float* h, int ulo, int uhi, float* dst, int64_t ld) const {
-    for (int bb = 0; bb < B; ++bb)
-      for (int u = ulo; u < uhi; ++u) dst[bb * ld + u] = h[int64_t{u} * Bp + bb];
+    transpose_out(h, Bp, ulo, uhi, B, dst, ld);
   }
 
   // Step t's x_t^T into `a`, rows [r0, r1); for training also x_t into its operand row.
@@ -331,52 +404,91 @@ struct Forward {
 
 // -------------------------------------------------------------- backward ----
 
-constexpr int kRows = 8;  // units per backward tile: 8 x 2 registers = 16 accumulators
+// Memory that the next elementwise pass will read, fetched into L2 a line at a
+// time from inside a matmul. The backward's elementwise pass streams each
+// step's kept activations (5 H Bp floats) from DRAM; on its own it waited on
+// them (LSTM, T=1000, B=32, H=256: 19 of the backward loop's 53 ms), while the
+// matmul before it keeps the cores busy and leaves the memory idle.
+struct Prefetch {
+  struct Span {
+    const char* p;
+    int64_t rows, stride, lines;  // rows of `lines` cache lines, `stride` bytes apart
+  };
+  Span spans[8];
+  int n = 0, i = 0;
+  int64_t row = 0, line = 0;
+
+  void add(const float* p, int64_t floats, int64_t rows = 1, int64_t stride = 0) {
+    if (floats <= 0 || rows <= 0 || n == 8) return;
+    const auto at = reinterpret_cast<uintptr_t>(p);
+    spans[n++] = {reinterpret_cast<const char*>(at & ~uintptr_t{63}), rows, stride * 4,
+                  static_cast<int64_t>((at % 64 + 4 * floats + 63) / 64)};
+  }
+  // Fetch the next line, if any is left.
+  void next() {
+    if (i == n) return;
+    const Span& s = spans[i];
+    _mm_prefetch(s.p + row * s.stride + 64 * line, _MM_HINT_T1);
+    if (++line < s.lines) return;
+    line = 0;
+    if (++row < s.rows) return;
+    row = 0, ++i;
+  }
+};
+
+constexpr int kRows = 8;  // rows per backward tile: 8 x 2 registers = 16 accumulators
 
 template <class Cell>
 struct Backward {
   static constexpr int G = Cell::kGates;
-  int T, B, H, Bp;
-  Rows layout;      // of dys and dg
+  int T, B, I, H, Bp;
+  Rows layout;      // of dys, dg and dx
   const float *res, *c0, *dys;  // c0: LSTM, feature-major
-  const float* w_h;
-  float* wp;        // W_h packed as (G H, kRows) blocks of units, see pack()
+  const float *w_i, *w_h;
+  float* wp;        // [W_i; W_h] packed as (G H, kRows) blocks of rows, see pack()
   float* dg;        // 4 H per step: LSTM d(i, f, g, o) pre-activations; GRU d r, d z, d(x W_in), d(h W_hn)
+  float* dx;        // I per step
   float* dh;        // (H, Bp): d h_t from step t+1, then d h_{t-1}
   float* dc;        // (H, Bp): LSTM d c_t; GRU the part of d h_{t-1} that bypasses W_h, z d h_t
-  float* g[2];      // (G H, Bp) twice: what multiplies W_h^T (dG_t^T), double-buffered
+  float* dxt;       // (I, Bp): d x_t, feature-major, on its way out
+  float* g[2];      // (4H, Bp) twice: dG_t^T, all four slots, double-buffered
   float* db;        // (4H, 16): sums of dg, each lane over its own batch rows
 
-  void pack(int ulo, int uhi) const {
-    for (int u0 = ulo; u0 < uhi; u0 += kRows) {
-      const int R = std::min(kRows, H - u0);
-      float* block = wp + int64_t{u0} * G * H;
-      for (int k = 0; k < G * H; ++k)
-        for (int j = 0; j < R; ++j) block[int64_t{k} * R + j] = w_h[int64_t{u0 + j} * G * H + k];
+  // Rows [lo, hi) of [W_i; W_h] (I + H rows of G H) as (G H, R) blocks of
+  // kRows rows, so that a tile reads its block contiguously.
+  void pack(int lo, int hi) const {
+    for (int r0 = lo; r0 < hi; r0 += kRows) {
+      const int R = std::min(kRows, hi - r0);
+      float* block = wp + int64_t{r0} * G * H;
+      for (int j = 0; j < R; ++j) {
+        const float* row = r0 + j < I ? w_i + int64_t{r0 + j} * G * H : w_h + int64_t{r0 + j - I} * G * H;
+        for (int k = 0; k < G * H; ++k) block[int64_t{k} * R + j] = row[k];
+      }
     }
   }
 
   // The step's derivative for units [ulo, uhi), given d h_t (its output's
   // cotangent plus what step t+1 sent back). Units go 16 at a time so that
-  // d ys is read, and dg written, a row of 16 floats at once: rows are
-  // H or 4H floats apart, and 16 stores that far apart land in one L1 set.
+  // d ys is read, and dg written, through 16 x 16 transposes a row of 16
+  // floats at once: rows are H or 4H floats apart, and 16 single-float stores
+  // that far apart land in one L1 set. dg goes out with streaming stores: the
+  // weight gradients read it back from memory anyway (T B 4H floats), and
+  // plain stores would first read every line in.
   void gates(int t, int ulo, int uhi, float* gt) const {
     const float* r = res + int64_t{t} * kKept * H * Bp;
     const float* dy = dys + layout.at(t) * H;
     float* out = dg + layout.at(t) * 4 * H;
     const int64_t dy_ld = layout.b * H, out_ld = layout.b * 4 * H;
     const __m512 one = _mm512_set1_ps(1.f);
-    alignas(64) float dy_block[16][16], dg_block[4][16][16];  // [unit][lane], [slot][unit][lane]
+    __m512 dy_block[16], dg_block[4][16] = {};  // [unit], [slot][unit]: 16 lanes each
     for (int u0 = ulo; u0 < uhi; u0 += 16) {
       const int n = std::min(16, uhi - u0);
       for (int b0 = 0; b0 < Bp; b0 += 16) {
         const int lanes = std::min(16, B - b0);
-        std::memset(dy_block, 0, sizeof(dy_block));
-        for (int l = 0; l < lanes; ++l)
-          for (int j = 0; j < n; ++j) dy_block[j][l] = dy[(b0 + l) * dy_ld + u0 + j];
+        gather16(dy + b0 * dy_ld + u0, dy_ld, n, lanes, dy_block);
         for (int j = 0; j < n; ++j) {
           const int64_t at = int64_t{u0 + j} * Bp + b0;
-          const __m512 d_h = _mm512_add_ps(_mm512_load_ps(dy_block[j]), _mm512_loadu_ps(dh + at));
+          const __m512 d_h = _mm512_add_ps(dy_block[j], _mm512_loadu_ps(dh + at));
           __m512 kept[kKept];
           for (int q = 0; q < kKept; ++q) kept[q] = _mm512_loadu_ps(r + int64_t{q} * H * Bp + at);
           __m512 d[4];  // dg's four slots
@@ -398,74 +510,115 @@ struct Backward {
             d[1] = _mm512_mul_ps(_mm512_mul_ps(d_h, _mm512_sub_ps(h_prev, nn)), _mm512_mul_ps(z, _mm512_sub_ps(one, z)));
             d[0] = _mm512_mul_ps(_mm512_mul_ps(d[2], hn), _mm512_mul_ps(rr, _mm512_sub_ps(one, rr)));
             d[3] = _mm512_mul_ps(d[2], rr);
-            _mm512_storeu_ps(dc + at, _mm512_mul_ps(d_h, z));  // d h_{t-1} through z, added by recurrent()
+            _mm512_storeu_ps(dc + at, _mm512_mul_ps(d_h, z));  // d h_{t-1} through z, added by the matmul
           }
           for (int q = 0; q < 4; ++q) {
             float* sum = db + int64_t{q * H + u0 + j} * 16;
             _mm512_storeu_ps(sum, _mm512_add_ps(_mm512_loadu_ps(sum), d[q]));
-            _mm512_store_ps(dg_block[q][j], d[q]);
+            _mm512_storeu_ps(gt + int64_t{q * H} * Bp + at, d[q]);
+            dg_block[q][j] = d[q];
           }
-          for (int g = 0; g < G; ++g) _mm512_storeu_ps(gt + int64_t{g * H} * Bp + at, d[Cell::kHSlot[g]]);
         }
-        for (int l = 0; l < lanes; ++l)
-          for (int q = 0; q < 4; ++q)
-            for (int j = 0; j < n; ++j) out[(b0 + l) * out_ld + q * H + u0 + j] = dg_block[q][j][l];
+        for (int q = 0; q < 4; ++q) {
+          float* o = out + b0 * out_ld + q * H + u0;
+          if (n == 16 && reinterpret_cast<uintptr_t>(o) % 64 == 0 && out_ld % 16 == 0) {
+            transpose16(dg_block[q]);
+            for (int l = 0; l < lanes; ++l) _mm512_stream_ps(o + l * out_ld, dg_block[q][l]);
+          } else {
+            scatter16(dg_block[q], n, lanes, o, out_ld);
+          }
+        }
       }
     }
   }
 
-  // d h_{t-1} for units [u0, u0 + R): (R, G H) rows of W_h times dG_t^T
-  // (for the GRU plus z d h_t, which bypasses W_h).
+  // Rows [r0, r0 + R) of [d x_t; d h_{t-1}] = [W_i; W_h] dG_t^T for batch
+  // lanes [b0, b0 + 16 NB), into `to` (row r0's lanes), starting from `from`
+  // (or zero): gate block k of a W_i row multiplies dG's slot kXSlot[k], of a
+  // W_h row kHSlot[k] (`slot`).
   template <int R, int NB>
-  void tile(int u0, int b0, const float* gt) const {
+  void tile(int r0, int b0, const int (&slot)[G], const float* gt, const float* from, float* to,
+            Prefetch& ahead) const {
     __m512 acc[R][NB];
     for (int j = 0; j < R; ++j)
       for (int s = 0; s < NB; ++s)
-        acc[j][s] = std::is_same_v<Cell, Gru> ? _mm512_loadu_ps(dc + int64_t{u0 + j} * Bp + b0 + 16 * s)
-                                             : _mm512_setzero_ps();
-    const float* w = wp + int64_t{u0} * G * H;
-    for (int k = 0; k < G * H; ++k) {
-      __m512 v[NB];
-      for (int s = 0; s < NB; ++s) v[s] = _mm512_loadu_ps(gt + int64_t{k} * Bp + b0 + 16 * s);
+        acc[j][s] = from ? _mm512_loadu_ps(from + int64_t{j} * Bp + b0 + 16 * s) : _mm512_setzero_ps();
+    for (int gate = 0; gate < G; ++gate) {
+      const float* w = wp + (int64_t{r0} * G + int64_t{gate} * R) * H;
+      const float* col = gt + int64_t{slot[gate]} * H * Bp + b0;
+      for (int k = 0; k < H; ++k) {
+        __m512 v[NB];
+        for (int s = 0; s < NB; ++s) v[s] = _mm512_loadu_ps(col + int64_t{k} * Bp + 16 * s);
+        if (k % 4 == 3) ahead.next();
 #pragma GCC unroll 8
-      for (int j = 0; j < R; ++j) {
-        const __m512 wj = _mm512_set1_ps(w[k * R + j]);
-        for (int s = 0; s < NB; ++s) acc[j][s] = _mm512_fmadd_ps(wj, v[s], acc[j][s]);
+        for (int j = 0; j < R; ++j) {
+          const __m512 wj = _mm512_set1_ps(w[k * R + j]);
+          for (int s = 0; s < NB; ++s) acc[j][s] = _mm512_fmadd_ps(wj, v[s], acc[j][s]);
+        }
       }
     }
     for (int j = 0; j < R; ++j)
-      for (int s = 0; s < NB; ++s) _mm512_storeu_ps(dh + int64_t{u0 + j} * Bp + b0 + 16 * s, acc[j][s]);
+      for (int s = 0; s < NB; ++s) _mm512_storeu_ps(to + int64_t{j} * Bp + b0 + 16 * s, acc[j][s]);
   }
 
-  template <int R>
-  void rows(int u0, const float* gt) const {
-    for_batch_tiles(Bp, [&](int b0, auto nb) { tile<R, decltype(nb)::value>(u0, b0, gt); });
-  }
-
-  void recurrent(int u0, const float* gt) const {
-    switch (std::min(kRows, H - u0)) {
-      case 8: return rows<8>(u0, gt);
-      case 7: return rows<7>(u0, gt);
-      case 6: return rows<6>(u0, gt);
-      case 5: return rows<5>(u0, gt);
-      case 4: return rows<4>(u0, gt);
-      case 3: return rows<3>(u0, gt);
-      case 2: return rows<2>(u0, gt);
-      default: return rows<1>(u0, gt);
+  // Rows [lo, hi) of [d x_t; d h_{t-1}], all lanes (for the GRU, d h_{t-1}
+  // starts from z d h_t, which bypasses W_h).
+  void rows(int lo, int hi, const float* gt, Prefetch& ahead) const {
+    for (int r0 = lo; r0 < hi; r0 += kRows) {
+      const bool x = r0 < I;
+      const float* from = !x && std::is_same_v<Cell, Gru> ? dc + int64_t{r0 - I} * Bp : nullptr;
+      float* to = x ? dxt + int64_t{r0} * Bp : dh + int64_t{r0 - I} * Bp;
+      const int(&slot)[G] = x ? Cell::kXSlot : Cell::kHSlot;
+      auto run = [&](auto rows) {
+        for_batch_tiles(Bp, [&](int b0, auto nb) {
+          tile<decltype(rows)::value, decltype(nb)::value>(r0, b0, slot, gt, from, to, ahead);
+        });
+      };
+      switch (std::min(kRows, hi - r0)) {
+        case 8: run(std::integral_constant<int, 8>{}); break;
+        case 7: run(std::integral_constant<int, 7>{}); break;
+        case 6: run(std::integral_constant<int, 6>{}); break;
+        case 5: run(std::integral_constant<int, 5>{}); break;
+        case 4: run(std::integral_constant<int, 4>{}); break;
+        case 3: run(std::integral_constant<int, 3>{}); break;
+        case 2: run(std::integral_constant<int, 2>{}); break;
+        default: run(std::integral_constant<int, 1>{});
+      }
     }
   }
 
-  // Phase 0 packs W_h; then, for t = T-1 down to 0, one phase for dG_t and one
-  // for d h_{t-1}. Share j of n owns a contiguous range of units in both.
+  // Share j of n owns a contiguous range of units, and everything a share
+  // reads of d h and d c, it wrote itself: only dG_t is read by all. So one
+  // phase per step does it all: phase 0 packs the share's rows of W_i and
+  // W_h and computes its units' dG_{T-1}; phase p = T - t, for t = T-1 down
+  // to 0, computes its units' d h_{t-1} and its share of d x_t from dG_t
+  // (every share's, written in phase p - 1), then its units' dG_{t-1} into
+  // the other buffer. The input gradient comes out of the same pass over dG_t
+  // as d h_{t-1}: as a separate (T B, 4H) x (4H, I) product in XLA it ran at
+  // 80% of this machine's matmul rate.
   void phase(int64_t p, int j, int n) const {
-    const int groups = (H + kRows - 1) / kRows;
-    const Range mine = share(groups, j, n);
+    const Range mine = share((H + kRows - 1) / kRows, j, n), xs = share((I + kRows - 1) / kRows, j, n);
     const int ulo = std::min(H, mine.lo * kRows), uhi = std::min(H, mine.hi * kRows);
-    if (p == 0) return pack(ulo, uhi);
-    const int t = T - 1 - static_cast<int>((p - 1) / 2);
-    float* gt = g[t & 1];
-    if (p % 2) return gates(t, ulo, uhi, gt);
-    for (int gi = mine.lo; gi < mine.hi; ++gi) recurrent(gi * kRows, gt);
+    const int xlo = std::min(I, xs.lo * kRows), xhi = std::min(I, xs.hi * kRows);
+    const int t = T - static_cast<int>(p);
+    if (p == 0) {
+      pack(xlo, xhi);
+      pack(I + ulo, I + uhi);
+    } else {
+      Prefetch ahead;  // what gates(t - 1) reads
+      if (t > 0) {
+        for (int q = 0; q < kKept; ++q)
+          ahead.add(res + ((int64_t{t - 1} * kKept + q) * H + ulo) * Bp, int64_t{uhi - ulo} * Bp);
+        if (std::is_same_v<Cell, Lstm> && t > 1)
+          ahead.add(res + ((int64_t{t - 2} * kKept + 4) * H + ulo) * Bp, int64_t{uhi - ulo} * Bp);
+        ahead.add(dys + layout.at(t - 1) * H + ulo, uhi - ulo, B, layout.b * H);
+      }
+      rows(I + ulo, I + uhi, g[t & 1], ahead);
+      rows(xlo, xhi, g[t & 1], ahead);
+      transpose_out(dxt, Bp, xlo, xhi, B, dx + layout.at(t) * I, layout.b * I);
+    }
+    if (t > 0) gates(t - 1, ulo, uhi, g[(t - 1) & 1]);
+    _mm_sfence();  // the streaming stores of dg, before the phase counts as done
   }
 };
 
@@ -492,10 +645,7 @@ std::vector<float> feature_major(const float* src, int B, int H, int Bp) {
   transpose_in(src, B, H, out.data(), Bp, 0, H);
   return out;
 }
-void batch_major_out(const float* src, int B, int H, int Bp, float* dst) {
-  for (int bb = 0; bb < B; ++bb)
-    for (int u = 0; u < H; ++u) dst[int64_t{bb} * H + u] = src[int64_t{u} * Bp + bb];
-}
+void batch_major_out(const float* src, int B, int H, int Bp, float* dst) { transpose_out(src, Bp, 0, H, B, dst, H); }
 
 // The forward loop of either cell. c0 and c_last: LSTM only (null for the GRU).
 template <class Cell>
@@ -516,19 +666,20 @@ void forward(ffi::ThreadPool& pool, const float* x, Shape seq, int I, int H, con
 }
 
 template <class Cell>
-void backward(ffi::ThreadPool& pool, const float* res, Shape seq, int H, const float* c0, const float* w_h,
-              const float* dys, const float* dh_last, const float* dc_last, float* dg, float* dh0, float* dc0,
-              float* db, int64_t threads, bool pooled) {
-  const int Bp = round16(seq.B), G = Cell::kGates;
-  std::unique_ptr<float[]> wp(new float[int64_t{G} * H * H]);
+void backward(ffi::ThreadPool& pool, const float* res, Shape seq, int I, int H, const float* c0, const float* w_i,
+              const float* w_h, const float* dys, const float* dh_last, const float* dc_last, float* dg, float* dx,
+              float* dh0, float* dc0, float* db, int64_t threads, bool pooled) {
+  const int Bp = round16(seq.B);
+  std::unique_ptr<float[]> wp(new float[int64_t{I + H} * Cell::kGates * H]);
   std::vector<float> dh = feature_major(dh_last, seq.B, H, Bp);
   std::vector<float> dc = dc_last ? feature_major(dc_last, seq.B, H, Bp) : std::vector<float>(int64_t{H} * Bp, 0.f);
   std::vector<float> c0t = c0 ? feature_major(c0, seq.B, H, Bp) : std::vector<float>();
-  std::vector<float> g0(int64_t{G} * H * Bp, 0.f), g1(int64_t{G} * H * Bp, 0.f), lanes(int64_t{4} * H * 16, 0.f);
-  Backward<Cell> bw{seq.T, seq.B, H, Bp, seq.layout, res, c0t.data(), dys, w_h, wp.get(), dg,
-                    dh.data(), dc.data(), {g0.data(), g1.data()}, lanes.data()};
+  std::vector<float> dxt(int64_t{I} * Bp, 0.f), g0(int64_t{4} * H * Bp, 0.f), g1(int64_t{4} * H * Bp, 0.f),
+      lanes(int64_t{4} * H * 16, 0.f);
+  Backward<Cell> bw{seq.T, seq.B, I, H, Bp, seq.layout, res, c0t.data(), dys, w_i, w_h, wp.get(), dg, dx,
+                    dh.data(), dc.data(), dxt.data(), {g0.data(), g1.data()}, lanes.data()};
   const int n = threads_for(threads, H);
-  run_phases(pool, pooled, 2 * int64_t{seq.T} + 1, n, [&bw, n](int64_t p, int j) { bw.phase(p, j, n); });
+  run_phases(pool, pooled, int64_t{seq.T} + 1, n, [&bw, n](int64_t p, int j) { bw.phase(p, j, n); });
   batch_major_out(dh.data(), seq.B, H, Bp, dh0);
   if (dc0) batch_major_out(dc.data(), seq.B, H, Bp, dc0);
   for (int k = 0; k < 4 * H; ++k) {  // padded batch rows hold exact zeros in dg, so all lanes count
@@ -562,19 +713,21 @@ ffi::Error GruForward(ffi::ThreadPool pool, F32 x, F32 h0, F32 w_i, F32 w_h, F32
   return ffi::Error::Success();
 }
 
-ffi::Error LstmBackward(ffi::ThreadPool pool, F32 res, F32 c0, F32 w_h, F32 dys, F32 dh_last, F32 dc_last, Out dg,
-                        Out dh0, Out dc0, Out db, int64_t threads, bool pooled, bool batch_major) {
-  backward<Lstm>(pool, res.typed_data(), sequence(dys.dimensions(), batch_major), dys.dimensions()[2],
-                 c0.typed_data(), w_h.typed_data(), dys.typed_data(), dh_last.typed_data(), dc_last.typed_data(),
-                 dg->typed_data(), dh0->typed_data(), dc0->typed_data(), db->typed_data(), threads, pooled);
+ffi::Error LstmBackward(ffi::ThreadPool pool, F32 res, F32 c0, F32 w_i, F32 w_h, F32 dys, F32 dh_last, F32 dc_last,
+                        Out dg, Out dx, Out dh0, Out dc0, Out db, int64_t threads, bool pooled, bool batch_major) {
+  backward<Lstm>(pool, res.typed_data(), sequence(dys.dimensions(), batch_major), w_i.dimensions()[0],
+                 dys.dimensions()[2], c0.typed_data(), w_i.typed_data(), w_h.typed_data(), dys.typed_data(),
+                 dh_last.typed_data(), dc_last.typed_data(), dg->typed_data(), dx->typed_data(), dh0->typed_data(),
+                 dc0->typed_data(), db->typed_data(), threads, pooled);
   return ffi::Error::Success();
 }
 
-ffi::Error GruBackward(ffi::ThreadPool pool, F32 res, F32 w_h, F32 dys, F32 dh_last, Out dg, Out dh0, Out db,
-                       int64_t threads, bool pooled, bool batch_major) {
-  backward<Gru>(pool, res.typed_data(), sequence(dys.dimensions(), batch_major), dys.dimensions()[2], nullptr,
-                w_h.typed_data(), dys.typed_data(), dh_last.typed_data(), nullptr, dg->typed_data(),
-                dh0->typed_data(), nullptr, db->typed_data(), threads, pooled);
+ffi::Error GruBackward(ffi::ThreadPool pool, F32 res, F32 w_i, F32 w_h, F32 dys, F32 dh_last, Out dg, Out dx,
+                       Out dh0, Out db, int64_t threads, bool pooled, bool batch_major) {
+  backward<Gru>(pool, res.typed_data(), sequence(dys.dimensions(), batch_major), w_i.dimensions()[0],
+                dys.dimensions()[2], nullptr, w_i.typed_data(), w_h.typed_data(), dys.typed_data(),
+                dh_last.typed_data(), nullptr, dg->typed_data(), dx->typed_data(), dh0->typed_data(), nullptr,
+                db->typed_data(), threads, pooled);
   return ffi::Error::Success();
 }
 
@@ -594,17 +747,20 @@ ffi::Error LstmForward(ffi::ThreadPool, F32, F32, F32, F32, F32, F32, Out, Out, 
 ffi::Error GruForward(ffi::ThreadPool, F32, F32, F32, F32, F32, F32, Out, Out, Out, Out, int64_t, bool, bool, bool) {
   return Unavailable();
 }
-ffi::Error LstmBackward(ffi::ThreadPool, F32, F32, F32, F32, F32, F32, Out, Out, Out, Out, int64_t, bool, bool) {
+ffi::Error LstmBackward(ffi::ThreadPool, F32, F32, F32, F32, F32, F32, F32, Out, Out, Out, Out, Out, int64_t, bool,
+                        bool) {
   return Unavailable();
 }
-ffi::Error GruBackward(ffi::ThreadPool, F32, F32, F32, F32, Out, Out, Out, int64_t, bool, bool) { return Unavailable(); }
+ffi::Error GruBackward(ffi::ThreadPool, F32, F32, F32, F32, F32, Out, Out, Out, Out, int64_t, bool, bool) {
+  return Unavailable();
+}
 }  // namespace
 
 extern "C" int jaxrnn_native_available() { return 0; }
 
 #endif
 
-// Sequence arrays (x, ys, dys, dg, operands) are (T, B, .), or (B, T, .) with batch_major.
+// Sequence arrays (x, ys, dys, dg, dx, operands) are (T, B, .), or (B, T, .) with batch_major.
 // kept: (T, 5H, Bp), operands: (.., I + H); both (0,) without keep (inference).
 using In = ffi::Buffer<ffi::F32>;
 using Ret = ffi::Buffer<ffi::F32>;
@@ -637,10 +793,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_gru_forward, GruForward,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_lstm_backward, LstmBackward,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<In>().Arg<In>().Arg<In>()   // kept, c0, w_h
+                                  .Arg<In>().Arg<In>()             // kept, c0
+                                  .Arg<In>().Arg<In>()             // w_i, w_h
                                   .Arg<In>().Arg<In>().Arg<In>()   // d ys, d h_T, d c_T
-                                  .Ret<Ret>().Ret<Ret>()           // dg (.., 4H), d h0
-                                  .Ret<Ret>().Ret<Ret>()           // d c0, sum of dg (4H,)
+                                  .Ret<Ret>().Ret<Ret>()           // dg (.., 4H), d x (.., I)
+                                  .Ret<Ret>().Ret<Ret>()           // d h0, d c0
+                                  .Ret<Ret>()                      // sum of dg (4H,)
                                   .Attr<int64_t>("threads")
                                   .Attr<bool>("pooled")
                                   .Attr<bool>("batch_major"));
@@ -648,9 +806,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_lstm_backward, LstmBackward,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_gru_backward, GruBackward,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<In>().Arg<In>()             // kept, w_h
+                                  .Arg<In>().Arg<In>().Arg<In>()   // kept, w_i, w_h
                                   .Arg<In>().Arg<In>()             // d ys, d h_T
-                                  .Ret<Ret>().Ret<Ret>().Ret<Ret>()  // dg (.., 4H), d h0, sum of dg (4H,)
+                                  .Ret<Ret>().Ret<Ret>()           // dg (.., 4H), d x (.., I)
+                                  .Ret<Ret>().Ret<Ret>()           // d h0, sum of dg (4H,)
                                   .Attr<int64_t>("threads")
                                   .Attr<bool>("pooled")
                                   .Attr<bool>("batch_major"));
