@@ -182,36 +182,48 @@ def _f32(*shape):
     return jax.ShapeDtypeStruct(shape, jnp.float32)
 
 
-def _forward(kind, x, carry, w, batch_major: bool, keep: bool, in_loop: bool = False):
-    """One forward kernel call: ``(ys, carry, kept, operands)``, the last two empty without ``keep``."""
+def _rows(batch_major: bool, B: int, T: int) -> tuple:
+    """The leading dimensions of a sequence array of T steps: every one is laid out as ``x``."""
+    return (B, T) if batch_major else (T, B)
+
+
+def _forward(kind, x, carry, w, batch_major: bool, keep: bool, in_loop: bool = False, start=0, steps=None):
+    """One forward kernel call: ``(ys, carry, kept, operands)``, the last two empty without ``keep``.
+
+    It runs ``steps`` steps (all by default) from step ``start`` of ``x``, which
+    it reads in place: the checkpointed chunks cost no copies of ``x``.
+    """
     _require()
     B, H = carry[0].shape
-    T = x.shape[1 if batch_major else 0]
-    rows = x.shape[:2]  # (T, B) or (B, T): every sequence array is laid out as x
+    T = x.shape[1 if batch_major else 0] if steps is None else steps
+    rows = _rows(batch_major, B, T)
     kept = (_f32(T, 5 * H, -(-B // 16) * 16), _f32(*rows, x.shape[-1] + H)) if keep else (_f32(0), _f32(0))
     outs = (_f32(*rows, H), *(_f32(B, H) for _ in carry), *kept)
     call = jax.ffi.ffi_call(f"jaxrnn_{kind}_forward", outs, vmap_method="sequential")
     ys, *rest = call(
-        x, *carry, *w, threads=np.int64(threads()), pooled=pooled(in_loop), keep=keep, batch_major=batch_major
+        x, jnp.asarray(start, jnp.int32), *carry, *w,
+        threads=np.int64(threads()), pooled=pooled(in_loop), keep=keep, batch_major=batch_major,
     )
     return ys, tuple(rest[: len(carry)]), *rest[len(carry) :]
 
 
-def _backward(kind, kept, operands, carry0, w, d_ys, d_carry, batch_major: bool, in_loop: bool = False):
+def _backward(kind, kept, operands, carry0, w, d_ys, d_carry, batch_major: bool, in_loop: bool = False, start=0):
     """The backward kernel's loop (which also gives the input gradient), then the weight gradients as one matmul.
 
+    The steps are those of ``kept``, from step ``start`` of ``d_ys`` (read in place).
     Returns ``(d_x, d_carry0, d_w)`` with ``d_w`` matching ``w``.
     """
     B, H = carry0[0].shape
     w_i, w_h = w[0], w[1]
     I = w_i.shape[0]
-    rows = d_ys.shape[:2]
+    rows = _rows(batch_major, B, kept.shape[0])
     outs = (_f32(*rows, 4 * H), _f32(*rows, I), *(_f32(B, H) for _ in carry0), _f32(4 * H))
     call = jax.ffi.ffi_call(f"jaxrnn_{kind}_backward", outs, vmap_method="sequential")
     # The LSTM's backward reads c_0 (for d f at step 0); the GRU's kept h_{t-1} itself.
     args = (kept, carry0[1], w_i, w_h) if kind == "lstm" else (kept, w_i, w_h)
     dg, d_x, *d_carry0, d_sum = call(
-        *args, d_ys, *d_carry, threads=np.int64(threads()), pooled=pooled(in_loop), batch_major=batch_major
+        *args, d_ys, jnp.asarray(start, jnp.int32), *d_carry,
+        threads=np.int64(threads()), pooled=pooled(in_loop), batch_major=batch_major,
     )
     # cuDNN's split, as in jaxrnn.unroll: the forward kept every step's matmul
     # operand [x_t, h_{t-1}], so dW_i and dW_h come from one (I+H, T*B) x
@@ -275,15 +287,16 @@ def unroll_checkpointed(kind: str, batch_major: bool, chunk: int, x, carry: tupl
 
 
 def _checkpointed_fwd(kind, batch_major, chunk, x, carry, w):
-    # Chunks are sliced out of x and written into ys in place, in either layout:
-    # no transposed copy of the whole sequence (its size is what this saves).
+    # Each chunk's call reads its steps of x in place and its ys are written
+    # into the whole ys, in either layout: no copy of the whole sequence (its
+    # size is what this saves), and no copy of x per chunk (at T = 10,000 the
+    # slices of x and d ys cost about 5% of the time).
     axis = 1 if batch_major else 0
     n, tail = divmod(x.shape[axis], chunk)
 
     def run(state, start, length):
         carry, ys = state
-        x_chunk = jax.lax.dynamic_slice_in_dim(x, start, length, axis)
-        y, carry, _, _ = _forward(kind, x_chunk, carry, w, batch_major, keep=False, in_loop=True)
+        y, carry, _, _ = _forward(kind, x, carry, w, batch_major, keep=False, in_loop=True, start=start, steps=length)
         return (carry, jax.lax.dynamic_update_slice_in_dim(ys, y, start, axis)), carry
 
     ys = jnp.zeros(x.shape[:2] + (carry[0].shape[-1],), jnp.float32)
@@ -303,10 +316,12 @@ def _checkpointed_bwd(kind, batch_major, chunk, residuals, cotangents):
 
     def back(state, start, length, carry0):  # rerun the chunk's forward, keeping activations, then back
         d_carry, d_w, d_x = state
-        x_chunk = jax.lax.dynamic_slice_in_dim(x, start, length, axis)
-        _, _, kept, operands = _forward(kind, x_chunk, carry0, w, batch_major, keep=True, in_loop=True)
-        d_y = jax.lax.dynamic_slice_in_dim(d_ys, start, length, axis)
-        dx, d_carry, dw = _backward(kind, kept, operands, carry0, w, d_y, d_carry, batch_major, in_loop=True)
+        _, _, kept, operands = _forward(
+            kind, x, carry0, w, batch_major, keep=True, in_loop=True, start=start, steps=length
+        )
+        dx, d_carry, dw = _backward(
+            kind, kept, operands, carry0, w, d_ys, d_carry, batch_major, in_loop=True, start=start
+        )
         d_w = jax.tree_util.tree_map(jnp.add, d_w, dw)
         return d_carry, d_w, jax.lax.dynamic_update_slice_in_dim(d_x, dx, start, axis)
 

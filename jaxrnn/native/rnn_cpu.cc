@@ -246,10 +246,12 @@ void transpose_out(const float* src, int Bp, int r0, int r1, int B, float* dst, 
 // Where row (t, b) of a sequence array starts, in rows: time-major (T, B, .)
 // arrays have strides (B, 1), batch-major (B, T, .) ones (1, T). The kernel
 // takes either, so that jaxrnn.scan's default batch-major layout costs no
-// transposes around the call.
+// transposes around the call. A call may run steps [first, first + T') of a
+// longer sequence in place (the checkpointed chunks): its inputs are the whole
+// arrays, its step s their step first + s.
 struct Rows {
-  int64_t t, b;
-  int64_t at(int step) const { return step * t; }
+  int64_t t, b, first = 0;
+  int64_t at(int step) const { return (first + step) * t; }
 };
 
 // ----------------------------------------------------------------- cells ----
@@ -278,7 +280,7 @@ template <class Cell>
 struct Forward {
   static constexpr int G = Cell::kGates;
   int T, B, I, H, Bp, K;  // K = I + H
-  Rows layout;            // of x, ys and operands
+  Rows in, out;           // of x; of ys and operands
   const float *x, *w_i, *w_h;
   const float* bias[kSlots];  // each slot's H biases
   float* wp;                  // packed weights, see pack()
@@ -370,11 +372,11 @@ struct Forward {
 
   // Step t's x_t^T into `a`, rows [r0, r1); for training also x_t into its operand row.
   void take_x(int t, float* a, int r0, int r1) const {
-    const float* x_t = x + layout.at(t) * I;
-    transpose_in(x_t, B, layout.b * I, a, Bp, r0, r1);
+    const float* x_t = x + in.at(t) * I;
+    transpose_in(x_t, B, in.b * I, a, Bp, r0, r1);
     if (operands)
       for (int bb = 0; bb < B; ++bb)
-        std::memcpy(operands + (layout.at(t) + bb * layout.b) * K + r0, x_t + bb * layout.b * I + r0,
+        std::memcpy(operands + (out.at(t) + bb * out.b) * K + r0, x_t + bb * in.b * I + r0,
                     sizeof(float) * (r1 - r0));
   }
 
@@ -387,7 +389,7 @@ struct Forward {
     if (p == 0) {
       pack(ulo, uhi);
       take_x(0, a[0], cols.lo, cols.hi);
-      if (operands) put_h(a[0] + int64_t{I} * Bp, ulo, uhi, operands + I, layout.b * K);
+      if (operands) put_h(a[0] + int64_t{I} * Bp, ulo, uhi, operands + I, out.b * K);
       return;
     }
     const int t = static_cast<int>(p - 1);
@@ -399,10 +401,10 @@ struct Forward {
       if (u0 + kUnits <= H) units<kUnits>(t, u0, at, h_next);
       else units<1>(t, u0, at, h_next);
     }
-    put_h(h_next, ulo, uhi, ys + layout.at(t) * H, layout.b * H);
+    put_h(h_next, ulo, uhi, ys + out.at(t) * H, out.b * H);
     if (t + 1 < T) {
       take_x(t + 1, next, cols.lo, cols.hi);
-      if (operands) put_h(h_next, ulo, uhi, operands + layout.at(t + 1) * K + I, layout.b * K);
+      if (operands) put_h(h_next, ulo, uhi, operands + out.at(t + 1) * K + I, out.b * K);
     }
   }
 };
@@ -447,7 +449,7 @@ template <class Cell>
 struct Backward {
   static constexpr int G = Cell::kGates;
   int T, B, I, H, Bp;
-  Rows layout;      // of dys, dg and dx
+  Rows in, out;     // of dys; of dg and dx
   const float *res, *c0, *dys;  // c0: LSTM, feature-major
   const float *w_i, *w_h;
   float* wp;        // [W_i; W_h] packed as (G H, kRows) blocks of rows, see pack()
@@ -481,9 +483,9 @@ struct Backward {
   // plain stores would first read every line in.
   void gates(int t, int ulo, int uhi, float* gt) const {
     const float* r = res + int64_t{t} * kKept * H * Bp;
-    const float* dy = dys + layout.at(t) * H;
-    float* out = dg + layout.at(t) * 4 * H;
-    const int64_t dy_ld = layout.b * H, out_ld = layout.b * 4 * H;
+    const float* dy = dys + in.at(t) * H;
+    float* to = dg + out.at(t) * 4 * H;
+    const int64_t dy_ld = in.b * H, to_ld = out.b * 4 * H;
     const __m512 one = _mm512_set1_ps(1.f);
     __m512 dy_block[16], dg_block[4][16] = {};  // [unit], [slot][unit]: 16 lanes each
     for (int u0 = ulo; u0 < uhi; u0 += 16) {
@@ -525,12 +527,12 @@ struct Backward {
           }
         }
         for (int q = 0; q < 4; ++q) {
-          float* o = out + b0 * out_ld + q * H + u0;
-          if (n == 16 && reinterpret_cast<uintptr_t>(o) % 64 == 0 && out_ld % 16 == 0) {
+          float* o = to + b0 * to_ld + q * H + u0;
+          if (n == 16 && reinterpret_cast<uintptr_t>(o) % 64 == 0 && to_ld % 16 == 0) {
             transpose16(dg_block[q]);
-            for (int l = 0; l < lanes; ++l) _mm512_stream_ps(o + l * out_ld, dg_block[q][l]);
+            for (int l = 0; l < lanes; ++l) _mm512_stream_ps(o + l * to_ld, dg_block[q][l]);
           } else {
-            scatter16(dg_block[q], n, lanes, o, out_ld);
+            scatter16(dg_block[q], n, lanes, o, to_ld);
           }
         }
       }
@@ -616,11 +618,11 @@ struct Backward {
           ahead.add(res + ((int64_t{t - 1} * kKept + q) * H + ulo) * Bp, int64_t{uhi - ulo} * Bp);
         if (std::is_same_v<Cell, Lstm> && t > 1)
           ahead.add(res + ((int64_t{t - 2} * kKept + 4) * H + ulo) * Bp, int64_t{uhi - ulo} * Bp);
-        ahead.add(dys + layout.at(t - 1) * H + ulo, uhi - ulo, B, layout.b * H);
+        ahead.add(dys + in.at(t - 1) * H + ulo, uhi - ulo, B, in.b * H);
       }
       rows(I + ulo, I + uhi, g[t & 1], ahead);
       rows(xlo, xhi, g[t & 1], ahead);
-      transpose_out(dxt, Bp, xlo, xhi, B, dx + layout.at(t) * I, layout.b * I);
+      transpose_out(dxt, Bp, xlo, xhi, B, dx + out.at(t) * I, out.b * I);
     }
     if (t > 0) gates(t - 1, ulo, uhi, g[(t - 1) & 1]);
     _mm_sfence();  // the streaming stores of dg, before the phase counts as done
@@ -634,14 +636,16 @@ int threads_for(int64_t requested, int H) {
   return std::min(n, std::max(1, H / 16));
 }
 
-// (T, B) of a (T, B, .) or (B, T, .) sequence array, and its row layout.
+// A call's steps: T of them from step `first` of the (T_all, B, .) or
+// (B, T_all, .) input arrays (`dims`), into output arrays of T steps.
 struct Shape {
   int T, B;
-  Rows layout;
+  Rows in, out;
 };
-Shape sequence(ffi::Span<const int64_t> dims, bool batch_major) {
-  const int T = dims[batch_major ? 1 : 0], B = dims[batch_major ? 0 : 1];
-  return {T, B, batch_major ? Rows{1, T} : Rows{B, 1}};
+Shape sequence(ffi::Span<const int64_t> dims, bool batch_major, int64_t first, int64_t T) {
+  const int64_t T_all = dims[batch_major ? 1 : 0], B = dims[batch_major ? 0 : 1];
+  return {static_cast<int>(T), static_cast<int>(B), batch_major ? Rows{1, T_all, first} : Rows{B, 1, first},
+          batch_major ? Rows{1, T} : Rows{B, 1}};
 }
 
 // (B, H) row-major -> (H, Bp) feature-major, and back.
@@ -662,7 +666,7 @@ void forward(ffi::ThreadPool& pool, const float* x, Shape seq, int I, int H, con
   std::vector<float> a0(int64_t{K} * Bp, 0.f), a1(int64_t{K} * Bp, 0.f);
   transpose_in(h0, seq.B, H, a0.data() + int64_t{I} * Bp, Bp, 0, H);
   std::vector<float> c = c0 ? feature_major(c0, seq.B, H, Bp) : std::vector<float>();
-  Forward<Cell> f{seq.T, seq.B, I, H, Bp, K, seq.layout, x, w_i, w_h, {bias[0], bias[1], bias[2], bias[3]},
+  Forward<Cell> f{seq.T, seq.B, I, H, Bp, K, seq.in, seq.out, x, w_i, w_h, {bias[0], bias[1], bias[2], bias[3]},
                   wp.get(), ys, res, operands, c.data(), {a0.data(), a1.data()}};
   const int n = threads_for(threads, H);
   run_phases(pool, pooled, int64_t{seq.T} + 1, n, [&f, n](int64_t p, int j) { f.phase(p, j, n); });
@@ -681,7 +685,7 @@ void backward(ffi::ThreadPool& pool, const float* res, Shape seq, int I, int H, 
   std::vector<float> c0t = c0 ? feature_major(c0, seq.B, H, Bp) : std::vector<float>();
   std::vector<float> dxt(int64_t{I} * Bp, 0.f), g0(int64_t{4} * H * Bp, 0.f), g1(int64_t{4} * H * Bp, 0.f),
       lanes(int64_t{4} * H * 16, 0.f);
-  Backward<Cell> bw{seq.T, seq.B, I, H, Bp, seq.layout, res, c0t.data(), dys, w_i, w_h, wp.get(), dg, dx,
+  Backward<Cell> bw{seq.T, seq.B, I, H, Bp, seq.in, seq.out, res, c0t.data(), dys, w_i, w_h, wp.get(), dg, dx,
                     dh.data(), dc.data(), dxt.data(), {g0.data(), g1.data()}, lanes.data()};
   const int n = threads_for(threads, H);
   run_phases(pool, pooled, int64_t{seq.T} + 1, n, [&bw, n](int64_t p, int j) { bw.phase(p, j, n); });
@@ -695,41 +699,49 @@ void backward(ffi::ThreadPool& pool, const float* res, Shape seq, int I, int H, 
 }
 
 using F32 = ffi::Buffer<ffi::F32>;
+using S32 = ffi::Buffer<ffi::S32>;
 using Out = ffi::ResultBuffer<ffi::F32>;
 
-ffi::Error LstmForward(ffi::ThreadPool pool, F32 x, F32 h0, F32 c0, F32 w_i, F32 w_h, F32 b, Out ys, Out h_last,
-                       Out c_last, Out res, Out operands, int64_t threads, bool pooled, bool keep, bool batch_major) {
+// The steps a call runs: from step *start of the whole input `seq`, as many as `out` has.
+Shape steps(const F32& seq, const S32& start, Out& out, bool batch_major) {
+  return sequence(seq.dimensions(), batch_major, *start.typed_data(), out->dimensions()[batch_major ? 1 : 0]);
+}
+
+ffi::Error LstmForward(ffi::ThreadPool pool, F32 x, S32 start, F32 h0, F32 c0, F32 w_i, F32 w_h, F32 b, Out ys,
+                       Out h_last, Out c_last, Out res, Out operands, int64_t threads, bool pooled, bool keep,
+                       bool batch_major) {
   const int H = h0.dimensions()[1];
   const float* bias[kSlots] = {b.typed_data(), b.typed_data() + H, b.typed_data() + 2 * H, b.typed_data() + 3 * H};
-  forward<Lstm>(pool, x.typed_data(), sequence(x.dimensions(), batch_major), x.dimensions()[2], H, h0.typed_data(),
+  forward<Lstm>(pool, x.typed_data(), steps(x, start, ys, batch_major), x.dimensions()[2], H, h0.typed_data(),
                 c0.typed_data(), w_i.typed_data(), w_h.typed_data(), bias, ys->typed_data(), h_last->typed_data(),
                 c_last->typed_data(), keep ? res->typed_data() : nullptr, keep ? operands->typed_data() : nullptr,
                 threads, pooled);
   return ffi::Error::Success();
 }
 
-ffi::Error GruForward(ffi::ThreadPool pool, F32 x, F32 h0, F32 w_i, F32 w_h, F32 b, F32 b_hn, Out ys, Out h_last,
-                      Out res, Out operands, int64_t threads, bool pooled, bool keep, bool batch_major) {
+ffi::Error GruForward(ffi::ThreadPool pool, F32 x, S32 start, F32 h0, F32 w_i, F32 w_h, F32 b, F32 b_hn, Out ys,
+                      Out h_last, Out res, Out operands, int64_t threads, bool pooled, bool keep, bool batch_major) {
   const int H = h0.dimensions()[1];
   const float* bias[kSlots] = {b.typed_data(), b.typed_data() + H, b.typed_data() + 2 * H, b_hn.typed_data()};
-  forward<Gru>(pool, x.typed_data(), sequence(x.dimensions(), batch_major), x.dimensions()[2], H, h0.typed_data(),
+  forward<Gru>(pool, x.typed_data(), steps(x, start, ys, batch_major), x.dimensions()[2], H, h0.typed_data(),
                nullptr, w_i.typed_data(), w_h.typed_data(), bias, ys->typed_data(), h_last->typed_data(), nullptr,
                keep ? res->typed_data() : nullptr, keep ? operands->typed_data() : nullptr, threads, pooled);
   return ffi::Error::Success();
 }
 
-ffi::Error LstmBackward(ffi::ThreadPool pool, F32 res, F32 c0, F32 w_i, F32 w_h, F32 dys, F32 dh_last, F32 dc_last,
-                        Out dg, Out dx, Out dh0, Out dc0, Out db, int64_t threads, bool pooled, bool batch_major) {
-  backward<Lstm>(pool, res.typed_data(), sequence(dys.dimensions(), batch_major), w_i.dimensions()[0],
+ffi::Error LstmBackward(ffi::ThreadPool pool, F32 res, F32 c0, F32 w_i, F32 w_h, F32 dys, S32 start, F32 dh_last,
+                        F32 dc_last, Out dg, Out dx, Out dh0, Out dc0, Out db, int64_t threads, bool pooled,
+                        bool batch_major) {
+  backward<Lstm>(pool, res.typed_data(), steps(dys, start, dx, batch_major), w_i.dimensions()[0],
                  dys.dimensions()[2], c0.typed_data(), w_i.typed_data(), w_h.typed_data(), dys.typed_data(),
                  dh_last.typed_data(), dc_last.typed_data(), dg->typed_data(), dx->typed_data(), dh0->typed_data(),
                  dc0->typed_data(), db->typed_data(), threads, pooled);
   return ffi::Error::Success();
 }
 
-ffi::Error GruBackward(ffi::ThreadPool pool, F32 res, F32 w_i, F32 w_h, F32 dys, F32 dh_last, Out dg, Out dx,
-                       Out dh0, Out db, int64_t threads, bool pooled, bool batch_major) {
-  backward<Gru>(pool, res.typed_data(), sequence(dys.dimensions(), batch_major), w_i.dimensions()[0],
+ffi::Error GruBackward(ffi::ThreadPool pool, F32 res, F32 w_i, F32 w_h, F32 dys, S32 start, F32 dh_last, Out dg,
+                       Out dx, Out dh0, Out db, int64_t threads, bool pooled, bool batch_major) {
+  backward<Gru>(pool, res.typed_data(), steps(dys, start, dx, batch_major), w_i.dimensions()[0],
                 dys.dimensions()[2], nullptr, w_i.typed_data(), w_h.typed_data(), dys.typed_data(),
                 dh_last.typed_data(), nullptr, dg->typed_data(), dx->typed_data(), dh0->typed_data(), nullptr,
                 db->typed_data(), threads, pooled);
@@ -744,19 +756,22 @@ extern "C" int jaxrnn_native_available() { return 1; }
 
 namespace {
 using F32 = ffi::Buffer<ffi::F32>;
+using S32 = ffi::Buffer<ffi::S32>;
 using Out = ffi::ResultBuffer<ffi::F32>;
 ffi::Error Unavailable() { return ffi::Error(ffi::ErrorCode::kUnimplemented, "jaxrnn's native kernels need AVX-512"); }
-ffi::Error LstmForward(ffi::ThreadPool, F32, F32, F32, F32, F32, F32, Out, Out, Out, Out, Out, int64_t, bool, bool, bool) {
+ffi::Error LstmForward(ffi::ThreadPool, F32, S32, F32, F32, F32, F32, F32, Out, Out, Out, Out, Out, int64_t, bool,
+                       bool, bool) {
   return Unavailable();
 }
-ffi::Error GruForward(ffi::ThreadPool, F32, F32, F32, F32, F32, F32, Out, Out, Out, Out, int64_t, bool, bool, bool) {
+ffi::Error GruForward(ffi::ThreadPool, F32, S32, F32, F32, F32, F32, F32, Out, Out, Out, Out, int64_t, bool, bool,
+                      bool) {
   return Unavailable();
 }
-ffi::Error LstmBackward(ffi::ThreadPool, F32, F32, F32, F32, F32, F32, F32, Out, Out, Out, Out, Out, int64_t, bool,
-                        bool) {
+ffi::Error LstmBackward(ffi::ThreadPool, F32, F32, F32, F32, F32, S32, F32, F32, Out, Out, Out, Out, Out, int64_t,
+                        bool, bool) {
   return Unavailable();
 }
-ffi::Error GruBackward(ffi::ThreadPool, F32, F32, F32, F32, F32, Out, Out, Out, Out, int64_t, bool, bool) {
+ffi::Error GruBackward(ffi::ThreadPool, F32, F32, F32, F32, S32, F32, Out, Out, Out, Out, int64_t, bool, bool) {
   return Unavailable();
 }
 }  // namespace
@@ -765,15 +780,18 @@ extern "C" int jaxrnn_native_available() { return 0; }
 
 #endif
 
-// Sequence arrays (x, ys, dys, dg, dx, operands) are (T, B, .), or (B, T, .) with batch_major.
+// Sequence arrays (x, ys, dys, dg, dx, operands) are (T, B, .), or (B, T, .) with batch_major; x and dys
+// may hold more steps than the call runs, which starts at their step `start`.
 // kept: (T, 5H, Bp), operands: (.., I + H); both (0,) without keep (inference).
 using In = ffi::Buffer<ffi::F32>;
+using Step = ffi::Buffer<ffi::S32>;
 using Ret = ffi::Buffer<ffi::F32>;
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_lstm_forward, LstmForward,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<In>().Arg<In>().Arg<In>()   // x, h0, c0
+                                  .Arg<In>().Arg<Step>()           // x, start
+                                  .Arg<In>().Arg<In>()             // h0, c0
                                   .Arg<In>().Arg<In>().Arg<In>()   // w_i (I, 4H), w_h (H, 4H), b (4H,)
                                   .Ret<Ret>().Ret<Ret>().Ret<Ret>()  // ys, h_T, c_T
                                   .Ret<Ret>().Ret<Ret>()             // kept, operands
@@ -785,7 +803,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_lstm_forward, LstmForward,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_gru_forward, GruForward,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<In>().Arg<In>()             // x, h0
+                                  .Arg<In>().Arg<Step>().Arg<In>() // x, start, h0
                                   .Arg<In>().Arg<In>()             // w_i (I, 3H), w_h (H, 3H)
                                   .Arg<In>().Arg<In>()             // b (3H,), b_hn (H,)
                                   .Ret<Ret>().Ret<Ret>()           // ys, h_T
@@ -800,7 +818,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_lstm_backward, LstmBackward,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<In>().Arg<In>()             // kept, c0
                                   .Arg<In>().Arg<In>()             // w_i, w_h
-                                  .Arg<In>().Arg<In>().Arg<In>()   // d ys, d h_T, d c_T
+                                  .Arg<In>().Arg<Step>()           // d ys, start
+                                  .Arg<In>().Arg<In>()             // d h_T, d c_T
                                   .Ret<Ret>().Ret<Ret>()           // dg (.., 4H), d x (.., I)
                                   .Ret<Ret>().Ret<Ret>()           // d h0, d c0
                                   .Ret<Ret>()                      // sum of dg (4H,)
@@ -812,7 +831,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_gru_backward, GruBackward,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<In>().Arg<In>().Arg<In>()   // kept, w_i, w_h
-                                  .Arg<In>().Arg<In>()             // d ys, d h_T
+                                  .Arg<In>().Arg<Step>().Arg<In>() // d ys, start, d h_T
                                   .Ret<Ret>().Ret<Ret>()           // dg (.., 4H), d x (.., I)
                                   .Ret<Ret>().Ret<Ret>()           // d h0, sum of dg (4H,)
                                   .Attr<int64_t>("threads")
