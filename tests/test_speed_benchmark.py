@@ -25,9 +25,11 @@ def test_speed_smoke(tmp_path, capsys):
 
 
 def test_checkpointed_scan_needs_less_memory():
-    rows = {r["impl"]: r for r in speed.memory_case(T=400, B=4, H=16, chunk=20, repeats=1)}
+    measured = speed.memory_case(T=400, B=4, H=16, chunks=(20,), repeats=1)
+    rows = {r["impl"]: r for r in measured}
     assert rows["jaxrnn checkpoint_every=20"]["temp_MiB"] < 0.5 * rows["jaxrnn"]["temp_MiB"]
     assert rows["flax"]["temp_MiB"] > 0
+    assert "| jaxrnn checkpoint_every=20 |" in speed.memory_table(measured)
 
 
 def test_floor_runs_the_fused_paths_matmuls():

@@ -285,18 +285,22 @@ def run_case(kind, B, T, H, with_grad, peers, repeats, block=3, makers: dict[str
     }
 
 
-def memory_case(T: int = 10_000, B: int = 32, H: int = 256, chunk: int = 100, repeats: int = 3) -> list[dict]:
+def memory_case(T: int = 10_000, B: int = 32, H: int = 256, chunks: tuple[int, ...] = (100, 1000),
+                repeats: int = 5) -> list[dict]:
     """Peak activation memory (XLA temp buffers) and time of a forward+backward LSTM step.
 
-    Timed in interleaved rounds, as :func:`run_case`, after one warm-up call each: the
-    memory option's target is a time ratio, and the machine drifts between one
-    implementation's calls and the next's.
+    jaxrnn's default, jaxrnn with ``checkpoint_every`` at each of ``chunks`` (sqrt(T)
+    and a larger one: the chunk's own activations are small beside the sequence's
+    outputs and gradients, so memory barely grows with it while the calls get
+    fewer), and flax. Timed in interleaved rounds, as :func:`run_case`, after one
+    warm-up call each: the memory option's target is a time ratio, and the machine
+    drifts between one implementation's calls and the next's.
     """
-    variants = {
-        "jaxrnn": lambda: make_jaxrnn("lstm", B, T, H, True),
-        f"jaxrnn checkpoint_every={chunk}": lambda: make_jaxrnn("lstm", B, T, H, True, checkpoint_every=chunk),
-        "flax": lambda: make_flax("lstm", B, T, H, True),
-    }
+    variants = {"jaxrnn": lambda: make_jaxrnn("lstm", B, T, H, True)}
+    for chunk in chunks:
+        variants[f"jaxrnn checkpoint_every={chunk}"] = \
+            lambda c=chunk: make_jaxrnn("lstm", B, T, H, True, checkpoint_every=c)
+    variants["flax"] = lambda: make_flax("lstm", B, T, H, True)
     compiled, temp = {}, {}
     for name, make in variants.items():
         fn, args = make()
@@ -306,6 +310,15 @@ def memory_case(T: int = 10_000, B: int = 32, H: int = 256, chunk: int = 100, re
         compiled[name]()
     ms = interleaved_ms(compiled, repeats)
     return [{"impl": name, "T": T, "B": B, "H": H, "temp_MiB": temp[name], "ms": ms[name]} for name in compiled]
+
+
+def memory_table(rows: list[dict]) -> str:
+    """:func:`memory_case`'s rows, with memory as a fraction of flax's and time as a multiple of jaxrnn's default."""
+    by = {m["impl"]: m for m in rows}
+    lines = ["| impl | temp memory (MiB) | x flax memory | ms | x jaxrnn default time |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {m['impl']} | {m['temp_MiB']:.0f} | {m['temp_MiB'] / by['flax']['temp_MiB']:.2f} | {m['ms']:.0f} | "
+              f"{m['ms'] / by['jaxrnn']['ms']:.2f} |" for m in rows]
+    return "\n".join(lines) + "\n"
 
 
 def table(results: list[dict], peak: float, peers: list[str]) -> str:
@@ -441,9 +454,8 @@ def _run(args) -> dict:
     text += table(results, peak, args.peers)
     if args.memory:
         out["memory"] = memory_case()
-        text += "\nForward+backward LSTM, T=10,000, B=32, H=256: XLA peak temp memory and time\n\n"
-        text += "| impl | temp memory (MiB) | ms |\n|---|---:|---:|\n"
-        text += "".join(f"| {m['impl']} | {m['temp_MiB']:.0f} | {m['ms']:.0f} |\n" for m in out["memory"])
+        text += "\nForward+backward LSTM, T=10,000, B=32, H=256: XLA peak temp memory and time\n\n" \
+            + memory_table(out["memory"])
     path.write_text(json.dumps(out, indent=1))
     plot(results, args.peers, path.with_suffix(".png"))
     print("\n" + text)
