@@ -206,3 +206,13 @@ def test_the_kernel_builds_from_source_into_the_cache(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "None"
     assert [p.suffix for p in tmp_path.iterdir()] == [".so"]  # one library, no temporary left behind
+
+
+@needs_kernel
+def test_kernel_parts_benchmark_times_every_piece():
+    from jaxrnn.bench import kernel_parts
+
+    ms = kernel_parts.parts("gru", B=16, T=3, H=16, repeats=1)
+    assert set(ms) == {"forward", "forward, keeping", "backward", "weight-gradient matmul", "whole fwd+bwd",
+                       "backward loop (backward - matmul)"}
+    assert all(v > 0 for name, v in ms.items() if name != "backward loop (backward - matmul)")

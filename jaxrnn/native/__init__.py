@@ -16,9 +16,9 @@ where they cannot run, and :func:`jaxrnn.scan` then keeps to its XLA loop.
 count (default: the CPUs this process may run on).
 
 Differentiable (a custom VJP: the kernel's backward loop produces the gate
-gradients ``dG``, and the weight and input gradients are then large matmuls,
-as cuDNN does), jit-able and vmap-able (sequentially); not differentiable
-twice.
+gradients ``dG`` and, from the same pass over them, the input gradients; the
+weight gradients are then one large matmul, as cuDNN does), jit-able and
+vmap-able (sequentially); not differentiable twice.
 
 Example::
 
