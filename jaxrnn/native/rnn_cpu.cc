@@ -462,14 +462,23 @@ struct Backward {
   float* db;        // (4H, 16): sums of dg, each lane over its own batch rows
 
   // Rows [lo, hi) of [W_i; W_h] (I + H rows of G H) as (G H, R) blocks of
-  // kRows rows, so that a tile reads its block contiguously.
+  // kRows rows, so that a tile reads its block contiguously: block[k R + j] =
+  // row j's k-th weight, 16 k at a time through a register transpose.
   void pack(int lo, int hi) const {
+    const int GH = G * H;
     for (int r0 = lo; r0 < hi; r0 += kRows) {
       const int R = std::min(kRows, hi - r0);
-      float* block = wp + int64_t{r0} * G * H;
-      for (int j = 0; j < R; ++j) {
-        const float* row = r0 + j < I ? w_i + int64_t{r0 + j} * G * H : w_h + int64_t{r0 + j - I} * G * H;
-        for (int k = 0; k < G * H; ++k) block[int64_t{k} * R + j] = row[k];
+      const float* row[kRows];
+      for (int j = 0; j < R; ++j) row[j] = r0 + j < I ? w_i + int64_t{r0 + j} * GH : w_h + int64_t{r0 + j - I} * GH;
+      float* block = wp + int64_t{r0} * GH;
+      __m512 v[16];
+      for (int k0 = 0; k0 < GH; k0 += 16) {
+        const int n = std::min(16, GH - k0);
+        for (int j = 0; j < 16; ++j) v[j] = j < R ? _mm512_maskz_loadu_ps(first(n), row[j] + k0) : _mm512_setzero_ps();
+        transpose16(v);  // v[i]'s first R lanes: the R rows' weight k0 + i
+        for (int i = 0; i < n; ++i)
+          _mm256_mask_storeu_ps(block + int64_t{k0 + i} * R, static_cast<__mmask8>((1u << R) - 1),
+                                _mm512_castps512_ps256(v[i]));
       }
     }
   }
