@@ -216,3 +216,11 @@ def test_kernel_parts_benchmark_times_every_piece():
     assert set(ms) == {"forward", "forward, keeping", "backward", "weight-gradient matmul", "whole fwd+bwd",
                        "backward loop (backward - matmul)"}
     assert all(v > 0 for name, v in ms.items() if name != "backward loop (backward - matmul)")
+    assert ms["backward loop (backward - matmul)"] == ms["backward"] - ms["weight-gradient matmul"]
+
+
+def test_weight_gradient_is_the_sum_over_steps_of_operand_times_dg():
+    operands = random_inputs(jax.random.key(0), 3, 4, 5)  # (B, T, I+H)
+    dg = random_inputs(jax.random.key(1), 3, 4, 8)  # (B, T, 4H)
+    want = sum(np.outer(operands[b, t], dg[b, t]) for b in range(3) for t in range(4))
+    np.testing.assert_allclose(native.weight_gradient(operands, dg), want, atol=1e-5)

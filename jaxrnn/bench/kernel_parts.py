@@ -35,7 +35,7 @@ def parts(kind: str, B: int, T: int, H: int, repeats: int) -> dict[str, float]:
     d_carry = tuple(jnp.zeros_like(c) for c in carry)
     backward = jax.jit(lambda kept, operands, d_ys: native._backward(kind, kept, operands, carry, w, d_ys, d_carry, True))
     dg = jax.random.normal(jax.random.key(3), (B, T, 4 * H))
-    matmul = jax.jit(lambda operands, dg: operands.reshape(-1, operands.shape[-1]).T @ dg.reshape(-1, 4 * H))
+    matmul = jax.jit(native.weight_gradient)
     whole = jax.jit(jax.grad(lambda w, x: native.unroll(kind, True, x, carry, w)[0].sum(), argnums=(0, 1)))
     calls = {
         "forward": lambda: forward(x),

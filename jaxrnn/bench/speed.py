@@ -22,8 +22,8 @@ gradient GEMMs) with no gates at all, so it bounds from below what any loop
 of XLA CPU ops shaped like this one can reach. On a CPU jaxrnn's LSTM and GRU
 are no such loop: they run :mod:`jaxrnn.native`'s kernels (``kernel="auto"``). ``--memory`` adds the peak
 activation memory (XLA's compiled temp buffers) of a forward+backward LSTM at
-T = 10,000, B = 32, H = 256 for jaxrnn, jaxrnn with ``checkpoint_every=100``
-and flax, with their times.
+T = 10,000, B = 32, H = 256 for jaxrnn, jaxrnn with ``checkpoint_every`` at
+100 and 1000, and flax, with their times.
 
     jaxrnn speed --quick            # LSTM/GRU/vanilla, B=32, H=256, T=100 and 1000
 

@@ -207,6 +207,17 @@ def _forward(kind, x, carry, w, batch_major: bool, keep: bool, in_loop: bool = F
     return ys, tuple(rest[: len(carry)]), *rest[len(carry) :]
 
 
+def weight_gradient(operands, dg):
+    """``[W_i; W_h]``'s gradient, (I+H, 4H), from every step's matmul operand ``[x_t, h_{t-1}]`` and ``dG_t``.
+
+    cuDNN's split, as in jaxrnn.unroll: one (I+H, T*B) x (T*B, 4H) product after
+    the loop. Written as a 2-D matmul: the same contraction as an einsum over
+    (t, b) measured 98-132 ms against 93 (LSTM, T=1000, B=32, H=256). Either
+    layout works: operands and dG list (t, b) in one order.
+    """
+    return operands.reshape(-1, operands.shape[-1]).T @ dg.reshape(-1, dg.shape[-1])
+
+
 def _backward(kind, kept, operands, carry0, w, d_ys, d_carry, batch_major: bool, in_loop: bool = False, start=0):
     """The backward kernel's loop (which also gives the input gradient), then the weight gradients as one matmul.
 
@@ -225,12 +236,7 @@ def _backward(kind, kept, operands, carry0, w, d_ys, d_carry, batch_major: bool,
         *args, d_ys, jnp.asarray(start, jnp.int32), *d_carry,
         threads=np.int64(threads()), pooled=pooled(in_loop), batch_major=batch_major,
     )
-    # cuDNN's split, as in jaxrnn.unroll: the forward kept every step's matmul
-    # operand [x_t, h_{t-1}], so dW_i and dW_h come from one (I+H, T*B) x
-    # (T*B, 4H) product. Written as a 2-D matmul: the same contraction as an
-    # einsum over (t, b) measured 98-132 ms against 93 (LSTM, T=1000, B=32,
-    # H=256). Either layout works: operands and dG list (t, b) in one order.
-    d_w = operands.reshape(-1, I + H).T @ dg.reshape(-1, 4 * H)
+    d_w = weight_gradient(operands, dg)
     if kind == "lstm":
         return d_x, tuple(d_carry0), (d_w[:I], d_w[I:], d_sum)
     # The GRU's dG holds d r, d z, d(x W_in) and d(h W_hn): W_i's gradient takes
