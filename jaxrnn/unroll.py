@@ -121,10 +121,15 @@ def scan(
       checkpoint_every: memory saving: run the loop in chunks of this many
         steps, each projecting its own inputs, and keep only each chunk's
         first carry for the backward pass, recomputing the rest
-        (``jax.checkpoint``). With a chunk of about sqrt(T), the memory kept
-        for the backward pass grows as sqrt(T) instead of T (the projected
-        inputs, G times the size of the inputs, are never stored whole), for
-        about one extra forward pass of time.
+        (``jax.checkpoint``). The last chunk is kept whole: the backward pass
+        starts with it, so its rerun would only rebuild it. Memory kept for
+        the backward pass: T/chunk carries and one chunk's activations
+        instead of T steps' (the projected inputs, G times the size of the
+        inputs, are never stored whole); time: one more forward pass over all
+        but the last chunk. A chunk of sqrt(T) needs the least memory; a
+        larger one reruns less (LSTM, T = 10,000, B = 32, H = 256, native
+        kernel: 100 steps: 0.08x flax's memory, 1.38x the default's time;
+        1000 steps: 0.13x and 1.25x; 2500 steps: 0.22x and 1.20x).
       projection: where ``x_t W_i + b`` is computed. ``"hoisted"``: one
         (T*B, I) x (I, G*H) matmul before the loop. ``"per_step"``: one small
         matmul inside each step. ``"auto"`` (default): ``"per_step"`` when
@@ -439,20 +444,23 @@ def _checkpointed(
     """The loop over raw inputs in chunks of ``chunk`` steps, rematerialised in the backward pass.
 
     Each chunk projects its inputs in one matmul (``per_chunk``), or each step
-    its own; either way the (T, B, G*H) projection is never stored whole.
+    its own; either way the (T, B, G*H) projection is never stored whole. The
+    last chunk is not rematerialised: the backward pass starts with it, so its
+    rerun would rebuild what the forward pass has just made, and keeping it
+    costs no more memory than the rerun of any other chunk.
     """
     T = prep.xp.shape[0]
+    chunk = min(chunk, T)
     n = -(-T // chunk)
     pad = n * chunk - T
     valid = prep.valid
-    if pad:  # pad the time axis to whole chunks; padded steps are masked out
+    if pad:  # pad the front to whole chunks, so that the kept last chunk is whole; padded steps are masked out
         valid = jnp.ones(prep.xp.shape[:2], bool) if valid is None else valid
-        grow = lambda a: None if a is None else jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:], a.dtype)])
+        grow = lambda a: None if a is None else jnp.concatenate([jnp.zeros((pad,) + a.shape[1:], a.dtype), a])
         prep = prep._replace(xp=grow(prep.xp), valid=grow(valid), resets=grow(prep.resets))
     body = make_body(cell, params, prep._replace(projected=per_chunk))
     split = lambda a: None if a is None else a.reshape((n, chunk) + a.shape[1:])
 
-    @jax.checkpoint
     def run_chunk(carry, inputs):
         xs, valid, resets = inputs
         xs = cell.project(params, xs) if per_chunk else xs
@@ -460,5 +468,7 @@ def _checkpointed(
             return fused_recurrence(cell, params, xs, carry, valid, unroll, projected=per_chunk)
         return jax.lax.scan(body, carry, (xs, valid, resets), unroll=unroll)
 
-    final, ys = jax.lax.scan(run_chunk, prep.initial_carry, tuple(map(split, (prep.xp, prep.valid, prep.resets))))
-    return final, ys.reshape((n * chunk,) + ys.shape[2:])[:T]
+    chunks = tuple(map(split, (prep.xp, prep.valid, prep.resets)))
+    carry, ys = jax.lax.scan(jax.checkpoint(run_chunk), prep.initial_carry, jax.tree_util.tree_map(lambda a: a[:-1], chunks))
+    final, last = run_chunk(carry, jax.tree_util.tree_map(lambda a: a[-1], chunks))
+    return final, jnp.concatenate([ys.reshape((-1,) + ys.shape[2:]), last])[pad:]

@@ -79,7 +79,10 @@ def test_native_gradients_equal_the_xla_loop(kind, shape, time_major):
 
 @needs_kernel
 @pytest.mark.parametrize("time_major", [False, True], ids=["batch-major", "time-major"])
-@pytest.mark.parametrize("chunk", [3, 4], ids=["with-a-tail-chunk", "whole-chunks"])
+@pytest.mark.parametrize(
+    "chunk", [2, 3, 5, 8, 16],
+    ids=["whole-chunks", "a-short-first-chunk", "short-then-the-kept-chunk", "one-chunk", "chunk-over-T"],
+)
 @pytest.mark.parametrize("kind", KINDS)
 def test_native_checkpointed_chunks_equal_one_call(kind, chunk, time_major):
     cell, params, xs, carry = setup(16, 8, 3, 8, kind=kind)
@@ -93,6 +96,23 @@ def test_native_checkpointed_chunks_equal_one_call(kind, chunk, time_major):
 
     value_and_grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), static_argnums=2)
     assert_close_at_scale(value_and_grad(params, xs, chunk), value_and_grad(params, xs, None))
+
+
+@needs_kernel
+def test_native_checkpointed_memory_is_one_chunk_and_a_piece():
+    # Temp memory of a gradient at T = 400, B = 16, I = H = 32, checkpointed in chunks of 100 and of 400 (one
+    # chunk, kept from the forward pass), against the default's. dG is the (T, B, 4H) buffer that the default
+    # holds whole and a chunk's pieces hold a quarter of a chunk of.
+    T, B, H = 400, 16, 32
+    cell, params, xs, carry = setup(B, T, H, H)
+    temp = {}
+    for chunk in (None, 100, T):
+        loss = lambda p, x: jnp.sum(jaxrnn.scan(cell, p, x, checkpoint_every=chunk, kernel="native")[0] ** 2)
+        compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, xs).compile()
+        temp[chunk] = compiled.memory_analysis().temp_size_in_bytes
+    dg = T * B * 4 * H * 4
+    assert temp[T] < temp[None] - dg / 2  # the kept chunk is not held twice, and its dG is held a piece at a time
+    assert temp[100] < temp[T] - dg / 2  # a quarter of the sequence's activations
 
 
 @needs_kernel

@@ -210,12 +210,15 @@ def test_check_grads_on_the_fused_backward(make_cell, projection):
 @pytest.mark.parametrize("projection", ["hoisted", "per_step"])
 def test_checkpointed_chunks_equal_the_plain_loop(projection):
     cell = jaxrnn.lstm(H)
-    params, xs = setup(cell)  # T = 7: chunks of 3 need padding
-    for kwargs in ({"projection": projection}, {"lengths": jnp.array([7, 4, 1]), "projection": projection}):
+    params, xs = setup(cell)  # T = 7: chunks of 3 pad the front; 7 is one chunk; 10 is longer than T
+    resets = jnp.zeros((B, T), bool).at[1, 3].set(True)
+    options = ({}, {"lengths": jnp.array([7, 4, 1])}, {"resets": resets, "reverse": True})
+    for kwargs, chunk in [(kwargs, 3) for kwargs in options] + [({}, 7), ({}, 10)]:
+        kwargs = dict(kwargs, projection=projection, kernel="xla")
         plain = jaxrnn.scan(cell, params, xs, **kwargs)
-        chunked = jaxrnn.scan(cell, params, xs, checkpoint_every=3, **kwargs)
+        chunked = jaxrnn.scan(cell, params, xs, checkpoint_every=chunk, **kwargs)
         chex.assert_trees_all_close(chunked, plain, atol=1e-6)
-        chex.assert_trees_all_close(grads_of(cell, params, xs, checkpoint_every=3, **kwargs),
+        chex.assert_trees_all_close(grads_of(cell, params, xs, checkpoint_every=chunk, **kwargs),
                                     grads_of(cell, params, xs, backward="autodiff", **kwargs), atol=2e-6)
     with np.testing.assert_raises_regex(ValueError, "checkpoint_every: expected a positive int"):
         jaxrnn.scan(cell, params, xs, checkpoint_every=0)

@@ -23,7 +23,7 @@ of XLA CPU ops shaped like this one can reach. On a CPU jaxrnn's LSTM and GRU
 are no such loop: they run :mod:`jaxrnn.native`'s kernels (``kernel="auto"``). ``--memory`` adds the peak
 activation memory (XLA's compiled temp buffers) of a forward+backward LSTM at
 T = 10,000, B = 32, H = 256 for jaxrnn, jaxrnn with ``checkpoint_every`` at
-100 and 1000, and flax, with their times.
+100, 1000 and 2500, and flax, with their times.
 
     jaxrnn speed --quick            # LSTM/GRU/vanilla, B=32, H=256, T=100 and 1000
 
@@ -285,14 +285,14 @@ def run_case(kind, B, T, H, with_grad, peers, repeats, block=3, makers: dict[str
     }
 
 
-def memory_case(T: int = 10_000, B: int = 32, H: int = 256, chunks: tuple[int, ...] = (100, 1000),
+def memory_case(T: int = 10_000, B: int = 32, H: int = 256, chunks: tuple[int, ...] = (100, 1000, 2500),
                 repeats: int = 5) -> list[dict]:
     """Peak activation memory (XLA temp buffers) and time of a forward+backward LSTM step.
 
-    jaxrnn's default, jaxrnn with ``checkpoint_every`` at each of ``chunks`` (sqrt(T)
-    and a larger one: the chunk's own activations are small beside the sequence's
-    outputs and gradients, so memory barely grows with it while the calls get
-    fewer), and flax. Timed in interleaved rounds, as :func:`run_case`, after one
+    jaxrnn's default, jaxrnn with ``checkpoint_every`` at each of ``chunks`` (sqrt(T),
+    the least memory; then larger ones, which rerun less: the last chunk is
+    kept from the forward pass, so a chunk of T/4 reruns three quarters of it),
+    and flax. Timed in interleaved rounds, as :func:`run_case`, after one
     warm-up call each: the memory option's target is a time ratio, and the machine
     drifts between one implementation's calls and the next's.
     """
