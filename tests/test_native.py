@@ -99,10 +99,11 @@ def test_native_checkpointed_chunks_equal_one_call(kind, chunk, time_major):
 
 
 @needs_kernel
-def test_native_checkpointed_memory_is_one_chunk_and_a_piece():
+def test_native_checkpointed_memory_is_one_chunk_and_a_piece(monkeypatch):
     # Temp memory of a gradient at T = 400, B = 16, I = H = 32, checkpointed in chunks of 100 and of 400 (one
     # chunk, kept from the forward pass), against the default's. dG is the (T, B, 4H) buffer that the default
-    # holds whole and a chunk's pieces hold a quarter of a chunk of.
+    # holds whole and the pieces of 100 steps hold a quarter of at a time.
+    monkeypatch.setattr(native, "PIECE_STEPS", 100)
     T, B, H = 400, 16, 32
     cell, params, xs, carry = setup(B, T, H, H)
     temp = {}

@@ -278,12 +278,14 @@ def _unroll_bwd(kind, batch_major, residuals, cotangents):
 unroll.defvjp(_unroll_fwd, _unroll_bwd)
 
 
-# How many calls a chunk's activations are kept in, each with its own
-# gradient buffers for the backward pass (dG, 4H per step, and the chunk's d x).
-# Those buffers are then a quarter of a chunk's, not a whole one's, and one
-# chunk's backward pass holds 270 KB per step of the chunk instead of 390
-# (LSTM, B = 32, H = 256); each call costs about 0.3 ms more.
-PIECES = 4
+# A chunk's activations are kept in calls of at most this many steps, each
+# with its own gradient buffers for the backward pass (dG, 4H floats per step,
+# and d x), so those buffers are a piece's, not a whole chunk's: with chunks of
+# 1000 (LSTM, T = 10,000, B = 32, H = 256) the backward pass holds 270 KB per
+# step of the chunk instead of 390. Each piece costs about 1 ms more, which is
+# why chunks of 100 are not cut up: in pieces of 25 steps they took 1.48x the
+# default's time against 1.38x whole.
+PIECE_STEPS = 250
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
@@ -313,12 +315,14 @@ def _chunks(steps: int, chunk: int) -> tuple[int, int, int]:
 
 
 def _keep_chunk(kind, batch_major, x, carry, w, start: int, steps: int, ys=None):
-    """A chunk's forward keeping its activations, as :data:`PIECES` calls: ``(ys, carry, pieces)``.
+    """A chunk's forward keeping its activations, in calls of at most :data:`PIECE_STEPS` steps.
+
+    Returns ``(ys, carry, pieces)``.
 
     ``pieces`` lists each call's ``(start, carry, kept, operands)``; ``ys``, if
     given, is the whole sequence's, which the chunk's outputs are written into.
     """
-    size = -(-steps // PIECES)
+    size = -(-steps // -(-steps // PIECE_STEPS))  # equal pieces
     pieces = []
     for offset in range(0, steps, size):
         first, length = start + offset, min(size, steps - offset)
