@@ -295,9 +295,10 @@ def unroll_checkpointed(kind: str, batch_major: bool, chunk: int, x, carry: tupl
     The forward pass runs the kernel chunk by chunk, keeping no activations
     except the last chunk's; the backward pass starts from those, then reruns
     each earlier chunk's forward, last first, keeping its activations for that
-    chunk only. Memory for the backward pass: T/chunk carries plus one chunk's
-    activations, instead of all T steps'; time: one more forward pass over all
-    but the last chunk.
+    chunk only (in pieces of at most :data:`PIECE_STEPS` steps, each with its
+    own gradient buffers). Memory for the backward pass: T/chunk carries plus
+    one chunk's activations, instead of all T steps'; time: one more forward
+    pass over all but the last chunk.
 
     Why the last chunk is kept: the backward pass starts with it, so rerunning
     it would rebuild what the forward pass had just made, and holding it costs
@@ -317,10 +318,9 @@ def _chunks(steps: int, chunk: int) -> tuple[int, int, int]:
 def _keep_chunk(kind, batch_major, x, carry, w, start: int, steps: int, ys=None):
     """A chunk's forward keeping its activations, in calls of at most :data:`PIECE_STEPS` steps.
 
-    Returns ``(ys, carry, pieces)``.
-
-    ``pieces`` lists each call's ``(start, carry, kept, operands)``; ``ys``, if
-    given, is the whole sequence's, which the chunk's outputs are written into.
+    Returns ``(ys, carry, pieces)``: ``ys`` as given (the whole sequence's, into
+    which the chunk's outputs are written) or None, the carry after the chunk,
+    and each call's ``(start, carry it started from, kept, operands)``.
     """
     size = -(-steps // -(-steps // PIECE_STEPS))  # equal pieces
     pieces = []
