@@ -212,8 +212,10 @@ def test_checkpointed_chunks_equal_the_plain_loop(projection):
     cell = jaxrnn.lstm(H)
     params, xs = setup(cell)  # T = 7: chunks of 3 pad the front; 10 is longer than T (one chunk)
     resets = jnp.zeros((B, T), bool).at[1, 3].set(True)
-    options = ({}, {"lengths": jnp.array([7, 4, 1])}, {"resets": resets, "reverse": True})
-    for kwargs, chunk in [(kwargs, 3) for kwargs in options] + [({}, 10)]:
+    options = [({}, 3), ({"lengths": jnp.array([7, 4, 1])}, 3)]
+    if projection == "per_step":  # the chunking is the same for both projections; these once are enough
+        options += [({"resets": resets, "reverse": True}, 3), ({}, 10)]
+    for kwargs, chunk in options:
         kwargs = dict(kwargs, projection=projection, kernel="xla")
         plain = jaxrnn.scan(cell, params, xs, **kwargs)
         chunked = jaxrnn.scan(cell, params, xs, checkpoint_every=chunk, **kwargs)
