@@ -451,7 +451,7 @@ def _checkpointed(
     costs no more memory than the rerun of any other chunk.
     """
     T = prep.xp.shape[0]
-    chunk = min(chunk, T)
+    chunk = max(1, min(chunk, T))
     n = -(-T // chunk)
     pad = n * chunk - T
     valid = prep.valid
@@ -469,6 +469,8 @@ def _checkpointed(
             return fused_recurrence(cell, params, xs, carry, valid, unroll, projected=per_chunk)
         return jax.lax.scan(body, carry, (xs, valid, resets), unroll=unroll)
 
+    if n == 0:  # an empty sequence: no chunk to keep
+        return run_chunk(prep.initial_carry, (prep.xp, prep.valid, prep.resets))
     chunks = tuple(map(split, (prep.xp, prep.valid, prep.resets)))
     carry, ys = jax.lax.scan(jax.checkpoint(run_chunk), prep.initial_carry, jax.tree_util.tree_map(lambda a: a[:-1], chunks))
     final, last = run_chunk(carry, jax.tree_util.tree_map(lambda a: a[-1], chunks))

@@ -222,6 +222,9 @@ def test_checkpointed_chunks_equal_the_plain_loop(projection):
         chex.assert_trees_all_close(chunked, plain, atol=1e-6)
         chex.assert_trees_all_close(grads_of(cell, params, xs, checkpoint_every=chunk, **kwargs),
                                     grads_of(cell, params, xs, backward="autodiff", **kwargs), atol=2e-6)
+    empty = xs[:, :0]
+    chex.assert_trees_all_close(jaxrnn.scan(cell, params, empty, checkpoint_every=3, kernel="xla"),
+                                jaxrnn.scan(cell, params, empty, kernel="xla"))
     with np.testing.assert_raises_regex(ValueError, "checkpoint_every: expected a positive int"):
         jaxrnn.scan(cell, params, xs, checkpoint_every=0)
     with np.testing.assert_raises_regex(ValueError, "backward: expected one of"):
