@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrnn.cells import Carry, Cell, Params
-from jaxrnn.unroll import make_body, prepare
+from jaxrnn.unroll import batch_of_one, make_body, prepare, sequence_mask
 
 Array = jax.Array
 
@@ -86,17 +86,16 @@ def _place_output(cell: Cell, carry_like: Carry, dy: Array) -> Carry:
 
 
 def _batched(fn):
-    """Let a (B, T, ...) diagnostic accept one unbatched (T, I) sequence too."""
+    """Let a (B, T, ...) diagnostic accept one unbatched (T, I) sequence too (see :func:`jaxrnn.unroll.batch_of_one`)."""
 
     @functools.wraps(fn)
-    def wrapper(cell, params, xs, *args, lengths=None, **kwargs):
+    def wrapper(cell, params, xs, *args, **kwargs):
         xs = jnp.asarray(xs)
         if xs.ndim != 2:
-            return fn(cell, params, xs, *args, lengths=lengths, **kwargs)
-        out = fn(
-            cell, params, xs[None], *args,
-            lengths=None if lengths is None else jnp.asarray(lengths)[None], **kwargs,
-        )
+            return fn(cell, params, xs, *args, **kwargs)
+        per_row = {k: kwargs.pop(k) for k in ("lengths", "resets", "initial_carry") if k in kwargs}
+        batched = batch_of_one(cell, xs, **per_row)
+        out = fn(cell, params, xs[None], *args, **{k: batched[k] for k in per_row}, **kwargs)
         return jax.tree_util.tree_map(lambda a: a[0], out)
 
     return wrapper
@@ -333,7 +332,7 @@ def loss_per_step(losses: Array, lengths: Array | None = None) -> Array:
     losses = jnp.asarray(losses)
     if lengths is None:
         return jnp.mean(losses, axis=0)
-    valid = jnp.arange(losses.shape[1])[None] < jnp.asarray(lengths)[:, None]
+    valid = sequence_mask(lengths, losses.shape[1])
     return jnp.sum(jnp.where(valid, losses, 0.0), axis=0) / jnp.sum(valid, axis=0)
 
 

@@ -30,13 +30,9 @@ import jax.numpy as jnp
 import optax
 
 from jaxrnn.cells import Carry, Cell, Params
+from jaxrnn.unroll import sequence_mask  # noqa: F401  (part of this module's API: masks for the losses)
 
 Array = jax.Array
-
-
-def sequence_mask(lengths: Array, time: int) -> Array:
-    """(B, T) booleans: step t < lengths[b]."""
-    return jnp.arange(time)[None, :] < jnp.asarray(lengths)[:, None]
 
 
 def last_valid(ys: Array, lengths: Array | None = None) -> Array:
@@ -82,7 +78,10 @@ def masked_cross_entropy(logits: Array, targets: Array, lengths: Array | None = 
     """
     if mask is None:
         mask = jnp.ones(targets.shape, bool) if lengths is None else sequence_mask(lengths, targets.shape[1])
-    safe = jnp.where(mask, targets, 0)  # padded targets may be anything, even out of range
+    # Padded steps may hold anything (targets out of range, NaN logits): both are replaced
+    # before the loss is computed, so nothing from them reaches the value or the gradient.
+    safe = jnp.where(mask, targets, 0)
+    logits = jnp.where(mask[..., None], logits, jnp.zeros((), logits.dtype))
     return masked_mean(optax.softmax_cross_entropy_with_integer_labels(logits, safe), mask)
 
 
@@ -91,7 +90,9 @@ def masked_mse(predictions: Array, targets: Array, lengths: Array | None = None,
     """Squared error averaged over valid steps (and features) only; predictions/targets (B, T[, F])."""
     if mask is None:
         mask = jnp.ones(targets.shape[:2], bool) if lengths is None else sequence_mask(lengths, targets.shape[1])
-    err = (predictions - targets) ** 2
+    # Masked before squaring: the square's derivative at a NaN target times a zero cotangent is NaN.
+    diff = predictions - targets
+    err = jnp.where(mask.reshape(mask.shape + (1,) * (diff.ndim - 2)), diff, jnp.zeros((), diff.dtype)) ** 2
     err = err.reshape(err.shape[:2] + (-1,)).mean(-1)
     return masked_mean(err, mask)
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from jaxrnn import _checks
 from jaxrnn.cells import Carry, Cell
-from jaxrnn.unroll import scan
+from jaxrnn.unroll import scan, sequence_mask
 
 Array = jax.Array
 LayerParams = list[dict[str, dict[str, Array]]]
@@ -152,21 +152,11 @@ class RNN:
             if self.residual and out.shape == ys.shape:
                 out = out + ys
                 if lengths is not None:  # padded outputs stay zero, as without residual
-                    out = out * _valid_mask(lengths, out, self.time_major)
+                    time = out.shape[0 if out.ndim == 2 or self.time_major else 1]
+                    valid = sequence_mask(lengths, time, time_major=self.time_major)
+                    out = jnp.where(valid[..., None], out, jnp.zeros((), out.dtype))
             ys = out
         return ys, _stack(finals)
-
-
-def _valid_mask(lengths: Array, out: Array, time_major: bool) -> Array:
-    """1.0 at valid steps, 0.0 at padding, broadcastable against ``out``."""
-    lengths = jnp.asarray(lengths)
-    if out.ndim == 2:  # unbatched (T, F)
-        valid = jnp.arange(out.shape[0]) < lengths
-    elif time_major:  # (T, B, F)
-        valid = jnp.arange(out.shape[0])[:, None] < lengths[None, :]
-    else:  # (B, T, F)
-        valid = jnp.arange(out.shape[1])[None, :] < lengths[:, None]
-    return valid[..., None].astype(out.dtype)
 
 
 def _stack(carries: list[Carry]) -> Carry:

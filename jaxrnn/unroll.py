@@ -44,6 +44,15 @@ def tree_where(cond: Array, x: Any, y: Any) -> Any:
     return jax.tree_util.tree_map(lambda a, b: jnp.where(cond[..., None], a, b), x, y)
 
 
+def sequence_mask(lengths: Array, time: int, *, time_major: bool = False) -> Array:
+    """Booleans, true at step t < ``lengths[b]``: (B, T), or (T, B) with ``time_major``; (T,) for a scalar length."""
+    lengths = jnp.asarray(lengths)
+    steps = jnp.arange(time)
+    if lengths.ndim == 0:
+        return steps < lengths
+    return steps[:, None] < lengths[None, :] if time_major else steps[None, :] < lengths[:, None]
+
+
 def reverse_permutation(lengths: Array, time: int) -> Array:
     """Per-row time indices (T, B) that reverse each row's first ``lengths[b]`` steps.
 
@@ -156,11 +165,10 @@ def scan(
     """
     xs = jnp.asarray(xs)
     if xs.ndim == 2:  # one unbatched sequence: run it as a batch of one
-        add = lambda a: None if a is None else jax.tree_util.tree_map(lambda v: jnp.asarray(v)[None], a)
         ys, carry = scan(
-            cell, params, xs[None], initial_carry=add(initial_carry),
-            lengths=add(lengths), resets=add(resets), reverse=reverse, unroll=unroll,
-            backward=backward, checkpoint_every=checkpoint_every, projection=projection, kernel=kernel,
+            cell, params, xs[None], **batch_of_one(cell, xs, initial_carry=initial_carry, lengths=lengths, resets=resets),
+            reverse=reverse, unroll=unroll, backward=backward, checkpoint_every=checkpoint_every,
+            projection=projection, kernel=kernel,
         )
         return ys[0], jax.tree_util.tree_map(lambda v: v[0], carry)
     if xs.ndim != 3:
@@ -202,6 +210,31 @@ def scan(
     if reverse:
         ys = jnp.flip(ys, axis=0) if prep.perm is None else _gather_time(ys, prep.perm)
     return (ys if time_major else jnp.swapaxes(ys, 0, 1)), final_carry
+
+
+def batch_of_one(cell: Cell, xs: Array, *, initial_carry: Carry | None = None, lengths: Array | None = None,
+                 resets: Array | None = None) -> dict[str, Any]:
+    """The batch-axis-of-one forms of an unbatched sequence's ``initial_carry``, ``lengths`` and ``resets``.
+
+    Every function that takes one (T, I) sequence runs it as a batch of one
+    through this. The arguments are checked here, in the shapes the caller
+    passed (a scalar length, (T,) resets, a carry without batch axis), so an
+    error never describes the batched shapes used inside.
+    """
+    T = xs.shape[0]
+    if lengths is not None:
+        lengths = jnp.asarray(lengths)
+        if lengths.ndim != 0:
+            raise ValueError(
+                f"lengths: expected a scalar for one unbatched sequence xs of shape {xs.shape}, got shape {lengths.shape}"
+            )
+        lengths = _checks.check_lengths(lengths[None], 1, T)
+    if resets is not None:
+        resets = _checks.check_resets(resets, (T,), "(T,)")[None]
+    if initial_carry is not None:
+        _checks.check_same_structure("initial_carry", initial_carry, cell.initial_carry(None))
+        initial_carry = jax.tree_util.tree_map(lambda v: jnp.asarray(v)[None], initial_carry)
+    return dict(initial_carry=initial_carry, lengths=lengths, resets=resets)
 
 
 PROJECTIONS = ("auto", "hoisted", "per_step")
@@ -300,6 +333,13 @@ def prepare(
 
     # One matmul for all steps, written time-major so the loop slices the leading axis.
     xp = xs if time_major else jnp.swapaxes(xs, 0, 1)
+    valid = None if lengths is None else sequence_mask(lengths, T, time_major=True)
+    if valid is not None:
+        # Padding holds whatever the data pipeline left there, NaN and inf included. It is
+        # replaced before anything is computed from it: a padded step then runs on finite
+        # numbers whose result the masks discard, and the zero cotangents the masks send
+        # back meet finite derivatives (0 * f'(NaN) would be NaN in every weight gradient).
+        xp = jnp.where(valid[..., None], xp, jnp.zeros((), xp.dtype))
     if project:
         xp = cell.project(params, xp)
 
@@ -317,7 +357,7 @@ def prepare(
             xp = _gather_time(xp, perm)
             resets = None if resets is None else _gather_time(resets, perm)
 
-    valid = None if lengths is None else jnp.arange(T)[:, None] < lengths[None, :]
+    # The reverse permutation maps padding onto itself, so ``valid`` holds in processing order too.
     return Prepared(xp, valid, resets, initial_carry, perm, project)
 
 
@@ -474,4 +514,5 @@ def _checkpointed(
     chunks = tuple(map(split, (prep.xp, prep.valid, prep.resets)))
     carry, ys = jax.lax.scan(jax.checkpoint(run_chunk), prep.initial_carry, jax.tree_util.tree_map(lambda a: a[:-1], chunks))
     final, last = run_chunk(carry, jax.tree_util.tree_map(lambda a: a[-1], chunks))
-    return final, jnp.concatenate([ys.reshape((-1,) + ys.shape[2:]), last])[pad:]
+    # The shape spelled out: with an empty batch, reshape cannot infer a -1.
+    return final, jnp.concatenate([ys.reshape(((n - 1) * chunk,) + ys.shape[2:]), last])[pad:]

@@ -157,3 +157,21 @@ def test_diagnostics_jit():
         f(cell, params, xs, last_step_loss).log10_norm,
         D.gradient_profile(cell, params, xs, last_step_loss).log10_norm, atol=1e-6,
     )
+
+
+def test_unbatched_diagnostics_take_every_argument_scan_takes():
+    """One (T, I) sequence with (T,) resets and an (H,) carry equals the batch of one."""
+    cell = jaxrnn.lstm(4)
+    params = cell.init(jax.random.key(0), 2)
+    xs = jax.random.normal(jax.random.key(1), (9, 2))
+    resets = jnp.zeros(9, bool).at[4].set(True)
+    carry = jaxrnn.LSTMState(jnp.full(4, 0.3), jnp.full(4, -0.2))
+    one = D.gradient_profile(cell, params, xs, last_step_loss, resets=resets, initial_carry=carry, lengths=7)
+    batch = D.gradient_profile(cell, params, xs[None], last_step_loss, resets=resets[None],
+                               initial_carry=jax.tree_util.tree_map(lambda v: v[None], carry), lengths=jnp.array([7]))
+    np.testing.assert_allclose(one.log10_norm, batch.log10_norm[0], atol=1e-6)
+    stats = D.state_statistics(cell, params, xs, initial_carry=carry, lengths=7)
+    np.testing.assert_allclose(stats["h_norm"], D.state_statistics(cell, params, xs[None], lengths=jnp.array([7]),
+                               initial_carry=jax.tree_util.tree_map(lambda v: v[None], carry))["h_norm"][0], atol=1e-6)
+    with np.testing.assert_raises_regex(ValueError, r"resets: expected shape \(T,\) = \(9,\)"):
+        D.gradient_profile(cell, params, xs, last_step_loss, resets=resets[None])

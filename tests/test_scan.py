@@ -170,6 +170,52 @@ def test_grad_is_zero_for_padded_inputs():
     assert np.abs(g[1, :3]).sum() > 0
 
 
+def test_padding_never_reaches_values_or_gradients(make_cell):
+    """Whatever the pipeline left in the padding, results equal those of zero padding, gradients included."""
+    cell = make_cell(H)
+    params, xs = setup(cell)
+    lengths = jnp.array([7, 3, 0])
+    padding = ~(jnp.arange(T)[None, :] < lengths[:, None])[..., None]
+    resets = jnp.zeros((B, T), bool).at[0, 4].set(True)
+    # the fused backward; the checkpointed chunks; the autodiff loop with its reset mask
+    for kwargs in ({}, {"reverse": True, "checkpoint_every": 3}, {"backward": "autodiff", "resets": resets, "reverse": True}):
+        run = jax.jit(lambda x: jaxrnn.scan(cell, params, x, lengths=lengths, **kwargs))
+        grads = jax.jit(lambda x: grads_of(cell, params, x, lengths=lengths, **kwargs))
+        clean = jnp.where(padding, 0.0, xs)
+        expected, expected_grads = run(clean), grads(clean)
+        for poison in (np.nan, np.inf, -np.inf, 3e38):
+            dirty = jnp.where(padding, poison, xs)
+            chex.assert_trees_all_equal(run(dirty), expected)
+            chex.assert_trees_all_close(grads(dirty), expected_grads, atol=1e-6)
+
+
+def test_empty_batch_with_every_option(make_cell):
+    cell = make_cell(H)
+    params, xs = setup(cell)
+    empty = xs[:0]
+    for kwargs in ({}, {"checkpoint_every": 3}, {"lengths": jnp.zeros((0,), int), "checkpoint_every": 2}):
+        ys, final = jaxrnn.scan(cell, params, empty, **kwargs)
+        assert ys.shape == (0, T, H)
+        g = jax.grad(lambda p: jnp.sum(jaxrnn.scan(cell, p, empty, **kwargs)[0]))(params)
+        chex.assert_trees_all_equal(g, jax.tree_util.tree_map(jnp.zeros_like, params))
+
+
+def test_unbatched_errors_describe_the_arguments_as_given():
+    cell = jaxrnn.gru(H)
+    params, xs = setup(cell)
+    one = xs[0]  # (T, I)
+    cases = [
+        ({"resets": jnp.zeros((1, 2), bool)}, r"resets: expected shape \(T,\) = \(7,\), got shape \(1, 2\)"),
+        ({"lengths": jnp.array([3])}, r"lengths: expected a scalar for one unbatched sequence xs of shape \(7, 2\), "
+                                      r"got shape \(1,\)"),
+        ({"lengths": 9}, r"lengths: values must lie in \[0, T\] = \[0, 7\], got min 9"),
+        ({"initial_carry": jnp.zeros((2, H))}, r"initial_carry: expected array of shape \(4,\), got array of shape \(2, 4\)"),
+    ]
+    for kwargs, message in cases:
+        with np.testing.assert_raises_regex(ValueError, message):
+            jaxrnn.scan(cell, params, one, **kwargs)
+
+
 def grads_of(cell, params, xs, **kwargs):
     h0 = jax.tree_util.tree_map(lambda z: z + 0.2, cell.initial_carry(xs.shape[0]))
 

@@ -63,6 +63,18 @@ def test_masked_mse_and_pooling_ignore_padding():
     assert float(heads.masked_mse(preds, targets, lengths)) == float(heads.masked_mse(preds, changed, lengths))
     ys = preds.at[1, 2:].set(1e3)
     np.testing.assert_allclose(heads.mean_pool(ys, lengths)[1], preds[1, :2].mean(0), rtol=1e-6)
+    # NaN or inf at padded steps, in targets or in predictions, reach neither the loss nor its gradient.
+    nan_targets, nan_preds = targets.at[1, 2:].set(jnp.nan), preds.at[1, 2:].set(jnp.inf)
+    grad = jax.grad(heads.masked_mse)
+    np.testing.assert_allclose(grad(nan_preds, nan_targets, lengths), grad(preds, targets, lengths).at[1, 2:].set(0.0))
+    logits = jax.random.normal(jax.random.key(2), (2, 5, 4))
+    labels = jnp.array([[0, 1, 2, 3, 0], [1, 2, 99, -5, 7]])  # padded labels out of range
+    nan_logits = logits.at[1, 2:].set(jnp.nan)
+    assert float(heads.masked_cross_entropy(nan_logits, labels, lengths)) == float(
+        heads.masked_cross_entropy(logits, labels, lengths))
+    g = jax.grad(heads.masked_cross_entropy)(nan_logits, labels, lengths)
+    np.testing.assert_allclose(g, jax.grad(heads.masked_cross_entropy)(logits, labels, lengths).at[1, 2:].set(0.0),
+                               atol=1e-7)
     np.testing.assert_allclose(heads.last_valid(ys, lengths)[1], preds[1, 1])
     np.testing.assert_array_equal(heads.last_valid(ys, jnp.array([0, 2]))[0], 0.0)
 
