@@ -255,7 +255,7 @@ def _make_cell(
         return xp + params["b"].astype(dtype) if use_bias else xp
 
     cell_elementwise = lambda params, carry, xp_t, hh_t: elementwise(params, carry, xp_t, hh_t, dtype)
-    return Cell(
+    cell = Cell(
         kind=kind,
         hidden_size=H,
         num_gates=G,
@@ -269,6 +269,52 @@ def _make_cell(
         gates=lambda params, carry, xp_t: gates(params, carry, xp_t, hh(params, carry), dtype),
         param_shapes=param_shapes,
         options=options + (("use_bias", use_bias), ("init", init), ("dtype", dtype)),
+    )
+    origin = _Origin(kind, H, G, cell.options)
+    for fn in _math(cell):
+        fn.__jaxrnn_origin__ = origin
+    return cell
+
+
+class _Origin:
+    """What a constructor made a cell's functions for; compared by identity, one per constructed cell."""
+
+    def __init__(self, kind: str, hidden_size: int, num_gates: int, options: tuple):
+        self.record = (kind, hidden_size, num_gates, options)
+
+
+def _math(cell: Cell) -> tuple[Callable, ...]:
+    """The functions that decide what a cell computes (``init`` and ``gates`` do not)."""
+    return (cell.initial_carry, cell.project, cell.recur, cell.elementwise, cell.hidden,
+            cell.step_vjp.keep, cell.step_vjp.backward, cell.param_shapes)
+
+
+def is_stock(cell: Cell) -> bool:
+    """Whether ``cell`` computes exactly what its constructor made it compute.
+
+    True for any cell made by :func:`vanilla`, :func:`lstm` or :func:`gru`,
+    also after ``_replace`` of ``init`` or ``gates``; false once any function
+    that takes part in a step (``project``, ``recur``, ``elementwise``,
+    ``step_vjp``, ...) was replaced, or ``kind``, ``hidden_size``,
+    ``num_gates`` or ``options`` no longer match those functions. The fast
+    paths that implement a cell's math a second time (:mod:`jaxrnn.native`)
+    are taken only for stock cells: a cell's name says nothing about what its
+    functions compute.
+
+    Example::
+
+      >>> import jaxrnn
+      >>> cell = jaxrnn.lstm(8)
+      >>> jaxrnn.cells.is_stock(cell), jaxrnn.cells.is_stock(cell._replace(recur=cell.recur))
+      (True, True)
+      >>> jaxrnn.cells.is_stock(cell._replace(elementwise=jaxrnn.lstm(8).elementwise))
+      False
+    """
+    origins = {id(getattr(fn, "__jaxrnn_origin__", None)) for fn in _math(cell)}
+    origin = getattr(cell.project, "__jaxrnn_origin__", None)
+    return (
+        origin is not None and len(origins) == 1
+        and origin.record == (cell.kind, cell.hidden_size, cell.num_gates, cell.options)
     )
 
 

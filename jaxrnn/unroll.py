@@ -116,9 +116,8 @@ def scan(
         each packed segment is reversed on its own.
       time_major: layout of ``xs``, ``resets`` and the outputs.
       unroll: steps per loop iteration, passed to ``jax.lax.scan``. The
-        default 2 measured fastest on CPU (LSTM and GRU, B=32, H=256, T=100
-        and 1000: 1-17% faster than 1; 4 no better; 8 slower to compile and
-        run).
+        default 2 measured fastest on the CPU; larger values compile slower
+        (docs/performance.md).
       backward: ``"fused"`` (default): a custom VJP that keeps every step's
         recurrent matmul output and, after the backward loop, computes
         ``dW_h`` for all steps as ONE large matmul (as cuDNN does) instead of a
@@ -136,20 +135,16 @@ def scan(
         instead of T steps' (the projected inputs, G times the size of the
         inputs, are never stored whole); time: one more forward pass over all
         but the last chunk. A chunk of sqrt(T) needs the least memory; a
-        larger one reruns less (LSTM, T = 10,000, B = 32, H = 256, native
-        kernel, across five runs: 100 steps: 0.08x flax's memory, 1.30-1.44x
-        the default's time; 1000 steps: 0.13x and 1.21-1.30x; 2500 steps:
-        0.21x and 1.14-1.24x).
+        larger one reruns less (measured trade-offs: docs/performance.md).
       projection: where ``x_t W_i + b`` is computed. ``"hoisted"``: one
         (T*B, I) x (I, G*H) matmul before the loop. ``"per_step"``: one small
         matmul inside each step. ``"auto"`` (default): ``"per_step"`` when
         JAX's default backend is the CPU, else ``"hoisted"``. Why: on XLA CPU
         the hoisted result, a (T, B, G*H) buffer, is written to fresh memory
-        and streamed back from DRAM one step at a time, which measured up to
-        2x slower for the whole forward pass (LSTM, B=32, H=256, T=1000:
-        310 ms hoisted against 154 ms per step); on a GPU one large matmul is
-        the faster. The backward pass of both computes ``dW_i`` as one large
-        matmul. Same values either way (to float rounding).
+        and streamed back from DRAM one step at a time, which costs more than
+        the small matmuls save (docs/performance.md); on a GPU one large
+        matmul is the faster. The backward pass of both computes ``dW_i`` as
+        one large matmul. Same values either way (to float rounding).
       kernel: ``"native"``: run the whole unroll as one compiled CPU kernel
         (:mod:`jaxrnn.native`; LSTM or GRU, float32, no ``lengths`` or ``resets``;
         with ``checkpoint_every``, one call per chunk; an error says which
