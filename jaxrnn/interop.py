@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrnn.cells import Cell, LSTMState, gru, lstm, vanilla
+from jaxrnn.cells import Cell, LSTMState, gru, is_stock, lstm, vanilla
 from jaxrnn.layers import RNN, LayerParams
 
 _TORCH_KINDS = {"RNN": "vanilla", "LSTM": "lstm", "GRU": "gru"}
@@ -86,6 +86,7 @@ def to_torch(layer: RNN, params: LayerParams) -> Any:
     import torch
 
     cell = layer.cell
+    _check_stock("layer.cell", cell, "torch.nn")
     if layer.residual:
         raise ValueError("layer: residual=True has no torch.nn equivalent")
     H, use_bias = cell.hidden_size, cell.option("use_bias")
@@ -160,10 +161,19 @@ def from_flax(flax_cell: Any, variables: Any) -> tuple[Cell, dict[str, jax.Array
     raise TypeError(f"flax_cell: expected LSTMCell, OptimizedLSTMCell, GRUCell or SimpleCell, got {name}")
 
 
+def _check_stock(name: str, cell: Cell, library: str) -> None:
+    if not is_stock(cell):
+        raise ValueError(
+            f"{name}: its functions were replaced (jaxrnn.cells.is_stock is false), so no {library} cell "
+            f"is known to compute what it computes; only cells as vanilla(), lstm() and gru() make them convert"
+        )
+
+
 def to_flax(cell: Cell, params: dict[str, jax.Array], *, optimized_lstm: bool = False) -> tuple[Any, dict]:
     """The flax.linen cell and ``{"params": ...}`` variables equal to ``(cell, params)``."""
     import flax.linen as nn
 
+    _check_stock("cell", cell, "flax")
     H = cell.hidden_size
     b = params.get("b", jnp.zeros(cell.num_gates * H, params["w_i"].dtype))
     split = lambda a: jnp.split(a, cell.num_gates, axis=-1)

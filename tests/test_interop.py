@@ -103,6 +103,18 @@ def test_from_torch_rejects_other_modules():
         jaxrnn.from_torch(torch.nn.LSTM(2, 4, proj_size=2))
 
 
+
+def test_cells_with_replaced_functions_do_not_convert():
+    cell = jaxrnn.gru(H)
+    changed = cell._replace(elementwise=lambda params, h, xp_t, hh_t: (h, h))
+    params = cell.init(jax.random.key(0), 2)
+    with pytest.raises(ValueError, match="layer.cell: its functions were replaced"):
+        jaxrnn.to_torch(jaxrnn.RNN(changed), [{"fwd": params}])
+    with pytest.raises(ValueError, match="cell: its functions were replaced"):
+        jaxrnn.to_flax(changed, params)
+    jaxrnn.to_flax(cell._replace(init=None), params)  # init is no part of what a step computes
+
+
 FLAX_CELLS = {
     "LSTMCell": lambda: nn.LSTMCell(H),
     "OptimizedLSTMCell": lambda: nn.OptimizedLSTMCell(H),
