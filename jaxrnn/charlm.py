@@ -16,6 +16,7 @@ the start of every epoch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -31,9 +32,10 @@ from tqdm.auto import tqdm
 
 import jaxrnn
 from jaxrnn import diagnostics, training
-from jaxrnn.checkpoints import Checkpoints
+from jaxrnn._checks import UsageError, nonnegative_float, nonnegative_int, positive_float, positive_int, rate
+from jaxrnn.checkpoints import CheckpointError, Checkpoints
 from jaxrnn.data import CORPORA, DOCUMENT_SEPARATOR, Corpus, CorpusError, load_corpus
-from jaxrnn.runlog import RunLog
+from jaxrnn.runlog import RunLog, atomic_write_text
 
 Array = jax.Array
 
@@ -151,72 +153,175 @@ def sample_text(lm: CharLM, corpus: Corpus, params, prime: str, length: int, tem
 
 # --------------------------------------------------------------------------- commands
 
+#: A run's model and data settings, with their defaults for a new run. A run keeps them for life:
+#: ``--resume`` takes them from the run's ``config.json``, and refuses a flag that changes one.
+#: (The corpus, ``--corpus`` or ``--text``, is kept the same way.)
+RUN_SETTINGS = {
+    "cell": "lstm", "hidden_size": 128, "num_layers": 2, "dropout": 0.0, "embedding": 0,
+    "seq_len": 64, "batch_size": 32, "optimizer": "adam", "lr": 2e-3, "schedule": "constant",
+    "warmup_steps": 100, "clip": 5.0, "clip_value": 0.0, "seed": 0, "max_chars": 2_000_000,
+}
+DEFAULT_CORPUS = "tinyshakespeare"
+
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    def setting(flag: str, help: str = "", **kwargs) -> None:
+        """A run setting: default None on the command line, so that train() can tell the flags given
+        from the ones left out (a resumed run takes those from its config); --help shows the default."""
+        default = RUN_SETTINGS[flag[2:].replace("-", "_")]
+        p.add_argument(flag, default=None, help=f"{help} (default: {default})".lstrip(), **kwargs)
+
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--corpus", choices=CORPORA, help="a named corpus (default tinyshakespeare)")
-    src.add_argument("--text", help="train on this text file instead")
-    p.add_argument("--data-dir", help="where corpora are cached (default $JAXRNN_DATA or ~/.cache/jaxrnn)")
-    p.add_argument("--cell", choices=("lstm", "gru", "vanilla"), default="lstm")
-    p.add_argument("--hidden-size", type=int, default=128)
-    p.add_argument("--num-layers", type=int, default=2)
-    p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--embedding", type=int, default=0, help="embedding width; 0 = one-hot inputs")
-    p.add_argument("--seq-len", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--max-minutes", type=float, default=0.0,
+    src.add_argument("--corpus", choices=CORPORA, help=f"a named corpus (default: {DEFAULT_CORPUS})")
+    src.add_argument("--text", help="train on this UTF-8 text file instead")
+    p.add_argument("--data-dir", help="where corpora are cached (default: $JAXRNN_DATA or ~/.cache/jaxrnn)")
+    setting("--cell", choices=("lstm", "gru", "vanilla"))
+    setting("--hidden-size", type=positive_int)
+    setting("--num-layers", type=positive_int)
+    setting("--dropout", type=rate)
+    setting("--embedding", "embedding width; 0 = one-hot inputs", type=nonnegative_int)
+    setting("--seq-len", "characters per chunk (truncated BPTT length)", type=positive_int)
+    setting("--batch-size", "parallel streams", type=positive_int)
+    p.add_argument("--steps", type=positive_int, default=2000, help="train up to this step")
+    p.add_argument("--max-minutes", type=nonnegative_float, default=0.0,
                    help="stop cleanly (evaluate, checkpoint) once training has run this long; 0 = no limit")
-    p.add_argument("--optimizer", choices=training.OPTIMIZERS, default="adam")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--schedule", choices=training.SCHEDULES, default="constant")
-    p.add_argument("--warmup-steps", type=int, default=100)
-    p.add_argument("--clip", type=float, default=5.0, help="clip_by_global_norm threshold; 0 = none")
-    p.add_argument("--clip-value", type=float, default=0.0, help="element-wise clip (char-rnn); 0 = none")
+    setting("--optimizer", choices=training.OPTIMIZERS)
+    setting("--lr", "learning rate", type=positive_float)
+    setting("--schedule", choices=training.SCHEDULES)
+    setting("--warmup-steps", "for --schedule warmup_cosine", type=nonnegative_int)
+    setting("--clip", "clip_by_global_norm threshold; 0 = none", type=nonnegative_float)
+    setting("--clip-value", "element-wise clip (char-rnn); 0 = none", type=nonnegative_float)
     p.add_argument("--skip-nonfinite", action="store_true", help="skip diverged steps instead of stopping")
-    p.add_argument("--seed", type=int, default=0)
+    setting("--seed", type=int)
     p.add_argument("--out", required=True, help="run folder: config, metrics.jsonl, checkpoints")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    p.add_argument("--eval-every", type=int, default=250)
-    p.add_argument("--val-batches", type=int, default=20, help="validation chunks per evaluation; 0 = all")
-    p.add_argument("--checkpoint-every", type=int, default=250)
-    p.add_argument("--sample-every", type=int, default=500, help="print a sample every N steps; 0 = never")
-    p.add_argument("--prime", default="", help="priming text for samples")
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--profile-every", type=int, default=0, help="log the gradient profile every N steps")
-    p.add_argument("--max-chars", type=int, default=2_000_000, help="cap on the python-stdlib corpus")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint in --out (from step 0 if it has none); the run "
+                        "keeps its model and data settings, and a flag that changes one is an error")
+    p.add_argument("--eval-every", type=positive_int, default=250)
+    p.add_argument("--val-batches", type=nonnegative_int, default=20,
+                   help="validation chunks per evaluation; 0 = all")
+    p.add_argument("--checkpoint-every", type=positive_int, default=250)
+    p.add_argument("--sample-every", type=nonnegative_int, default=500,
+                   help="print a sample every N steps; 0 = never")
+    p.add_argument("--prime", default="", help="priming text for samples (default: the corpus's first character)")
+    p.add_argument("--temperature", type=positive_float, default=0.8)
+    p.add_argument("--profile-every", type=nonnegative_int, default=0,
+                   help="log the gradient profile every N steps; 0 = never")
+    setting("--max-chars", "cap on the python-stdlib corpus", type=positive_int)
     p.add_argument("--sanity", action="store_true",
                    help="overfit the first 2,000 characters for --steps steps and check the loss falls")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _source(values: dict) -> tuple[str, str] | None:
+    """The corpus a run's settings name: ("text", absolute path) or ("corpus", name); None if neither."""
+    if values.get("text"):
+        return "text", str(pathlib.Path(values["text"]).expanduser().resolve())
+    if values.get("corpus"):
+        return "corpus", values["corpus"]
+    return None
+
+
+def _settings(args: argparse.Namespace, config: dict | None) -> argparse.Namespace:
+    """``args`` with every run setting filled in: from the saved ``config`` when resuming (a flag
+    given with another value is an error), else from :data:`RUN_SETTINGS`."""
+    values = dict(vars(args))
+    given = {k: values[k] for k in RUN_SETTINGS if values.get(k) is not None}
+    source = _source(values)
+    if config is not None:
+        saved = config.get("args", {})
+        saved = {k: saved.get(k, v) for k, v in RUN_SETTINGS.items()} | {"text": saved.get("text"),
+                                                                          "corpus": saved.get("corpus")}
+        saved_source = _source(saved) or ("corpus", DEFAULT_CORPUS)
+        differ = [f"{_flag(k)} {v} differs from the run's {saved[k]}" for k, v in given.items() if v != saved[k]]
+        if source is not None and source != saved_source:
+            differ.append(f"--{source[0]} {source[1]} differs from the run's --{saved_source[0]} {saved_source[1]}")
+        if differ:
+            raise UsageError(f"--resume: {'; '.join(differ)}. A resumed run keeps its model and data settings: "
+                             "leave these flags out, or start a new run in another --out")
+        values |= {k: saved[k] for k in RUN_SETTINGS}
+        source = saved_source
+    else:
+        values |= {k: v for k, v in RUN_SETTINGS.items() if k not in given}
+    kind, name = source or ("corpus", DEFAULT_CORPUS)
+    values["text"], values["corpus"] = (name, None) if kind == "text" else (None, name)
+    return argparse.Namespace(**values)
+
+
 def _corpus_of(args) -> Corpus:
-    corpus_name = None if args.text else (args.corpus or "tinyshakespeare")
     try:
-        return load_corpus(corpus_name, text_path=args.text, folder=args.data_dir, max_chars=args.max_chars)
+        return load_corpus(args.corpus, text_path=args.text, folder=args.data_dir, max_chars=args.max_chars)
     except CorpusError as e:
-        raise SystemExit(f"error: {e}") from None
+        raise UsageError(str(e)) from None
+
+
+def _check_length(corpus: Corpus, args) -> None:
+    """The text must give at least one training chunk and one validation chunk."""
+    n, B, T = len(corpus.text), args.batch_size, args.seq_len
+    what = f"--text {args.text}" if args.text else f"corpus {args.corpus}"
+    if args.sanity:  # trains and validates on the same slice
+        if n < B * (T + 1):
+            raise UsageError(f"{what}: --sanity's {n} characters are too few for --batch-size {B} and --seq-len "
+                             f"{T}: need at least {B} x ({T} + 1) = {B * (T + 1)}")
+        return
+    fits = lambda m: int(m * (1.0 - 0.1)) >= B * (T + 1) and m - int(m * (1.0 - 0.1)) >= T + 1  # Corpus.split
+    if fits(n):
+        return
+    need = max(B * (T + 1), 10 * (T + 1))
+    while not fits(need):
+        need += 1
+    raise UsageError(
+        f"{what}: {n} characters are too few for --batch-size {B} and --seq-len {T}: need at least {need} "
+        f"(the first 90% for training, {B} streams of {T} + 1; the last 10% for validation, at least {T} + 1). "
+        "Give a longer text, or a smaller --batch-size or --seq-len")
+
+
+def _read_config(path: pathlib.Path) -> dict:
+    try:
+        config = json.loads(path.read_text())
+        config["args"], config["vocab"]  # noqa: B018 (both must be there)
+        return config
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{path}: not a readable run config ({type(e).__name__}: {e})") from None
 
 
 def train(args) -> dict:
     """Train a char-LM as ``args`` say; returns the final metrics. See ``jaxrnn train char-lm --help``."""
+    notice = lambda message: print(f"jaxrnn train char-lm: {message}", file=sys.stderr, flush=True)
     out = pathlib.Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    config_path = out / "config.json"
+    ckpt_dir = out / "checkpoints" / "latest"
+    has_checkpoints = ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
+    if has_checkpoints and not args.resume:
+        raise UsageError(f"--out {out} already holds checkpoints; pass --resume to continue it, or give a new --out")
+    saved = None
+    if args.resume:
+        if not has_checkpoints:
+            notice(f"--resume: no checkpoint in {ckpt_dir} yet; starting from step 0")
+        elif config_path.exists():
+            saved = _read_config(config_path)
+        else:
+            notice(f"--resume: {config_path} is missing; using the settings given and the defaults")
+    args = _settings(args, saved)
     corpus = _corpus_of(args)
     if args.sanity:
         corpus = corpus._replace(text=corpus.text[:2000])
-    config_path = out / "config.json"
-    ckpt_dir = out / "checkpoints" / "latest"
-    if ckpt_dir.exists() and any(ckpt_dir.iterdir()) and not args.resume:
-        raise SystemExit(f"error: --out {out} already holds checkpoints; pass --resume to continue it, or a new --out")
-    if args.resume and config_path.exists():  # a resumed run keeps the model it was started with
-        saved = json.loads(config_path.read_text())
-        args = argparse.Namespace(**(vars(args) | {k: saved["args"][k] for k in _MODEL_KEYS}))
+    if saved is not None and saved["vocab"] != corpus.vocab:
+        raise UsageError(f"--resume: the corpus's characters have changed since the run started ({len(corpus.vocab)} "
+                         f"distinct now, {len(saved['vocab'])} then); a run's vocabulary cannot change")
+    _check_length(corpus, args)
     out.mkdir(parents=True, exist_ok=True)
 
     sep = corpus.vocab.find(DOCUMENT_SEPARATOR)
     lm = CharLM(len(corpus.vocab), args.cell, args.hidden_size, args.num_layers, args.dropout, args.embedding, sep)
-    config_path.write_text(json.dumps({"args": {k: v for k, v in vars(args).items() if k != "func"},
-                                       "vocab": corpus.vocab, "corpus": corpus.name}, indent=1))
+    atomic_write_text(config_path, json.dumps({"args": {k: v for k, v in vars(args).items() if k != "func"},
+                                               "vocab": corpus.vocab, "corpus": corpus.name}, indent=1))
     train_ids, val_ids = (corpus.split(0.1) if not args.sanity else (corpus.encode(corpus.text),) * 2)
     train_chunks = training.stream_batches(train_ids, args.batch_size, args.seq_len)
     val_chunks = training.stream_batches(val_ids, min(args.batch_size, max(1, len(val_ids) // (args.seq_len + 1))),
@@ -229,17 +334,41 @@ def train(args) -> dict:
     optimizer = training.make_optimizer(args.optimizer, lr_at, clip_norm=args.clip or None,
                                         clip_value=args.clip_value or None)
     key = jax.random.key(args.seed)
-    state = training.init_state(lm.init(key), optimizer, jax.random.fold_in(key, 1), lm.initial_state(args.batch_size))
-    ckpt = Checkpoints(out)
-    start = 0
-    if args.resume:
-        restored = ckpt.restore_latest(state)
-        if restored is not None:
-            state, meta = restored
-            start = int(meta["step"])
-            print(f"resumed from step {start} ({out / 'checkpoints' / 'latest'})", flush=True)
-    log = RunLog(out)
+    # One compiled function, not an eager op (and its compilation) per parameter: seconds at start-up.
+    state = jax.jit(lambda k: training.init_state(lm.init(k), optimizer, jax.random.fold_in(k, 1),
+                                                  lm.initial_state(args.batch_size)))(key)
+    ckpt = Checkpoints(out, notify=notice)
+    log = None
+    try:
+        start = 0
+        if args.resume:
+            restored = ckpt.restore_latest(state, set_aside=True)
+            if restored is not None:
+                state, meta = restored
+                start = int(meta["step"])
+                print(f"resumed from step {start} ({ckpt_dir})", flush=True)
+                if start >= args.steps:
+                    notice(f"the run is already at step {start} (--steps {args.steps}); nothing to train")
+        log = RunLog(out)
+        try:
+            result = _train_loop(args, lm, corpus, state, start, optimizer, lr_at, train_chunks, val_chunks, ckpt, log)
+        except training.DivergenceError as e:
+            steps = ckpt.steps()
+            last = f"The last, step {steps[-1]} in {ckpt_dir}, is kept." if steps else "(None had been saved yet.)"
+            raise training.DivergenceError(f"{e} {last}") from None
+    except BaseException:
+        # Finish the checkpoint being written (nothing lost), but report the first error, not one
+        # that closing raises after it (a full disk fails both).
+        for close in ([log.close] if log is not None else []) + [ckpt.close]:
+            with contextlib.suppress(Exception):
+                close()
+        raise
+    log.close()
+    ckpt.close()  # waits for the checkpoint being written
+    return result
 
+
+def _train_loop(args, lm, corpus, state, start, optimizer, lr_at, train_chunks, val_chunks, ckpt, log) -> dict:
     mesh, shard, replicate = training.data_parallel()
     parallel = len(mesh.devices.flat) > 1 and args.batch_size % len(mesh.devices.flat) == 0
     if parallel:
@@ -290,8 +419,7 @@ def train(args) -> dict:
     if done < args.steps and done % args.checkpoint_every:  # stopped early by the time budget
         ckpt.save_if_best(done, state, val, {"val_loss": val})
         ckpt.save(done, state, {"val_loss": val})
-    ckpt.close()
-    log.close()
+    ckpt.wait()
 
     result = {"val_loss_nats": val, "val_bpc": val / math.log(2), "steps": done,
               "train_loss_first": first_loss, "elapsed_s": time.perf_counter() - t0}
@@ -305,41 +433,57 @@ def train(args) -> dict:
     return result
 
 
-_MODEL_KEYS = ("cell", "hidden_size", "num_layers", "dropout", "embedding", "seq_len", "batch_size", "corpus",
-               "text", "optimizer", "lr", "schedule", "clip", "clip_value", "seed", "warmup_steps")
-
-
 def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="a run folder written by 'jaxrnn train char-lm'")
     p.add_argument("--prime", default="", help="text to start from (default: the corpus's first character)")
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--length", type=int, default=500)
+    p.add_argument("--temperature", type=positive_float, default=0.8)
+    p.add_argument("--length", type=positive_int, default=500, help="characters to sample")
     p.add_argument("--seed", type=int, default=0)
+
+
+def load_run(out: str | pathlib.Path) -> tuple[dict, CharLM, training.TrainState]:
+    """A run folder's config, its model, and the shapes of its checkpoints' train state."""
+    out = pathlib.Path(out)
+    if not out.is_dir():
+        raise UsageError(f"--out {out}: no such folder")
+    if not (out / "config.json").is_file():
+        raise UsageError(f"--out {out}: not a char-lm run folder (no config.json); "
+                         f"make one with 'jaxrnn train char-lm --out {out}'")
+    config = _read_config(out / "config.json")
+    a, vocab = config["args"], config["vocab"]
+    lm = CharLM(len(vocab), a["cell"], a["hidden_size"], a["num_layers"], a["dropout"], a["embedding"],
+                vocab.find(DOCUMENT_SEPARATOR))
+    optimizer = training.make_optimizer(
+        a["optimizer"], a["lr"], clip_norm=a["clip"] or None, clip_value=a["clip_value"] or None,
+        schedule=a["schedule"], total_steps=a["steps"], warmup_steps=a["warmup_steps"])
+    like = jax.eval_shape(lambda k: training.init_state(lm.init(k), optimizer, k, lm.initial_state(a["batch_size"])),
+                          jax.random.key(0))
+    return config, lm, like
 
 
 def sample(args) -> str:
     """Print a sample from the run's best checkpoint (the latest if none is marked best)."""
+    notice = lambda message: print(f"jaxrnn sample: {message}", file=sys.stderr, flush=True)
     out = pathlib.Path(args.out)
-    config = json.loads((out / "config.json").read_text())
-    a = config["args"]
-    vocab = config["vocab"]
-    lm = CharLM(len(vocab), a["cell"], a["hidden_size"], a["num_layers"], a["dropout"], a["embedding"],
-                vocab.find(DOCUMENT_SEPARATOR))
-    like = training.init_state(lm.init(jax.random.key(0)), training.make_optimizer(
-        a["optimizer"], a["lr"], clip_norm=a["clip"] or None, clip_value=a["clip_value"] or None,
-        schedule=a["schedule"], total_steps=a["steps"], warmup_steps=a["warmup_steps"]),
-        jax.random.key(0), lm.initial_state(a["batch_size"]))
-    ckpt = Checkpoints(out)
-    restored = ckpt.restore_best(like) or ckpt.restore_latest(like)
-    ckpt.close()
+    config, lm, like = load_run(out)
+    ckpt = Checkpoints(out, read_only=True, notify=notice)
+    try:
+        try:
+            restored = ckpt.restore_best(like)
+        except CheckpointError as e:
+            notice(f"{e}; using the latest checkpoint instead")
+            restored = None
+        restored = restored or ckpt.restore_latest(like)
+    finally:
+        ckpt.close()
     if restored is None:
-        raise SystemExit(f"error: no checkpoint in {out / 'checkpoints'}")
-    if args.temperature <= 0:
-        raise SystemExit(f"error: --temperature must be > 0, got {args.temperature}")
+        raise UsageError(f"--out {out}: no checkpoint yet in {out / 'checkpoints'}; train the run "
+                         "(further) first")
+    vocab = config["vocab"]
     corpus = Corpus(config["corpus"], vocab[0], vocab)
     try:
         text = sample_text(lm, corpus, restored[0].params, args.prime, args.length, args.temperature, args.seed)
     except ValueError as e:
-        raise SystemExit(f"error: --prime: {e}") from None
+        raise UsageError(f"--prime: {e}") from None
     print(text)
     return text

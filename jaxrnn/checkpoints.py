@@ -4,23 +4,90 @@ Two orbax ``CheckpointManager`` s under one run folder::
 
     <run>/checkpoints/latest/<step>/   periodic, the newest ``keep`` of them
     <run>/checkpoints/best/<step>/     the one with the lowest validation loss
+    <run>/checkpoints/corrupt/         checkpoints that did not restore, set aside (never deleted)
 
 orbax writes each checkpoint into a temporary folder and renames it when
 complete, so a run killed mid-save (even with SIGKILL) leaves the previous
-checkpoints whole; :meth:`Checkpoints.restore_latest` only sees finished ones.
+checkpoints whole; :meth:`Checkpoints.restore_latest` only sees finished ones,
+and the next :class:`Checkpoints` removes the unfinished temporary folders.
+orbax removes the checkpoints beyond ``keep`` only once the new one is complete.
+
+A finished checkpoint can still be damaged afterwards (a truncated file, a
+deleted one). Restoring then falls back to the newest checkpoint that does
+restore and reports the ones it skipped (``notify``). When resuming a run,
+``set_aside=True`` moves the skipped ones to ``checkpoints/corrupt/``, so that
+they neither count against ``keep`` (orbax would otherwise delete an intact
+older checkpoint to make room) nor block a new save of the same step.
+
+Errors: a save that cannot be written raises :class:`CheckpointError` at once
+(the step folder is created before :meth:`Checkpoints.save` returns), or, for a
+failure while the data is written in the background, at the next save,
+:meth:`Checkpoints.wait` or :meth:`Checkpoints.close`; no background thread is
+left waiting, so the process exits promptly.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import pathlib
-from typing import Any
+import shutil
+import sys
+import warnings
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written, or none of the checkpoints present could be read."""
+
+
+def _first_line(error: BaseException, limit: int = 240) -> str:
+    """A one-line summary of an exception. orbax's are long and multi-line, and the specific
+    one (tensorstore's ``OUT_OF_RANGE ...``) is often the innermost cause."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = " ".join(str(error).split()).split(" [tensorstore_spec")[0] or type(error).__name__
+    if not isinstance(error, (ValueError, RuntimeError, OSError)):
+        text = f"{type(error).__name__}: {text}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@contextlib.contextmanager
+def _quiet_orbax_coroutines():
+    """A failed restore leaves orbax read coroutines whose errors were never retrieved; when they
+    are collected Python prints each one as an "Exception ignored in" block of ~60 lines. The
+    error itself is reported (in one line) by the caller: drop those blocks, and only those."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        code = getattr(unraisable.object, "cr_code", None)
+        if code is None or "orbax" not in code.co_filename:
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        gc.collect()
+        sys.unraisablehook = previous
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
 class Checkpoints:
     """Save and restore a :class:`~jaxrnn.training.TrainState` plus JSON metadata.
+
+    Arguments:
+      directory: the run folder; checkpoints go to ``<directory>/checkpoints``.
+      keep: how many periodic checkpoints to keep.
+      read_only: only read (create nothing, clean nothing up), e.g. to sample from a run.
+      notify: called with a one-line message for each checkpoint skipped or set
+        aside (default: a ``RuntimeWarning``).
 
     Example::
 
@@ -35,56 +102,144 @@ class Checkpoints:
       >>> ckpt.close()
     """
 
-    def __init__(self, directory: str | pathlib.Path, keep: int = 2):
-        root = pathlib.Path(directory).absolute() / "checkpoints"
-        options = lambda n: ocp.CheckpointManagerOptions(max_to_keep=n, create=True)
-        self.latest = ocp.CheckpointManager(root / "latest", options=options(keep))
-        self.best = ocp.CheckpointManager(root / "best", options=options(1))
-        self.best_val = min((self._meta(self.best, s).get("val_loss", float("inf")) for s in self.best.all_steps()),
-                            default=float("inf"))
+    def __init__(self, directory: str | pathlib.Path, keep: int = 2, *, read_only: bool = False,
+                 notify: Callable[[str], None] | None = None):
+        self.root = pathlib.Path(directory).absolute() / "checkpoints"
+        self.notify = notify or _warn
+        self.read_only = read_only
+
+        def options(n: int) -> ocp.CheckpointManagerOptions:
+            return ocp.CheckpointManagerOptions(
+                max_to_keep=None if read_only else n, save_interval_steps=0 if read_only else 1,
+                create=not read_only, read_only=read_only,
+                cleanup_tmp_directories=not read_only,  # what a killed save left behind
+                # The step folder is made before save() returns: a folder that cannot be written raises
+                # there, rather than leaving orbax's background threads waiting (minutes) for it.
+                async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
+
+        try:
+            self.latest = ocp.CheckpointManager(self.root / "latest", options=options(keep))
+            self.best = ocp.CheckpointManager(self.root / "best", options=options(1))
+        except OSError as e:
+            raise CheckpointError(f"checkpoints: cannot use {self.root}: {_first_line(e)}") from e
+        self.best_val = min((self._val_loss(s) for s in self.best.all_steps()), default=float("inf"))
 
     @staticmethod
     def _args(state: Any, meta: dict) -> ocp.args.Composite:
         return ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
 
-    @staticmethod
-    def _meta(manager: ocp.CheckpointManager, step: int) -> dict:
-        return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    def _val_loss(self, step: int) -> float:
+        try:
+            meta = self.best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+            return float(meta.get("val_loss", float("inf")))
+        except Exception:  # unreadable: it does not count as the best (restore_best skips it too)
+            return float("inf")
+
+    # ------------------------------------------------------------------ writing
+
+    def _save(self, manager: ocp.CheckpointManager, kind: str, step: int, state: Any, meta: dict) -> None:
+        self._wait(manager)  # the previous save's error, if any, under its own name
+        try:
+            if step in manager.all_steps():
+                # Only a checkpoint that did not restore can be there (a resumed run went back to an
+                # older one): set it aside rather than overwrite or delete it.
+                target = self._set_aside(manager, kind, step)
+                self.notify(f"checkpoint {kind}/{step} moved to {target} to make room for a new save of that step")
+            manager.save(step, args=self._args(state, meta))
+        except CheckpointError:
+            raise
+        except Exception as e:
+            raise CheckpointError(
+                f"checkpoint step {step} could not be written to {manager.directory}: {_first_line(e)}") from e
 
     def save(self, step: int, state: Any, meta: dict | None = None) -> None:
         """A periodic checkpoint (asynchronous: the train loop goes on while it is written)."""
-        self.latest.save(step, args=self._args(state, dict(meta or {}, step=step)))
+        self._save(self.latest, "latest", step, state, dict(meta or {}, step=step))
 
     def save_if_best(self, step: int, state: Any, val_loss: float, meta: dict | None = None) -> bool:
         """Keep ``state`` as the best checkpoint if ``val_loss`` is the lowest so far."""
         if not val_loss < self.best_val:
             return False
         self.best_val = val_loss
-        self.best.save(step, args=self._args(state, dict(meta or {}, step=step, val_loss=val_loss)))
+        self._save(self.best, "best", step, state, dict(meta or {}, step=step, val_loss=val_loss))
         return True
 
-    def _restore(self, manager: ocp.CheckpointManager, like: Any) -> tuple[Any, dict] | None:
-        step = manager.latest_step()
-        if step is None:
-            return None
+    def _set_aside(self, manager: ocp.CheckpointManager, kind: str, step: int) -> pathlib.Path:
+        """Move a step's folder to ``checkpoints/corrupt/<kind>-<step>[-n]`` (never delete it)."""
+        source = pathlib.Path(manager.directory) / str(step)
+        target = self.root / "corrupt" / f"{kind}-{step}"
+        n = 1
+        while target.exists():
+            n += 1
+            target = self.root / "corrupt" / f"{kind}-{step}-{n}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(source), str(target))
+        manager.reload()
+        return target
+
+    # ------------------------------------------------------------------ reading
+
+    def _restore(self, manager: ocp.CheckpointManager, kind: str, like: Any,
+                 set_aside: bool) -> tuple[Any, dict] | None:
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
-        out = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-        return out["state"], out["meta"]
+        failed: list[tuple[int, str]] = []
+        for step in sorted(manager.all_steps(), reverse=True):
+            try:
+                with _quiet_orbax_coroutines():
+                    out = manager.restore(step, args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+            except Exception as e:  # damaged: truncated or missing files (orbax raises many kinds)
+                failed.append((step, _first_line(e)))
+                continue
+            # An older one restored, so ``like`` fits and the newer ones are damaged.
+            for bad, reason in failed:
+                message = f"skipped checkpoint {kind}/{bad}: it does not restore ({reason}); using step {step}"
+                if set_aside and not self.read_only:
+                    message += f"; moved to {self._set_aside(manager, kind, bad)}"
+                self.notify(message)
+            return out["state"], out["meta"]
+        if failed:
+            step, reason = failed[0]
+            raise CheckpointError(f"no checkpoint in {manager.directory} restores; the newest, step {step}: {reason}")
+        return None
 
-    def restore_latest(self, like: Any) -> tuple[Any, dict] | None:
-        """The newest finished checkpoint as ``(state, meta)`` shaped like ``like``, or None."""
-        return self._restore(self.latest, like)
+    def restore_latest(self, like: Any, *, set_aside: bool = False) -> tuple[Any, dict] | None:
+        """The newest checkpoint that restores, as ``(state, meta)`` shaped like ``like``; None if
+        there is none.
 
-    def restore_best(self, like: Any) -> tuple[Any, dict] | None:
-        """The best checkpoint by validation loss, or None."""
-        return self._restore(self.best, like)
+        Damaged newer ones are skipped (and reported through ``notify``); with
+        ``set_aside`` (a run about to resume and save again) they are moved to
+        ``checkpoints/corrupt/``. Raises :class:`CheckpointError` if there are
+        checkpoints but none restores (damaged, or not shaped like ``like``).
+        """
+        return self._restore(self.latest, "latest", like, set_aside)
+
+    def restore_best(self, like: Any, *, set_aside: bool = False) -> tuple[Any, dict] | None:
+        """The best checkpoint by validation loss, or None; as :meth:`restore_latest`."""
+        return self._restore(self.best, "best", like, set_aside)
+
+    def steps(self) -> list[int]:
+        """The periodic checkpoints' steps (finished ones, whether or not they restore)."""
+        return sorted(self.latest.all_steps())
+
+    @staticmethod
+    def _wait(manager: ocp.CheckpointManager) -> None:
+        try:
+            manager.wait_until_finished()
+        except Exception as e:
+            raise CheckpointError(f"a checkpoint could not be written to {manager.directory} (in the background): "
+                                  f"{_first_line(e)}") from e
 
     def wait(self) -> None:
-        self.latest.wait_until_finished()
-        self.best.wait_until_finished()
+        """Block until the checkpoints being written are complete; :class:`CheckpointError` if one failed."""
+        for manager in (self.latest, self.best):
+            self._wait(manager)
 
     def close(self) -> None:
-        self.wait()
-        self.latest.close()
-        self.best.close()
+        """:meth:`wait`, then release orbax's resources (even when a write failed)."""
+        try:
+            self.wait()
+        finally:
+            for manager in (self.latest, self.best):
+                with contextlib.suppress(Exception):  # a failed write was reported by wait()
+                    manager.close()

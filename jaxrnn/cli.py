@@ -1,46 +1,106 @@
-"""The ``jaxrnn`` command: ``gradient-flow``, ``speed``, ``long-range``, ``train char-lm``, ``sample``."""
+"""The ``jaxrnn`` command: ``gradient-flow``, ``speed``, ``long-range``, ``train char-lm``, ``sample``.
+
+Exit status: 0 when the command did its work; 2 for a user error (a bad flag
+value, a missing or unusable file or folder, a text too short or not text),
+reported as one line on stderr, ``jaxrnn <command>: error: <message>``, without
+a traceback or usage; 1 when a run started and failed: a diverged run or a
+checkpoint that could not be written (one line on stderr as well, the
+checkpoints saved before it kept), or a failed ``--sanity`` check (its verdict
+on stdout). Anything else is a bug and shows its traceback.
+
+Notices that are not errors (a damaged checkpoint skipped on ``--resume``, a
+``--resume`` with nothing to resume from) are one line on stderr each, and
+the command goes on. orbax's own logging (absl) is silenced below CRITICAL:
+what it would say at length, the one-line errors and notices say.
+"""
 
 from __future__ import annotations
 
-import argparse
+import logging
 import sys
 
+from jaxrnn._checks import ArgumentParser, HelpFormatter, UsageError
 
-def main(argv: list[str] | None = None) -> None:
+#: Exceptions that mean the user must change something: status 2, one line.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    UsageError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def _run_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean a run started and failed: status 1, one line."""
+    from jaxrnn.checkpoints import CheckpointError
+    from jaxrnn.training import DivergenceError
+
+    return DivergenceError, CheckpointError
+
+
+def build_parser() -> ArgumentParser:
     from jaxrnn import charlm, long_range
     from jaxrnn.bench import gradient_flow, speed
 
-    parser = argparse.ArgumentParser(prog="jaxrnn", description="jaxrnn benchmarks and experiments")
+    parser = ArgumentParser(prog="jaxrnn", description="jaxrnn benchmarks and experiments",
+                            formatter_class=HelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     flow = commands.add_parser(
         "gradient-flow", help="gradient flow through time per cell and length: plots and tables",
-        description=gradient_flow.__doc__.split("\n\n")[0],
+        description=gradient_flow.__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
     )
     gradient_flow.add_arguments(flow)
     flow.set_defaults(func=gradient_flow.run)
 
     bench = commands.add_parser("speed", help="speed and memory against flax, equinox, haiku and torch",
-                                description=speed.__doc__.split("\n\n")[0])
+                                description=speed.__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     speed.add_arguments(bench)
     bench.set_defaults(func=speed.run)
 
     tasks = commands.add_parser("long-range", help="adding, copy, temporal order, digits: every cell, "
-                                "a ladder of lengths", description=long_range.__doc__.split("\n\n")[0])
+                                "a ladder of lengths", description=long_range.__doc__.split("\n\n")[0],
+                                formatter_class=HelpFormatter)
     long_range.add_arguments(tasks)
     tasks.set_defaults(func=long_range.run)
 
-    train = commands.add_parser("train", help="train a model").add_subparsers(dest="model", required=True)
-    lm = train.add_parser("char-lm", help="a character-level language model",
-                          description=charlm.__doc__.split("\n\n")[0])
+    train = commands.add_parser("train", help="train a model", formatter_class=HelpFormatter)
+    models = train.add_subparsers(dest="model", required=True)
+    lm = models.add_parser("char-lm", help="a character-level language model",
+                           description=charlm.__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     charlm.add_train_arguments(lm)
     lm.set_defaults(func=charlm.train)
-    sample = commands.add_parser("sample", help="sample from a trained char-lm run")
+    sample = commands.add_parser("sample", help="sample from a trained char-lm run",
+                                 description="Print a sample from a char-lm run's best checkpoint.",
+                                 formatter_class=HelpFormatter)
     charlm.add_sample_arguments(sample)
     sample.set_defaults(func=charlm.sample)
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    parser.commands = {"gradient-flow": flow, "speed": bench, "long-range": tasks, "train char-lm": lm,
+                       "sample": sample}
+    return parser
+
+
+def run_command(prog: str, func, args):
+    """Run ``func(args)``, answering a user error with one line and status 2, a failed run with one
+    line and status 1 (see the module docstring)."""
+    # orbax logs each failed checkpoint write or read at length (through absl); the one-line error says it.
+    logging.getLogger("absl").setLevel(logging.CRITICAL)
+    try:
+        return func(args)
+    except USER_ERRORS as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except _run_errors() as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from jaxrnn.bench import speed
+
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    command = " ".join([args.command] + ([args.model] if args.command == "train" else []))
+    if unknown:  # said by the command's own parser, as its other errors are
+        parser.commands[command].error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "speed" and argv is None and not args.default_malloc:
         speed.restart_with_malloc_tunables()  # see jaxrnn.bench.speed: no page faults for any peer
-    args.func(args)
+    run_command(f"jaxrnn {command}", args.func, args)
 
 
 if __name__ == "__main__":

@@ -106,6 +106,44 @@ def _python_stdlib(max_chars: int) -> str:
     return DOCUMENT_SEPARATOR.join(docs)[:max_chars]
 
 
+#: More than this fraction of control characters (other than tab, newline, carriage return, form
+#: feed, vertical tab) and a file is taken for binary: text has few (a NUL between documents).
+MAX_CONTROL_FRACTION = 0.05
+
+
+def read_text_file(path: str | os.PathLike, what: str = "path") -> str:
+    """A UTF-8 text file's contents; :class:`CorpusError` if it is not one (invalid UTF-8, or more
+    than :data:`MAX_CONTROL_FRACTION` control characters, as in a binary file).
+
+    Example::
+
+      >>> import pathlib, tempfile
+      >>> from jaxrnn.data import read_text_file
+      >>> binary = pathlib.Path(tempfile.mkdtemp()) / "model.bin"
+      >>> _ = binary.write_bytes(bytes(range(256)))
+      >>> read_text_file(binary, "--text")
+      Traceback (most recent call last):
+      ...
+      jaxrnn.data.CorpusError: --text: ... is not a UTF-8 text file: invalid UTF-8 at byte 128 (0x80); convert it to UTF-8 (e.g. iconv -t utf-8) or give a text file
+    """
+    path = pathlib.Path(path)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CorpusError(
+            f"{what}: {path} is not a UTF-8 text file: invalid UTF-8 at byte {e.start} (0x{data[e.start]:02x}); "
+            "convert it to UTF-8 (e.g. iconv -t utf-8) or give a text file"
+        ) from None
+    control = sum(1 for c in text if ord(c) < 32 and c not in "\t\n\r\f\v") + text.count("\x7f")
+    if text and control > MAX_CONTROL_FRACTION * len(text):
+        raise CorpusError(
+            f"{what}: {path} does not look like text: {control} of its {len(text)} characters "
+            f"({100 * control / len(text):.0f}%) are control characters such as NUL; give a text file"
+        )
+    return text
+
+
 def load_corpus(
     name: str | None = None, *, text_path: str | os.PathLike | None = None,
     folder: str | os.PathLike | None = None, max_chars: int = 2_000_000,
@@ -125,7 +163,7 @@ def load_corpus(
         path = pathlib.Path(text_path)
         if not path.is_file():
             raise CorpusError(f"--text: {path} is not a file")
-        text, name = path.read_text(encoding="utf-8", errors="replace"), path.name
+        text, name = read_text_file(path, "--text"), path.name
     elif name == "tinyshakespeare":
         text = _tinyshakespeare(data_dir(folder))
     elif name == "python-stdlib":

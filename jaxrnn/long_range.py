@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxrnn import cells, diagnostics, tasks, training
+from jaxrnn import _checks, cells, diagnostics, tasks, training
 from jaxrnn.unroll import scan
 
 Array = jax.Array
@@ -354,22 +354,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--full", action="store_true", help="the full length ladder and 10,000 steps")
     p.add_argument("--tasks", nargs="+", default=list(LADDER), choices=list(tasks.TASKS))
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    p.add_argument("--lengths", nargs="+", type=int, help="override the ladder (every task but the digits)")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--steps", type=int, help="step budget per run (default 2,000; 10,000 with --full)")
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--lengths", nargs="+", type=_checks.positive_int,
+                   help="override the ladder (every task but the digits)")
+    p.add_argument("--seeds", type=_checks.positive_int, default=3)
+    p.add_argument("--steps", type=_checks.positive_int,
+                   help="step budget per run (default: 2,000; 10,000 with --full)")
+    p.add_argument("--hidden", type=_checks.positive_int, default=64)
+    p.add_argument("--batch-size", type=_checks.positive_int, default=32)
+    p.add_argument("--lr", type=_checks.positive_float, default=1e-3)
+    p.add_argument("--eval-every", type=_checks.positive_int, default=100)
     p.add_argument("--profile-task", default="temporal_order", choices=list(tasks.TASKS),
                    help="the task whose trained and untrained gradient profiles are plotted (longest length)")
-    p.add_argument("--out", help="output folder (default runs/long-range-<time>)")
+    p.add_argument("--out", help="output folder (default: runs/long-range-<time>)")
 
 
 def main(argv: list[str] | None = None) -> pathlib.Path:
-    parser = argparse.ArgumentParser(prog="jaxrnn long-range", description=__doc__.split("\n\n")[0])
+    from jaxrnn.cli import run_command
+
+    parser = _checks.ArgumentParser(prog="jaxrnn long-range", description=__doc__.split("\n\n")[0],
+                                    formatter_class=_checks.HelpFormatter)
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return run_command(parser.prog, run, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

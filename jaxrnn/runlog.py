@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 from typing import Any
 
@@ -40,7 +41,15 @@ class RunLog:
     def __init__(self, directory: str | pathlib.Path, tensorboard: bool = True):
         self.directory = pathlib.Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._file = (self.directory / "metrics.jsonl").open("a", buffering=1)
+        path = self.directory / "metrics.jsonl"
+        cut_short = False
+        if path.exists() and path.stat().st_size:
+            with path.open("rb") as f:
+                f.seek(-1, os.SEEK_END)
+                cut_short = f.read(1) != b"\n"
+        self._file = path.open("a", buffering=1)
+        if cut_short:  # a crash mid-line: end that line, or the next record would be glued to it and lost
+            self._file.write("\n")
         self._tb = _tensorboard_writer(self.directory / "tensorboard") if tensorboard else None
 
     @property
@@ -59,6 +68,17 @@ class RunLog:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def atomic_write_text(path: str | pathlib.Path, text: str) -> None:
+    """Write ``path`` whole or not at all: a crash mid-write leaves the previous version."""
+    path = pathlib.Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def read_metrics(directory: str | pathlib.Path, key: str | None = None) -> dict[int, dict[str, Any]]:

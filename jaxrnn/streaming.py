@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from jaxrnn import _checks
 from jaxrnn.cells import Carry
 from jaxrnn.layers import RNN, LayerParams, _index, _stack
 
@@ -50,6 +51,23 @@ def _check_unidirectional(rnn: RNN) -> None:
         raise ValueError("rnn: a bidirectional RNN needs the whole sequence; streaming needs bidirectional=False")
 
 
+def _check_input(params: LayerParams, state: StreamState, x_t: Array) -> None:
+    """x_t must be (B, I): B from the stream's state, I from the first layer's input weights."""
+    leaves = jax.tree_util.tree_leaves(state.carry)
+    try:
+        w_i = params[0]["fwd"]["w_i"]
+    except (IndexError, KeyError, TypeError):
+        return  # not the params of a jaxrnn.RNN: the cell's own checks speak
+    if not leaves:
+        return
+    batch = tuple(leaves[0].shape[1:-1])  # carry leaves are (layers, B, H), or (layers, H) unbatched
+    features = w_i.shape[0]
+    layout, why = ("(B, I)", f" (B from the stream state, I from params[0]['fwd']['w_i'] of shape "
+                             f"{tuple(w_i.shape)})") if batch else \
+                  ("(I,)", f" (an unbatched stream; I from params[0]['fwd']['w_i'] of shape {tuple(w_i.shape)})")
+    _checks.check_shape("x_t", x_t, batch + (features,), layout, why)
+
+
 def start(rnn: RNN, batch_size: int | None = None, initial_state: Carry | None = None) -> StreamState:
     """A fresh stream (zero state unless ``initial_state`` is given)."""
     _check_unidirectional(rnn)
@@ -64,6 +82,7 @@ def step(rnn: RNN, params: LayerParams, state: StreamState, x_t: Array) -> tuple
     """
     _check_unidirectional(rnn)
     carries, y = [], jnp.asarray(x_t)
+    _check_input(params, state, y)
     for layer, layer_params in enumerate(params):
         p = layer_params["fwd"]
         carry, out = rnn.cell.recur(p, _index(state.carry, layer), rnn.cell.project(p, y))
@@ -75,13 +94,25 @@ def step(rnn: RNN, params: LayerParams, state: StreamState, x_t: Array) -> tuple
 
 
 def save(path: str | pathlib.Path, state: StreamState) -> None:
-    """Write a stream's state to ``path`` (a new folder) with orbax."""
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(pathlib.Path(path).absolute(), state._asdict())
+    """Write a stream's state to ``path`` (a new folder) with orbax.
+
+    The write is synchronous (a stream's state is small): when it fails (a
+    folder that cannot be written, a full disk) the error is raised here and
+    no background thread is left behind.
+    """
+    path = pathlib.Path(path).absolute()
+    if path.exists():
+        raise FileExistsError(f"path: {path} already exists; streaming.save writes a new folder")
+    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
+        checkpointer.save(path, args=ocp.args.StandardSave(state._asdict()))
 
 
 def restore(path: str | pathlib.Path, like: StreamState) -> StreamState:
     """Read a state written by :func:`save`; ``like`` (e.g. :func:`start`'s result) gives its structure."""
-    with ocp.StandardCheckpointer() as checkpointer:
-        restored: dict[str, Any] = checkpointer.restore(pathlib.Path(path).absolute(), like._asdict())
+    path = pathlib.Path(path).absolute()
+    if not path.is_dir():
+        raise FileNotFoundError(f"path: {path} is not a folder written by streaming.save")
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like._asdict())
+    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
+        restored: dict[str, Any] = checkpointer.restore(path, args=ocp.args.StandardRestore(abstract))
     return StreamState(**restored)

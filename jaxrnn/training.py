@@ -206,9 +206,9 @@ def check_finite(metrics: dict[str, Any], step: int) -> None:
     if not bool(metrics["finite"]):
         raise DivergenceError(
             f"non-finite loss or gradient at step {step}: loss={float(metrics['loss'])}, "
-            f"gradient global norm={float(metrics['grad_norm'])}. The run stopped before saving; "
-            "the last good checkpoint is intact. Lower the learning rate, clip the gradient "
-            "(--clip), or skip such steps (skip_nonfinite=True)."
+            f"gradient global norm={float(metrics['grad_norm'])}. Lower the learning rate, clip the gradient "
+            "(--clip), or skip such steps (skip_nonfinite=True, --skip-nonfinite). The run stopped before "
+            "saving this step: the checkpoints saved before it are intact."
         )
 
 

@@ -1,7 +1,9 @@
 """Corpora and the char-LM commands (tiny sizes)."""
 
+import argparse
 import hashlib
 import io
+import json
 import re
 
 import jax
@@ -9,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrnn import data
+from jaxrnn import charlm, cli, data
 from jaxrnn.charlm import CharLM
+from jaxrnn.checkpoints import Checkpoints
 from jaxrnn.cli import main as cli_main
 
 FAKE = b"First Citizen:\nBefore we proceed any further, hear me speak.\n" * 50
@@ -88,19 +91,122 @@ def test_train_and_sample_commands(tmp_path, capsys, offline):
     cli_main(["train", "char-lm", "--text", str(text), "--cell", "vanilla", "--hidden-size", "16",
               "--num-layers", "2", "--dropout", "0.1", "--embedding", "8", "--seq-len", "16", "--batch-size", "4",
               "--steps", "40", "--eval-every", "20", "--checkpoint-every", "20", "--sample-every", "20",
-              "--profile-every", "20", "--out", str(out), "--quiet"])
-    printed = capsys.readouterr().out.strip().splitlines()
+              "--profile-every", "20", "--out", str(out), "--quiet", "--resume"])
+    printed = capsys.readouterr()
+    assert printed.err == f"jaxrnn train char-lm: --resume: no checkpoint in {out / 'checkpoints' / 'latest'} yet; " \
+                         "starting from step 0\n"
+    printed = printed.out.strip().splitlines()
     assert re.fullmatch(r"val_loss_nats=\d+\.\d{4} val_bpc=\d+\.\d{4}", printed[-1])
     records = [r for r in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 40 and '"val_bpc"' in records[19] and '"grad_profile_log10"' in records[39]
     assert (out / "checkpoints" / "best").exists() and (out / "config.json").exists()
-    with pytest.raises(SystemExit, match="already holds checkpoints"):
-        cli_main(["train", "char-lm", "--text", str(text), "--out", str(out), "--steps", "1"])
+    assert exit_status(["train", "char-lm", "--text", str(text), "--out", str(out), "--steps", "1"], capsys) == (
+        2, [f"jaxrnn train char-lm: error: --out {out} already holds checkpoints; pass --resume to continue it, "
+            "or give a new --out"])
+    # A resumed run keeps its model: a flag that changes it is refused, naming it, saved and given values.
+    status, err = exit_status(["train", "char-lm", "--out", str(out), "--resume", "--hidden-size", "32",
+                               "--cell", "vanilla", "--lr", "0.01", "--steps", "60"], capsys)
+    assert status == 2 and len(err) == 1 and err[0].startswith(
+        "jaxrnn train char-lm: error: --resume: --hidden-size 32 differs from the run's 16; "
+        "--lr 0.01 differs from the run's 0.002. A resumed run keeps its model and data settings")
+    # A damaged latest checkpoint: the run goes back to the one before, says so, and sets it aside.
+    for f in (out / "checkpoints" / "latest" / "40" / "state" / "ocdbt.process_0" / "d").iterdir():
+        f.write_bytes(b"")
+    cli_main(["train", "char-lm", "--out", str(out), "--resume", "--steps", "40", "--quiet", "--sample-every", "0"])
+    printed = capsys.readouterr()  # the flags left out (the text among them) come from the run's config
+    assert printed.err.startswith("jaxrnn train char-lm: skipped checkpoint latest/40: it does not restore "
+                                  "(OUT_OF_RANGE: ") and len(printed.err.splitlines()) == 1
+    assert printed.err.rstrip().endswith(f"using step 20; moved to {out / 'checkpoints' / 'corrupt' / 'latest-40'}")
+    assert printed.out.startswith("resumed from step 20 ")
+    assert sorted(p.name for p in (out / "checkpoints" / "latest").iterdir()) == ["20", "40"]
+
     cli_main(["sample", "--out", str(out), "--prime", "First", "--length", "30", "--temperature", "0.5"])
     sample = capsys.readouterr().out
     assert sample.startswith("First") and len(sample.rstrip("\n")) >= 35
-    with pytest.raises(SystemExit, match="--prime"):
-        cli_main(["sample", "--out", str(out), "--prime", "@@@"])
+    status, err = exit_status(["sample", "--out", str(out), "--prime", "@@@"], capsys)
+    assert status == 2 and err == [
+        "jaxrnn sample: error: --prime: text: characters ['@'] are not in the corpus vocabulary"]
+
+
+def exit_status(argv, capsys) -> tuple[int, list[str]]:
+    """The exit status of a jaxrnn command that fails, and the lines it wrote on stderr."""
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(argv)
+    return exit_.value.code, capsys.readouterr().err.splitlines()
+
+
+USER_ERRORS = [  # argv ({t}: a folder with the test's files), the error's text (a regex)
+    (["train", "char-lm", "--text", "{t}/short.txt"],
+     r"--text .*short.txt: 12 characters are too few for --batch-size 32 and --seq-len 64: need at least 2312 "),
+    (["train", "char-lm", "--text", "{t}/good.txt", "--hidden-size", "0"],
+     r"argument --hidden-size: expected a positive int, got '0'"),
+    (["train", "char-lm", "--text", "{t}/good.txt", "--steps", "-3"], r"argument --steps: expected a positive int"),
+    (["train", "char-lm", "--text", "{t}/good.txt", "--lr", "nan"], r"argument --lr: expected a finite number > 0"),
+    (["train", "char-lm", "--text", "{t}/good.txt", "--dropout", "1"], r"argument --dropout: .* in \[0, 1\), got '1'"),
+    (["train", "char-lm", "--text", "{t}/random.bin"], r"--text: .*random.bin is not a UTF-8 text file: invalid UTF-8"),
+    (["train", "char-lm", "--text", "{t}/zeros.txt"], r"zeros.txt does not look like text: 3000 of its 3000 characters"),
+    (["train", "char-lm", "--text", "{t}/missing.txt"], r"--text: .*missing.txt is not a file"),
+    (["train", "char-lm", "--text", "{t}/good.txt", "--out", "{t}/good.txt"],
+     r"--out .*good.txt: exists and is not a folder"),
+    (["train", "char-lm", "--text", "{t}/good.txt", "--hiden-size", "8"], r"unrecognized arguments: --hiden-size"),
+    (["sample", "--out", "{t}/nowhere"], r"--out .*nowhere: no such folder"),
+    (["sample", "--out", "{t}"], r"--out .*: not a char-lm run folder \(no config.json\)"),
+    (["sample", "--out", "{t}/untrained"], r"--out .*untrained: no checkpoint yet in .*checkpoints"),
+    (["sample", "--out", "{t}/untrained", "--temperature", "0"],
+     r"argument --temperature: expected a finite number > 0"),
+    (["gradient-flow", "--cells", "lstm"], r"argument --cells: invalid choice: 'lstm'"),
+    (["gradient-flow", "--train-steps", "150"], r"argument --train-steps: expected .* multiple of 100, got '150'"),
+    (["speed", "--block", "1"], r"argument --block: expected an int >= 2, got '1'"),
+    (["long-range", "--lengths", "0"], r"argument --lengths: expected a positive int, got '0'"),
+    (["long-range", "--out", "{t}/good.txt/results"], r"Not a directory: '.*good.txt/results'"),
+    (["gradient-flow", "--out", "{t}/good.txt/results"], r"Not a directory: '.*good.txt/results'"),
+]
+
+
+@pytest.mark.parametrize("argv,error", USER_ERRORS, ids=[re.sub(r"[^\w -]", "", e)[:40] for _, e in USER_ERRORS])
+def test_user_errors_are_one_line_and_status_2(tmp_path, capsys, argv, error):
+    (tmp_path / "short.txt").write_text("hello world\n")
+    (tmp_path / "good.txt").write_bytes(FAKE)
+    (tmp_path / "random.bin").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, np.uint8).tobytes())
+    (tmp_path / "zeros.txt").write_bytes(bytes(3000))
+    (tmp_path / "untrained").mkdir()  # a run folder with its config and no checkpoint yet
+    (tmp_path / "untrained" / "config.json").write_text(json.dumps(
+        {"args": charlm.RUN_SETTINGS | {"steps": 10}, "vocab": "abc", "corpus": "t.txt"}))
+    argv = [a.format(t=tmp_path) for a in argv]
+    argv += ["--out", str(tmp_path / "run")] if argv[:2] == ["train", "char-lm"] and "--out" not in argv else []
+    status, err = exit_status(argv, capsys)
+    command = " ".join(argv[:2] if argv[0] == "train" else argv[:1])
+    assert status == 2 and len(err) == 1, err
+    assert err[0].startswith(f"jaxrnn {command}: error: ") and re.search(error, err[0]), err[0]
+
+
+def test_help_shows_every_default(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # no line breaks inside a default
+    parsers = cli.build_parser().commands
+    assert sorted(parsers) == ["gradient-flow", "long-range", "sample", "speed", "train char-lm"]
+    for name, p in parsers.items():
+        formatter = p._get_formatter()
+        for action in p._actions:
+            if action.option_strings and action.nargs != 0 and action.default not in (None, "", argparse.SUPPRESS):
+                assert f"(default: {action.default})" in formatter._format_action(action), (name, action.dest)
+    train = parsers["train char-lm"]
+    for action in train._actions:  # the run settings: None on the command line, their defaults in --help
+        if action.dest in charlm.RUN_SETTINGS:
+            default = charlm.RUN_SETTINGS[action.dest]
+            assert f"(default: {default})" in train._get_formatter()._format_action(action), action.dest
+
+
+def test_diverging_run_is_one_line_status_1_and_keeps_its_checkpoint(tmp_path, capsys):
+    text, out = tmp_path / "t.txt", tmp_path / "run"
+    text.write_bytes(FAKE)
+    status, err = exit_status(["train", "char-lm", "--text", str(text), "--hidden-size", "8", "--num-layers", "1",
+                               "--seq-len", "8", "--batch-size", "4", "--optimizer", "sgd", "--lr", "1e38",
+                               "--clip", "0", "--checkpoint-every", "1", "--out", str(out), "--quiet"], capsys)
+    assert status == 1 and len(err) == 1, err
+    assert re.fullmatch(r"jaxrnn train char-lm: error: non-finite loss or gradient at step 2: loss=(inf|nan), .* "
+                        rf"The last, step 1 in {re.escape(str(out / 'checkpoints' / 'latest'))}, is kept\.", err[0])
+    _, _, like = charlm.load_run(out)
+    assert Checkpoints(out, read_only=True).restore_latest(like)[1]["step"] == 1
 
 
 def test_sanity_mode_overfits_a_tiny_slice(tmp_path, capsys):

@@ -58,3 +58,28 @@ def test_generate_from_a_vector_equals_feeding_the_outputs_back_by_hand():
         h, y = cell.recur(params, h, cell.project(params, x))
         np.testing.assert_allclose(ys[:, t], y, atol=1e-6)
         x = y
+
+
+def test_step_checks_the_input_shape_and_names_x_t():
+    rnn = jaxrnn.RNN(jaxrnn.lstm(6), num_layers=2)
+    params = rnn.init(jax.random.key(0), 3)
+    state = streaming.start(rnn, 2)
+    with pytest.raises(ValueError, match=r"x_t: expected shape \(B, I\) = \(2, 3\) .*got shape \(2, 5\)"):
+        streaming.step(rnn, params, state, jnp.ones((2, 5)))  # wrong feature size
+    with pytest.raises(ValueError, match=r"x_t: .* = \(2, 3\) \(B from the stream state.*got shape \(4, 3\)"):
+        streaming.step(rnn, params, state, jnp.ones((4, 3)))  # batch not the state's
+    with pytest.raises(ValueError, match=r"x_t: expected shape \(B, I\) = \(2, 3\).*got shape \(2, 1, 3\)"):
+        streaming.step(rnn, params, state, jnp.ones((2, 1, 3)))  # a sequence, not one step
+    with pytest.raises(ValueError, match=r"x_t: expected shape \(B, I\) = \(2, 3\).*got shape \(3,\)"):
+        jax.jit(lambda s, x: streaming.step(rnn, params, s, x))(state, jnp.ones(3))  # checked under jit too
+    unbatched = streaming.start(rnn)
+    assert streaming.step(rnn, params, unbatched, jnp.ones(3))[1].shape == (6,)
+    with pytest.raises(ValueError, match=r"x_t: expected shape \(I,\) = \(3,\) \(an unbatched stream"):
+        streaming.step(rnn, params, unbatched, jnp.ones((1, 3)))
+
+
+def test_save_refuses_an_existing_path(tmp_path):
+    rnn = jaxrnn.RNN(jaxrnn.gru(4))
+    streaming.save(tmp_path / "s", streaming.start(rnn, 1))
+    with pytest.raises(FileExistsError, match="path: .* already exists"):
+        streaming.save(tmp_path / "s", streaming.start(rnn, 1))

@@ -1,12 +1,10 @@
 """Training toolkit: optimizers, clipping metrics, schedules, TBPTT, divergence guard,
-checkpoints (including a SIGKILL mid-run), data parallelism and logs."""
+checkpoints (damaged ones too; SIGKILL mid-run: test_faults.py), data parallelism and logs."""
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +13,7 @@ import pytest
 
 from jaxrnn import training
 from jaxrnn.charlm import CharLM
-from jaxrnn.checkpoints import Checkpoints
+from jaxrnn.checkpoints import CheckpointError, Checkpoints
 from jaxrnn.runlog import RunLog, read_metrics
 
 
@@ -147,40 +145,78 @@ def test_checkpoints_keep_best_by_validation_loss(tmp_path):
     again.close()
 
 
-def train_command(out, text, steps, resume=False):
-    cmd = [sys.executable, "-m", "jaxrnn.cli", "train", "char-lm", "--text", str(text), "--cell", "gru",
-           "--hidden-size", "16", "--num-layers", "1", "--seq-len", "16", "--batch-size", "4",
-           "--steps", str(steps), "--eval-every", "50", "--checkpoint-every", "10", "--sample-every", "0",
-           "--val-batches", "2", "--out", str(out), "--quiet"]
-    return cmd + (["--resume"] if resume else [])
+def damage(step_folder, how):
+    """Spoil a finished checkpoint as a disk or a careless hand might."""
+    if how == "truncated array file":
+        for f in (step_folder / "state" / "ocdbt.process_0" / "d").iterdir():
+            f.write_bytes(b"")
+    elif how == "deleted metadata":
+        (step_folder / "meta" / "metadata").unlink()
+    elif how == "deleted manifest":
+        (step_folder / "state" / "manifest.ocdbt").unlink()
 
 
-def test_sigkill_and_resume_gives_the_same_losses_step_for_step(tmp_path):
-    text = tmp_path / "corpus.txt"
-    text.write_text("the quick brown fox jumps over the lazy dog. " * 200)
-    steps = 600
-    subprocess.run(train_command(tmp_path / "whole", text, steps), check=True, capture_output=True)
+@pytest.mark.parametrize("how", ["truncated array file", "deleted metadata", "deleted manifest"])
+def test_restore_falls_back_past_a_damaged_checkpoint_and_keeps_every_intact_one(tmp_path, how):
+    w = lambda step: {"w": step + jax.random.normal(jax.random.key(0), (400,))}  # too big to inline in the index
+    ckpt = Checkpoints(tmp_path, keep=2)
+    for step in (10, 20):
+        ckpt.save(step, w(step))
+    ckpt.close()
+    damage(tmp_path / "checkpoints" / "latest" / "20", how)
 
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(train_command(killed, text, steps), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:  # kill it once a few checkpoints exist, mid-run
-        metrics = killed / "metrics.jsonl"
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 35:
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    logged = len((killed / "metrics.jsonl").read_text().splitlines())
-    assert 35 <= logged < steps, "the run was not killed mid-way"
+    notices = []
+    ckpt = Checkpoints(tmp_path, keep=2, notify=notices.append)
+    assert Checkpoints(tmp_path, read_only=True, notify=notices.append).restore_latest(w(0))[1]["step"] == 10
+    assert len(notices) == 1 and notices[0].startswith("skipped checkpoint latest/20: it does not restore (")
+    assert (tmp_path / "checkpoints" / "latest" / "20").exists()  # read-only: reported, left alone
+    state, meta = ckpt.restore_latest(w(0), set_aside=True)  # a resumed run
+    assert meta["step"] == 10
+    np.testing.assert_array_equal(state["w"], w(10)["w"])
+    assert notices[1].endswith("using step 10; moved to " + str(tmp_path / "checkpoints" / "corrupt" / "latest-20"))
+    assert ckpt.steps() == [10] and (tmp_path / "checkpoints" / "corrupt" / "latest-20" / "state").exists()
+    # The resumed run saves step 20 again (no clash with the damaged one), then 30: orbax keeps two,
+    # dropping step 10 only once the new ones are complete.
+    ckpt.save(20, w(20))
+    ckpt.save(30, w(30))
+    ckpt.close()
+    again = Checkpoints(tmp_path)
+    assert again.steps() == [20, 30] and again.restore_latest(w(0))[1]["step"] == 30
+    again.close()
 
-    resumed = subprocess.run(train_command(killed, text, steps, resume=True), check=True, capture_output=True, text=True)
-    start = int(resumed.stdout.split("resumed from step ")[1].split()[0])
-    assert 0 < start <= logged
-    whole, again = read_metrics(tmp_path / "whole"), read_metrics(killed)
-    assert sorted(whole) == sorted(again) == list(range(1, steps + 1))
-    np.testing.assert_array_equal([again[s]["loss"] for s in whole], [whole[s]["loss"] for s in whole])
-    assert resumed.stdout.strip().splitlines()[-1].startswith("val_loss_nats=")
+
+def test_no_checkpoint_that_restores_is_an_error_and_nothing_is_moved(tmp_path):
+    like = {"w": jax.random.normal(jax.random.key(0), (400,))}
+    ckpt = Checkpoints(tmp_path)
+    ckpt.save(5, like)
+    ckpt.close()
+    damage(tmp_path / "checkpoints" / "latest" / "5", "truncated array file")
+    ckpt = Checkpoints(tmp_path)
+    with pytest.raises(CheckpointError, match=r"no checkpoint in .*latest restores; the newest, step 5: OUT_OF_RANGE"):
+        ckpt.restore_latest(like, set_aside=True)
+    with pytest.raises(CheckpointError, match="step 5"):  # not shaped like the checkpoints: nothing is damaged
+        ckpt.restore_latest({"w": jnp.ones(4), "b": jnp.ones(1)}, set_aside=True)
+    assert ckpt.steps() == [5] and not (tmp_path / "checkpoints" / "corrupt").exists()
+    ckpt.close()
+
+
+def test_an_unreadable_best_checkpoint_is_not_best_and_is_set_aside_before_a_save_of_its_step(tmp_path):
+    ckpt = Checkpoints(tmp_path)
+    ckpt.save_if_best(6, {"w": jnp.ones(3)}, 2.0)
+    ckpt.close()
+    damage(tmp_path / "checkpoints" / "best" / "6", "deleted metadata")
+    notices = []
+    ckpt = Checkpoints(tmp_path, notify=notices.append)  # used to fail here, reading its metadata
+    assert ckpt.best_val == float("inf")
+    assert ckpt.save_if_best(6, {"w": jnp.full(3, 2.0)}, 2.5)  # the resumed run reaches step 6 again
+    ckpt.close()
+    assert notices == [f"checkpoint best/6 moved to {tmp_path / 'checkpoints' / 'corrupt' / 'best-6'} "
+                       "to make room for a new save of that step"]
+    state, meta = Checkpoints(tmp_path).restore_best({"w": jnp.zeros(3)})
+    assert meta["val_loss"] == 2.5 and float(state["w"][0]) == 2.0
+
+
+# A run killed with SIGKILL and resumed: tests/test_faults.py.
 
 
 def test_data_parallel_over_four_cpu_devices_equals_one_device():
@@ -224,3 +260,11 @@ def test_runlog_jsonl_and_tensorboard(tmp_path):
     assert records[1]["loss"] == 2.0 and records[2]["loss"] == "nan"
     assert log.has_tensorboard  # tensorboardX is in the dev extra
     assert any((tmp_path / "tensorboard").iterdir())
+
+
+def test_runlog_after_a_line_cut_short_by_a_crash_loses_nothing_more(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')  # killed mid-write
+    log = RunLog(tmp_path, tensorboard=False)
+    log.write(2, {"loss": 1.5})  # the resumed run logs step 2 again
+    log.close()
+    assert read_metrics(tmp_path) == {1: {"step": 1, "loss": 2.0}, 2: {"step": 2, "loss": 1.5}}

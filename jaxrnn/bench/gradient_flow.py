@@ -35,7 +35,7 @@ import optax
 from tqdm.auto import tqdm
 
 import jaxrnn
-from jaxrnn import diagnostics, tasks
+from jaxrnn import _checks, diagnostics, tasks
 from jaxrnn.bench.timing import median_seconds
 
 INPUT_SIZE = 2  # the adding problem's (value, marker) channels
@@ -395,26 +395,30 @@ def plot(results: dict, all_models, trained_models, lengths, jac_length, out: pa
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cells", nargs="+", default=["vanilla", "lstm-fb0", "lstm-fb1", "gru"],
-                        help="models to train and profile (vanilla, lstm-fb0, lstm-fb1, gru)")
-    parser.add_argument("--radii", nargs="*", type=float, default=[0.5, 0.75, 1.0, 1.25, 1.5],
+                        choices=["vanilla", "lstm-fb0", "lstm-fb1", "gru"], help="models to train and profile")
+    parser.add_argument("--radii", nargs="*", type=_checks.positive_float, default=[0.5, 0.75, 1.0, 1.25, 1.5],
                         help="spectral radii of W_h for the vanilla tanh sweep (at init)")
-    parser.add_argument("--lengths", nargs="+", type=int, default=[10, 30, 100, 300, 1000])
-    parser.add_argument("--hidden-size", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lengths", nargs="+", type=_checks.positive_int, default=[10, 30, 100, 300, 1000])
+    parser.add_argument("--hidden-size", type=_checks.positive_int, default=64)
+    parser.add_argument("--batch-size", type=_checks.positive_int, default=32)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
                         help="initialisation and data seeds; profiles are averaged over them")
-    parser.add_argument("--train-steps", type=int, default=1500, help="0 skips training (multiple of 100)")
-    parser.add_argument("--train-length", type=int, default=100)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--cost-length", type=int, default=10_000,
+    parser.add_argument("--train-steps", type=_checks.int_at_least(0, multiple_of=100), default=1500,
+                        help="0 skips training (multiple of 100)")
+    parser.add_argument("--train-length", type=_checks.positive_int, default=100)
+    parser.add_argument("--lr", type=_checks.positive_float, default=3e-3)
+    parser.add_argument("--cost-length", type=_checks.nonnegative_int, default=10_000,
                         help="T of the profile-cost check (0 skips it)")
-    parser.add_argument("--out", help="run folder (default runs/gradient-flow-<timestamp>)")
+    parser.add_argument("--out", help="run folder (default: runs/gradient-flow-<timestamp>)")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="jaxrnn gradient-flow", description=__doc__.split("\n\n")[0])
+    from jaxrnn.cli import run_command
+
+    parser = _checks.ArgumentParser(prog="jaxrnn gradient-flow", description=__doc__.split("\n\n")[0],
+                                    formatter_class=_checks.HelpFormatter)
     add_arguments(parser)
-    run(parser.parse_args(argv))
+    run_command(parser.prog, run, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

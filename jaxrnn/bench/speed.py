@@ -69,6 +69,7 @@ import jax.numpy as jnp
 from tqdm.auto import tqdm
 
 import jaxrnn
+from jaxrnn import _checks
 from jaxrnn.bench.timing import median_seconds
 
 PEERS = ("jaxrnn", "flax", "equinox", "haiku", "torch", "floor")
@@ -473,18 +474,19 @@ def _version(name: str) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="B=32, H=256, T in (100, 1000)")
     p.add_argument("--cells", nargs="+", default=["lstm", "gru", "vanilla"], choices=list(GATES))
-    p.add_argument("--batch", nargs="+", type=int, default=[1, 32, 256])
-    p.add_argument("--hidden", nargs="+", type=int, default=[128, 256, 512])
-    p.add_argument("--lengths", nargs="+", type=int, default=[100, 1000])
+    p.add_argument("--batch", nargs="+", type=_checks.positive_int, default=[1, 32, 256])
+    p.add_argument("--hidden", nargs="+", type=_checks.positive_int, default=[128, 256, 512])
+    p.add_argument("--lengths", nargs="+", type=_checks.positive_int, default=[100, 1000])
     p.add_argument("--mode", choices=("fwd", "fwd+bwd", "both"), default="both")
     p.add_argument("--peers", nargs="+", default=list(PEERS), choices=PEERS)
-    p.add_argument("--repeats", type=int, default=7, help="interleaved timing rounds (median reported)")
-    p.add_argument("--block", type=int, default=3,
+    p.add_argument("--repeats", type=_checks.positive_int, default=7,
+                   help="interleaved timing rounds (median reported)")
+    p.add_argument("--block", type=_checks.int_at_least(2), default=3,
                    help="calls per implementation per round, the first untimed (module docstring)")
     p.add_argument("--memory", action="store_true", help="also measure memory at T=10,000")
     p.add_argument("--precision", choices=PRECISIONS, default="float32",
-                   help="float32 matmul arithmetic for every peer (default), or TF32 tensor cores on a GPU")
-    p.add_argument("--json", help="where to write the JSON (default runs/speed-<timestamp>.json)")
+                   help="float32 matmul arithmetic for every peer, or TF32 tensor cores on a GPU")
+    p.add_argument("--json", help="where to write the JSON (default: runs/speed-<timestamp>.json)")
     p.add_argument("--default-malloc", action="store_true",
                    help=f"do not restart with GLIBC_TUNABLES={MALLOC_TUNABLES} (Linux)")
 
@@ -510,12 +512,15 @@ def restart_with_malloc_tunables() -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="jaxrnn speed", description=__doc__.split("\n\n")[0])
+    from jaxrnn.cli import run_command
+
+    parser = _checks.ArgumentParser(prog="jaxrnn speed", description=__doc__.split("\n\n")[0],
+                                    formatter_class=_checks.HelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(argv)
     if argv is None and not args.default_malloc:  # our own command line: safe to restart
         restart_with_malloc_tunables()
-    run(args)
+    run_command(parser.prog, run, args)
 
 
 if __name__ == "__main__":
