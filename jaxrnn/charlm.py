@@ -280,6 +280,14 @@ def _check_length(corpus: Corpus, args) -> None:
         "Give a longer text, or a smaller --batch-size or --seq-len")
 
 
+def _check_prime(corpus: Corpus, prime: str) -> None:
+    """``--prime`` must be made of the corpus's characters (checked before any work, not at the first sample)."""
+    try:
+        corpus.encode(prime)
+    except ValueError as e:
+        raise UsageError(f"--prime: {e}") from None
+
+
 def _read_config(path: pathlib.Path) -> dict:
     try:
         config = json.loads(path.read_text())
@@ -316,6 +324,7 @@ def train(args) -> dict:
         raise UsageError(f"--resume: the corpus's characters have changed since the run started ({len(corpus.vocab)} "
                          f"distinct now, {len(saved['vocab'])} then); a run's vocabulary cannot change")
     _check_length(corpus, args)
+    _check_prime(corpus, args.prime)
     out.mkdir(parents=True, exist_ok=True)
 
     sep = corpus.vocab.find(DOCUMENT_SEPARATOR)
@@ -481,9 +490,7 @@ def sample(args) -> str:
                          "(further) first")
     vocab = config["vocab"]
     corpus = Corpus(config["corpus"], vocab[0], vocab)
-    try:
-        text = sample_text(lm, corpus, restored[0].params, args.prime, args.length, args.temperature, args.seed)
-    except ValueError as e:
-        raise UsageError(f"--prime: {e}") from None
+    _check_prime(corpus, args.prime)
+    text = sample_text(lm, corpus, restored[0].params, args.prime, args.length, args.temperature, args.seed)
     print(text)
     return text

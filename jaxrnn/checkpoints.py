@@ -4,7 +4,8 @@ Two orbax ``CheckpointManager`` s under one run folder::
 
     <run>/checkpoints/latest/<step>/   periodic, the newest ``keep`` of them
     <run>/checkpoints/best/<step>/     the one with the lowest validation loss
-    <run>/checkpoints/corrupt/         checkpoints that did not restore, set aside (never deleted)
+    <run>/checkpoints/corrupt/         checkpoints set aside (never deleted): those that did not
+                                       restore, and any in the way of a new save (below)
 
 orbax writes each checkpoint into a temporary folder and renames it when
 complete, so a run killed mid-save (even with SIGKILL) leaves the previous
@@ -17,7 +18,10 @@ deleted one). Restoring then falls back to the newest checkpoint that does
 restore and reports the ones it skipped (``notify``). When resuming a run,
 ``set_aside=True`` moves the skipped ones to ``checkpoints/corrupt/``, so that
 they neither count against ``keep`` (orbax would otherwise delete an intact
-older checkpoint to make room) nor block a new save of the same step.
+older checkpoint to make room) nor block a new save of the same step. orbax
+writes a step only past its newest one: a save meets a checkpoint at or past
+its step only after a run went back to an older one (a best checkpoint, say,
+that this run's better one supersedes), and sets that one aside too.
 
 Errors: a save that cannot be written raises :class:`CheckpointError` at once
 (the step folder is created before :meth:`Checkpoints.save` returns), or, for a
@@ -140,12 +144,14 @@ class Checkpoints:
     def _save(self, manager: ocp.CheckpointManager, kind: str, step: int, state: Any, meta: dict) -> None:
         self._wait(manager)  # the previous save's error, if any, under its own name
         try:
-            if step in manager.all_steps():
-                # Only a checkpoint that did not restore can be there (a resumed run went back to an
-                # older one): set it aside rather than overwrite or delete it.
-                target = self._set_aside(manager, kind, step)
-                self.notify(f"checkpoint {kind}/{step} moved to {target} to make room for a new save of that step")
-            manager.save(step, args=self._args(state, meta))
+            # orbax saves a step only past its newest one (else save() returns False, writing nothing). A
+            # step at or past this one is left from before a resumed run went back to an older checkpoint:
+            # one that did not restore, or a best that this save supersedes. Set it aside, never delete it.
+            for later in sorted(s for s in manager.all_steps() if s >= step):
+                target = self._set_aside(manager, kind, later)
+                self.notify(f"checkpoint {kind}/{later} moved to {target} to make room for a new save of step {step}")
+            if not manager.save(step, args=self._args(state, meta)):
+                raise CheckpointError(f"checkpoint step {step}: orbax declined to write it to {manager.directory}")
         except CheckpointError:
             raise
         except Exception as e:

@@ -363,13 +363,12 @@ def make_body(cell: Cell, params: Params, prep: Prepared):
     """
     initial_carry, masked, resetting = prep.initial_carry, prep.valid is not None, prep.resets is not None
 
-    def body(carry, inputs):
+    def body(previous, inputs):
         xp_t, valid_t, reset_t = inputs
-        if resetting:
-            carry = tree_where(reset_t, initial_carry, carry)
+        carry = tree_where(reset_t, initial_carry, previous) if resetting else previous
         new_carry, y_t = cell.recur(params, carry, prep.step_input(cell, params, xp_t))
-        if masked:
-            new_carry = tree_where(valid_t, new_carry, carry)
+        if masked:  # a padded step changes nothing, a reset flag in the padding included
+            new_carry = tree_where(valid_t, new_carry, previous)
             y_t = jnp.where(valid_t[:, None], y_t, jnp.zeros_like(y_t))
         return new_carry, y_t
 

@@ -132,3 +132,23 @@ def test_step_vjp_equals_autodiff_of_elementwise(factory):
     got = cell.step_vjp.backward(rest, carry, saved, d_carry, d_h)
     want = jax.vjp(cell.elementwise, rest, carry, xp, hh)[1]((d_carry, d_h))
     chex.assert_trees_all_close(got, want, atol=1e-5)
+
+
+def test_a_cell_with_replaced_math_never_takes_the_stock_fast_path():
+    """A cell changed with ``_replace`` computes its own functions on every path, the CPU's default included."""
+    for stock in (jaxrnn.lstm(8), jaxrnn.gru(8)):
+        def elementwise(params, carry, xp_t, hh_t, stock=stock):  # the stock step, its outputs halved
+            new, h = stock.elementwise(params, carry, xp_t, hh_t)
+            new = jax.tree_util.tree_map(lambda v: 0.5 * v, new)
+            return new, 0.5 * h
+
+        recur = lambda params, carry, xp_t, stock=stock, f=elementwise: f(params, carry, xp_t, stock.hidden(carry) @ params["w_h"])
+        cell = stock._replace(elementwise=elementwise, recur=recur, step_vjp=jaxrnn.cells.autodiff_step_vjp(elementwise))
+        assert jaxrnn.cells.is_stock(stock) and not jaxrnn.cells.is_stock(cell)
+        params = random_params(cell, jax.random.key(0), 3)
+        xs = random_inputs(jax.random.key(1), 16, 5, 3)  # a batch the native kernels take
+        auto, xla = jaxrnn.scan(cell, params, xs), jaxrnn.scan(cell, params, xs, kernel="xla")
+        chex.assert_trees_all_close(auto, xla, atol=1e-6)
+        assert not np.allclose(auto[0], jaxrnn.scan(stock, params, xs)[0], atol=1e-2)
+        with pytest.raises(ValueError, match="kernel='native' cannot run this call: .*replaced"):
+            jaxrnn.scan(cell, params, xs, kernel="native")

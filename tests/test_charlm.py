@@ -146,6 +146,9 @@ USER_ERRORS = [  # argv ({t}: a folder with the test's files), the error's text 
     (["train", "char-lm", "--text", "{t}/random.bin"], r"--text: .*random.bin is not a UTF-8 text file: invalid UTF-8"),
     (["train", "char-lm", "--text", "{t}/zeros.txt"], r"zeros.txt does not look like text: 3000 of its 3000 characters"),
     (["train", "char-lm", "--text", "{t}/missing.txt"], r"--text: .*missing.txt is not a file"),
+    (["train", "char-lm", "--text", "{t}/good.txt", "--prime", "@@@", "--hidden-size", "8", "--num-layers", "1",
+      "--steps", "2", "--sample-every", "1", "--quiet"],  # refused before training, not at the first sample
+     r"--prime: text: characters \['@'\] are not in the corpus vocabulary"),
     (["train", "char-lm", "--text", "{t}/good.txt", "--out", "{t}/good.txt"],
      r"--out .*good.txt: exists and is not a folder"),
     (["train", "char-lm", "--text", "{t}/good.txt", "--hiden-size", "8"], r"unrecognized arguments: --hiden-size"),

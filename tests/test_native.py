@@ -1,5 +1,6 @@
 """The native CPU LSTM and GRU (jaxrnn.native) against the XLA loop they replace."""
 
+import functools
 import os
 import shutil
 import subprocess
@@ -33,6 +34,27 @@ def assert_close_at_scale(got, want, rtol=1e-5):
     entry near zero carries the rounding error of its largest terms."""
     for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
         np.testing.assert_allclose(g, w, atol=rtol * float(np.abs(w).max()), rtol=0)
+
+
+def assert_same_specials_and_close(got, want, rtol=1e-5, what=""):
+    """The contract of a fast path: NaN, +inf and -inf at the same positions of every leaf, and the
+    finite entries equal to ``rtol``, relatively and of the larger of 1 and the leaf's largest finite
+    entry (float32 sums that cancel leave an entry near zero the rounding error of their largest
+    terms, which are of order one here: products of activations, weights and random cotangents)."""
+    paths = [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(want)[0]]
+    for path, g, w in zip(paths, jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want), strict=True):
+        g, w = np.asarray(g), np.asarray(w)
+        assert g.shape == w.shape, f"{what}{path}: shape {g.shape}, expected {w.shape}"
+        for name, where in (("NaN", np.isnan), ("+inf", np.isposinf), ("-inf", np.isneginf)):
+            differ = np.argwhere(where(g) != where(w))
+            assert not differ.size, (
+                f"{what}{path}: {name} in one but not the other at {len(differ)} of {g.size} positions, "
+                f"first {tuple(differ[0])}: got {g[tuple(differ[0])]}, expected {w[tuple(differ[0])]} "
+                f"(got {np.isnan(g).sum()} NaN, {np.isinf(g).sum()} inf; expected {np.isnan(w).sum()}, {np.isinf(w).sum()})"
+            )
+        finite = np.isfinite(w)
+        scale = max(1.0, float(np.abs(w[finite]).max(initial=0.0)))
+        np.testing.assert_allclose(g[finite], w[finite], rtol=rtol, atol=rtol * scale, err_msg=f"{what}{path}")
 
 
 def setup(B, T, I, H, seed=0, kind="lstm"):
@@ -75,6 +97,68 @@ def test_native_gradients_equal_the_xla_loop(kind, shape, time_major):
 
     grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=3)
     assert_close_at_scale(grads(params, xs, carry, "native"), grads(params, xs, carry, "xla"))
+
+
+@functools.partial(jax.jit, static_argnames=("kind", "kernel", "time_major", "checkpoint_every", "reverse"))
+def values_and_gradients(params, xs, carry, w_ys, w_carry, *, kind, kernel, time_major=False, checkpoint_every=None,
+                         reverse=False):
+    """``((ys, final carry), gradients w.r.t. (params, xs, carry))`` of :func:`jaxrnn.scan` and of
+    ``sum(ys * w_ys) + sum(final carry * w_carry)``. ``xs``, ``ys`` and ``d xs`` are batch-major
+    whatever the layout the call runs in, so that one compiled reference serves every layout."""
+    cell = jaxrnn.CELLS[kind](params["w_h"].shape[0])
+
+    def loss(p, x, c):
+        x = jnp.swapaxes(x, 0, 1) if time_major else x
+        ys, final = jaxrnn.scan(cell, p, x, initial_carry=c, time_major=time_major, reverse=reverse,
+                                checkpoint_every=checkpoint_every, kernel=kernel)
+        ys = jnp.swapaxes(ys, 0, 1) if time_major else ys
+        total = jnp.sum(ys * w_ys) + sum(jnp.sum(f * w) for f, w in zip(jax.tree_util.tree_leaves(final), w_carry))
+        return total, (ys, final)
+
+    grads, values = jax.grad(loss, argnums=(0, 1, 2), has_aux=True)(params, xs, carry)
+    return values, grads
+
+
+NAN, INF = float("nan"), float("inf")
+
+# Special values, each put into (params, xs) of the shape below (xs batch-major). The XLA loop is the
+# reference: NaN goes on from where it enters (one row from its step on; everywhere from a weight, and
+# into every weight's gradient), sigmoid(+-inf) is 1 or 0 and tanh(+-inf) +-1, exactly, so a saturated
+# gate's derivative is exactly 0, and an infinite input times it a NaN weight gradient.
+SPECIAL_VALUES = {
+    "nan-at-one-step-of-one-row": lambda p, x: (p, x.at[3, 2, 1].set(NAN)),
+    "nan-in-w_h": lambda p, x: ({**p, "w_h": p["w_h"].at[1, 2].set(NAN)}, x),
+    "+inf-input": lambda p, x: (p, x.at[3, 2, 1].set(INF)),
+    "-inf-input": lambda p, x: (p, x.at[5, 0, 0].set(-INF)),
+    "inf-minus-inf-in-the-gates": lambda p, x: (p, x.at[3, 2, 0].set(INF).at[3, 2, 1].set(-INF)),
+    # Saturates a gate of every row; the kernel's padded batch rows (zero inputs) get 0 * inf = NaN,
+    # which must stay out of the bias gradient, the one sum across rows.
+    "inf-in-w_i": lambda p, x: ({**p, "w_i": p["w_i"].at[1, 2].set(INF)}, x),
+    # XLA runs with denormals flushed to zero: a denormal input times an infinite weight is 0 * inf = NaN.
+    "denormal-input-times-inf-weights": lambda p, x: ({**p, "w_i": p["w_i"].at[1].set(INF)}, x.at[3, 2, 1].set(1e-40)),
+}
+# (time_major, checkpoint_every); T = 5: chunks of 2 start with a short one, a chunk of 3 with one of 2.
+SPECIAL_LAYOUTS = [(False, None), (True, None), (False, 2), (True, 3)]
+
+
+@needs_kernel
+@pytest.mark.parametrize("time_major, chunk", SPECIAL_LAYOUTS,
+                         ids=["batch-major", "time-major", "batch-major-chunks-of-2", "time-major-chunks-of-3"])
+@pytest.mark.parametrize("case", SPECIAL_VALUES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_nan_and_inf_propagate_through_the_kernel_as_through_the_xla_loop(kind, case, time_major, chunk):
+    # B = 17: the kernel pads the batch to 32 rows; H = 33: two shares of units (threads, where there
+    # are two CPUs), and a one-unit tail tile.
+    cell, params, xs, carry = setup(17, 5, 3, 33, kind=kind)
+    params, xs = SPECIAL_VALUES[case](params, xs)
+    w_ys = random_inputs(jax.random.key(9), 17, 5, 33)
+    w_carry = tuple(random_inputs(k, 17, 33) for k in jax.random.split(jax.random.key(10), 2 if kind == "lstm" else 1))
+    # The reference is the XLA loop without checkpoint_every: checkpointing must not change a value, and
+    # the loop's own chunks pad the sequence (zero inputs times an infinite weight: NaN).
+    want = values_and_gradients(params, xs, carry, w_ys, w_carry, kind=kind, kernel="xla")
+    got = values_and_gradients(params, xs, carry, w_ys, w_carry, kind=kind, kernel="native", time_major=time_major,
+                               checkpoint_every=chunk)
+    assert_same_specials_and_close(got, want, what=f"{kind} {case}: ")
 
 
 @needs_kernel

@@ -189,6 +189,18 @@ def test_padding_never_reaches_values_or_gradients(make_cell):
             chex.assert_trees_all_close(grads(dirty), expected_grads, atol=1e-6)
 
 
+def test_a_reset_flag_in_the_padding_changes_nothing():
+    cell = jaxrnn.lstm(H)
+    params, xs = setup(cell)
+    lengths = jnp.array([7, 3, 5])
+    h0 = jax.tree_util.tree_map(lambda z: z + 0.3, cell.initial_carry(B))
+    resets = jnp.zeros((B, T), bool).at[1, 2].set(True)
+    garbage = resets.at[1, 5].set(True).at[2, 5:].set(True)  # flags after rows 1 and 2 end
+    for reverse in (False, True):
+        run = lambda r: jaxrnn.scan(cell, params, xs, initial_carry=h0, lengths=lengths, resets=r, reverse=reverse)
+        chex.assert_trees_all_equal(run(garbage), run(resets))
+
+
 def test_empty_batch_with_every_option(make_cell):
     cell = make_cell(H)
     params, xs = setup(cell)

@@ -211,9 +211,29 @@ def test_an_unreadable_best_checkpoint_is_not_best_and_is_set_aside_before_a_sav
     assert ckpt.save_if_best(6, {"w": jnp.full(3, 2.0)}, 2.5)  # the resumed run reaches step 6 again
     ckpt.close()
     assert notices == [f"checkpoint best/6 moved to {tmp_path / 'checkpoints' / 'corrupt' / 'best-6'} "
-                       "to make room for a new save of that step"]
+                       "to make room for a new save of step 6"]
     state, meta = Checkpoints(tmp_path).restore_best({"w": jnp.zeros(3)})
     assert meta["val_loss"] == 2.5 and float(state["w"][0]) == 2.0
+
+
+def test_a_better_best_before_the_old_best_step_is_saved_and_the_old_one_kept(tmp_path):
+    """A resumed run that went back before the best checkpoint's step (its latest did not restore) and
+    then does better: orbax writes a step only past its newest, so the old best (intact, superseded)
+    is set aside, never deleted; it used to be the new one that was silently not written."""
+    ckpt = Checkpoints(tmp_path)
+    ckpt.save_if_best(40, {"w": jnp.ones(3)}, 2.0)
+    ckpt.close()
+    notices = []
+    ckpt = Checkpoints(tmp_path, notify=notices.append)
+    assert ckpt.save_if_best(30, {"w": jnp.zeros(3)}, 1.5)
+    ckpt.close()
+    assert notices == [f"checkpoint best/40 moved to {tmp_path / 'checkpoints' / 'corrupt' / 'best-40'} "
+                       "to make room for a new save of step 30"]
+    state, meta = Checkpoints(tmp_path, read_only=True).restore_best({"w": jnp.ones(3)})
+    assert meta == {"step": 30, "val_loss": 1.5} and float(state["w"][0]) == 0.0
+    assert (tmp_path / "checkpoints" / "corrupt" / "best-40" / "state").exists()
+    with pytest.raises(CheckpointError, match="step 50: orbax declined to write it"):  # never a silent no-op
+        Checkpoints(tmp_path, read_only=True).save(50, {"w": jnp.ones(3)})
 
 
 # A run killed with SIGKILL and resumed: tests/test_faults.py.

@@ -47,6 +47,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrnn.cells import is_stock
+
 SOURCE = Path(__file__).with_name("rnn_cpu.cc")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
 KINDS = ("lstm", "gru")
@@ -124,11 +126,15 @@ def unsupported(cell, params, batch: int, dtype, *, steps: int = 1, lengths=None
                 backward: str = "fused") -> str | None:
     """Why :func:`jaxrnn.scan` cannot run this call natively, or None when it can.
 
-    The kernels cover the common case only: an LSTM or GRU cell in float32 on
+    The kernels cover the common case only: an LSTM or GRU cell as
+    :func:`jaxrnn.lstm` or :func:`jaxrnn.gru` made it (never a cell whose
+    functions were replaced: see :func:`jaxrnn.cells.is_stock`), in float32 on
     the CPU backend, no ``lengths`` or ``resets``, the fused backward, a batch
     of at least ``MIN_BATCH[cell.kind]``. Everything else keeps to the XLA loop.
     """
     checks = (
+        (is_stock(cell), "the cell's functions were replaced (jaxrnn.cells.is_stock is false); the kernels "
+                         "compute the LSTM and GRU that jaxrnn.lstm and jaxrnn.gru make"),
         (cell.kind in KINDS, f"the cell is {cell.kind!r}; the kernels are an LSTM's and a GRU's"),
         (jax.default_backend() == "cpu", f"JAX's default backend is {jax.default_backend()!r}, not the CPU"),
         (

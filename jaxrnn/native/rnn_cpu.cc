@@ -64,10 +64,16 @@ namespace {
 
 // ---------------------------------------------------------------- math ----
 
-// exp(x) for |x| <= 88: 2^n * 2^f with n = round(x log2 e), |f| <= 1/2, and a
-// degree-6 polynomial for 2^f (relative error about 2e-7).
+// exp(x): 2^n * 2^f with n = round(x log2 e), |f| <= 1/2, and a degree-6
+// polynomial for 2^f (relative error about 2e-7). x is first clamped to
+// [-88, 89], which keeps n finite (at x = +-inf, t - n would be inf - inf):
+// below -88 exp is 0 or a denormal, which XLA's CPU code (and this kernel,
+// run under the caller's MXCSR, see Phases) flushes to 0 anyway; from 88.73 on
+// the result overflows to +inf, as exp does, so that sigmoid(-inf) is exactly
+// 0, as in XLA, and its derivative s (1 - s) too. The clamp keeps NaN: x86
+// min/max return their SECOND operand when either is NaN, so x goes second.
 inline __m512 exp16(__m512 x) {
-  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.f)), _mm512_set1_ps(-88.f));
+  x = _mm512_max_ps(_mm512_set1_ps(-88.f), _mm512_min_ps(_mm512_set1_ps(89.f), x));
   const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.4426950408889634f));
   const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 f = _mm512_sub_ps(t, n);
@@ -86,8 +92,8 @@ inline __m512 sigmoid16(__m512 x) {
   return _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), x))));
 }
 
-// tanh(x) = 1 - 2 / (exp(2x) + 1): exact limits at both ends, no cancellation
-// trouble at float32 tolerance.
+// tanh(x) = 1 - 2 / (exp(2x) + 1): exact limits at both ends (+-1 at +-inf,
+// as XLA's), NaN at NaN, no cancellation trouble at float32 tolerance.
 inline __m512 tanh16(__m512 x) {
   const __m512 one = _mm512_set1_ps(1.f);
   const __m512 e = exp16(_mm512_add_ps(x, x));
@@ -102,9 +108,15 @@ inline __m512 tanh16(__m512 x) {
 // them in order from one counter, so a helper that starts late, or not at all
 // (XLA's thread pool busy with other work), costs parallelism, never a stall,
 // and the calling thread alone finishes the call if need be.
+//
+// Every task runs under the calling thread's MXCSR (`csr`): XLA runs its CPU
+// code with denormals flushed (FTZ and DAZ), and a helper from elsewhere that
+// did not would make, say, a denormal x_t times an infinite weight inf where
+// XLA's loop gives NaN (0 * inf), and results depend on which thread ran a task.
 struct Phases {
   int64_t phases;
   int shares;
+  unsigned csr;
   std::function<void(int64_t, int)> task;  // task(phase, share)
   std::atomic<int64_t> next{0}, done{0};
 
@@ -118,12 +130,15 @@ struct Phases {
   }
 
   void work() {
+    const unsigned own = _mm_getcsr();
+    _mm_setcsr(csr);
     const int64_t total = phases * shares;
     for (int64_t k; (k = next.fetch_add(1, std::memory_order_relaxed)) < total;) {
       wait_for(k / shares * shares);  // all of the previous phase
       task(k / shares, static_cast<int>(k % shares));
       done.fetch_add(1, std::memory_order_acq_rel);
     }
+    _mm_setcsr(own);  // a pool thread goes back to its own mode
   }
 };
 
@@ -136,6 +151,7 @@ void run_phases(ffi::ThreadPool& pool, bool pooled, int64_t phases, int shares,
   auto state = std::make_shared<Phases>();
   state->phases = phases;
   state->shares = shares;
+  state->csr = _mm_getcsr();
   state->task = std::move(task);
   std::vector<std::thread> own;
   for (int i = 1; i < shares; ++i) {
@@ -459,7 +475,7 @@ struct Backward {
   float* dc;        // (H, Bp): LSTM d c_t; GRU the part of d h_{t-1} that bypasses W_h, z d h_t
   float* dxt;       // (I, Bp): d x_t, feature-major, on its way out
   float* g[2];      // (4H, Bp) twice: dG_t^T, all four slots, double-buffered
-  float* db;        // (4H, 16): sums of dg, each lane over its own batch rows
+  float* db;        // (4H, 16): sums of dg, each lane over its own batch rows (real ones only)
 
   // Rows [lo, hi) of [W_i; W_h] (I + H rows of G H) as (G H, R) blocks of
   // kRows rows, so that a tile reads its block contiguously: block[k R + j] =
@@ -489,7 +505,10 @@ struct Backward {
   // floats at once: rows are H or 4H floats apart, and 16 single-float stores
   // that far apart land in one L1 set. dg goes out with streaming stores: the
   // weight gradients read it back from memory anyway (T B 4H floats), and
-  // plain stores would first read every line in.
+  // plain stores would first read every line in. The padded batch rows are
+  // computed too, and need not be finite (their zero inputs times an infinite
+  // weight are NaN): they stay out of the bias gradient, the one sum across
+  // lanes; everything else reads them lane by lane and never writes them out.
   void gates(int t, int ulo, int uhi, float* gt) const {
     const float* r = res + int64_t{t} * kKept * H * Bp;
     const float* dy = dys + in.at(t) * H;
@@ -528,9 +547,10 @@ struct Backward {
             d[3] = _mm512_mul_ps(d[2], rr);
             _mm512_storeu_ps(dc + at, _mm512_mul_ps(d_h, z));  // d h_{t-1} through z, added by the matmul
           }
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < 4; ++q) {  // the bias gradient sums the batch's rows, not the padding's
             float* sum = db + int64_t{q * H + u0 + j} * 16;
-            _mm512_storeu_ps(sum, _mm512_add_ps(_mm512_loadu_ps(sum), d[q]));
+            const __m512 so_far = _mm512_loadu_ps(sum);
+            _mm512_storeu_ps(sum, _mm512_mask_add_ps(so_far, first(lanes), so_far, d[q]));
             _mm512_storeu_ps(gt + int64_t{q * H} * Bp + at, d[q]);
             dg_block[q][j] = d[q];
           }
@@ -700,7 +720,7 @@ void backward(ffi::ThreadPool& pool, const float* res, Shape seq, int I, int H, 
   run_phases(pool, pooled, int64_t{seq.T} + 1, n, [&bw, n](int64_t p, int j) { bw.phase(p, j, n); });
   batch_major_out(dh.data(), seq.B, H, Bp, dh0);
   if (dc0) batch_major_out(dc.data(), seq.B, H, Bp, dc0);
-  for (int k = 0; k < 4 * H; ++k) {  // padded batch rows hold exact zeros in dg, so all lanes count
+  for (int k = 0; k < 4 * H; ++k) {  // padded batch rows were never added (see gates), so all lanes count
     float sum = 0.f;
     for (int l = 0; l < 16; ++l) sum += lanes[int64_t{k} * 16 + l];
     db[k] = sum;
