@@ -9,13 +9,31 @@ functions; :func:`scan` unrolls any of them; :class:`RNN` stacks them;
 the LSTM and GRU as one compiled CPU kernel each, which :func:`scan` uses where it can.
 """
 
-from jaxrnn import heads, linen, native, seq2seq, streaming, tasks
+from jaxrnn import native
 from jaxrnn.cells import CELLS, Cell, LSTMState, StepVJP, chrono_init, gru, identity_init, lstm, vanilla
 from jaxrnn.interop import carry_from_flax, carry_to_flax, from_flax, from_torch, to_flax, to_torch
 from jaxrnn.layers import RNN
 from jaxrnn.unroll import scan
 
 __version__ = "0.1.0"
+
+# Submodules loaded on first use (PEP 562), so that `import jaxrnn` loads jax and numpy only:
+# linen needs flax, training optax, checkpoints orbax (tests/test_imports.py holds this).
+# `jaxrnn.linen.RNN` and `from jaxrnn import linen` both work as before.
+_LAZY_SUBMODULES = ("checkpoints", "diagnostics", "heads", "linen", "seq2seq", "streaming", "tasks", "training")
+
+
+def __getattr__(name: str):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")  # also binds it here: called once per name
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))
+
 
 __all__ = [
     "CELLS",
@@ -25,7 +43,9 @@ __all__ = [
     "RNN",
     "carry_from_flax",
     "carry_to_flax",
+    "checkpoints",
     "chrono_init",
+    "diagnostics",
     "from_flax",
     "from_torch",
     "gru",
@@ -40,5 +60,6 @@ __all__ = [
     "tasks",
     "to_flax",
     "to_torch",
+    "training",
     "vanilla",
 ]

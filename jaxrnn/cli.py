@@ -1,12 +1,13 @@
 """The ``jaxrnn`` command: ``gradient-flow``, ``speed``, ``long-range``, ``train char-lm``, ``sample``.
 
 Exit status: 0 when the command did its work; 2 for a user error (a bad flag
-value, a missing or unusable file or folder, a text too short or not text),
-reported as one line on stderr, ``jaxrnn <command>: error: <message>``, without
-a traceback or usage; 1 when a run started and failed: a diverged run or a
-checkpoint that could not be written (one line on stderr as well, the
-checkpoints saved before it kept), or a failed ``--sanity`` check (its verdict
-on stdout). Anything else is a bug and shows its traceback.
+value, a missing or unusable file or folder, a text too short or not text, the
+``programs`` extra not installed), reported as one line on stderr,
+``jaxrnn <command>: error: <message>``, without a traceback or usage; 1 when a
+run started and failed: a diverged run or a checkpoint that could not be
+written (one line on stderr as well, the checkpoints saved before it kept), or
+a failed ``--sanity`` check (its verdict on stdout). Anything else is a bug and
+shows its traceback.
 
 Notices that are not errors (a damaged checkpoint skipped on ``--resume``, a
 ``--resume`` with nothing to resume from) are one line on stderr each, and
@@ -24,6 +25,16 @@ from jaxrnn._checks import ArgumentParser, HelpFormatter, UsageError
 #: Exceptions that mean the user must change something: status 2, one line.
 USER_ERRORS: tuple[type[BaseException], ...] = (
     UsageError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+#: What the commands need beyond the library, pyproject's ``programs`` extra: module -> package.
+PROGRAM_MODULES = {"matplotlib": "matplotlib", "tqdm": "tqdm", "sklearn": "scikit-learn"}
+
+
+def missing_programs_extra() -> list[str]:
+    """The ``programs`` extra's packages that are not installed (looked up, not imported)."""
+    import importlib.util
+
+    return [package for module, package in PROGRAM_MODULES.items() if importlib.util.find_spec(module) is None]
 
 
 def _run_errors() -> tuple[type[BaseException], ...]:
@@ -91,6 +102,13 @@ def run_command(prog: str, func, args):
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Checked before the commands' modules are imported (they import tqdm and, later, matplotlib):
+    # `pip install jaxrnn` alone gives the library, and this one line says what the commands need.
+    missing = missing_programs_extra()
+    if missing:
+        print(f"jaxrnn: error: the jaxrnn command needs {', '.join(missing)} (not installed): "
+              "pip install 'jaxrnn[programs]'", file=sys.stderr)
+        sys.exit(2)
     from jaxrnn.bench import speed
 
     parser = build_parser()

@@ -27,7 +27,6 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from jaxrnn.cells import Carry, Cell, Params
 from jaxrnn.unroll import sequence_mask  # noqa: F401  (part of this module's API: masks for the losses)
@@ -57,6 +56,8 @@ def mean_pool(ys: Array, lengths: Array | None = None) -> Array:
 
 def cross_entropy(logits: Array, labels: Array) -> Array:
     """Mean softmax cross-entropy of (B, C) logits against (B,) integer labels."""
+    import optax  # here, not at the top: `import jaxrnn` stays jax and numpy only
+
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
 
 
@@ -76,6 +77,8 @@ def masked_cross_entropy(logits: Array, targets: Array, lengths: Array | None = 
       targets: (B, T) integers; values at padded steps are ignored (any value).
       lengths: (B,) valid lengths; or give ``mask`` (B, T) directly.
     """
+    import optax  # see cross_entropy
+
     if mask is None:
         mask = jnp.ones(targets.shape, bool) if lengths is None else sequence_mask(lengths, targets.shape[1])
     # Padded steps may hold anything (targets out of range, NaN logits): both are replaced

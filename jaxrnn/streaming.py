@@ -30,7 +30,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import orbax.checkpoint as ocp
 
 from jaxrnn import _checks
 from jaxrnn.cells import Carry
@@ -103,6 +102,8 @@ def save(path: str | pathlib.Path, state: StreamState) -> None:
     path = pathlib.Path(path).absolute()
     if path.exists():
         raise FileExistsError(f"path: {path} already exists; streaming.save writes a new folder")
+    import orbax.checkpoint as ocp  # here, not at the top: `import jaxrnn` stays jax and numpy only
+
     with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
         checkpointer.save(path, args=ocp.args.StandardSave(state._asdict()))
 
@@ -112,6 +113,8 @@ def restore(path: str | pathlib.Path, like: StreamState) -> StreamState:
     path = pathlib.Path(path).absolute()
     if not path.is_dir():
         raise FileNotFoundError(f"path: {path} is not a folder written by streaming.save")
+    import orbax.checkpoint as ocp  # see save
+
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like._asdict())
     with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
         restored: dict[str, Any] = checkpointer.restore(path, args=ocp.args.StandardRestore(abstract))

@@ -32,7 +32,6 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jaxrnn import _checks
 
@@ -90,6 +89,8 @@ def _check(batch_size: int, length: int, minimum: int) -> None:
 
 
 def _cross_entropy(logits: Array, targets: Array) -> Array:
+    import optax  # here, not at the top: `import jaxrnn` stays jax and numpy only
+
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, targets))
 
 
@@ -257,7 +258,11 @@ def digits_data(permuted: bool = False) -> dict[str, np.ndarray]:
     variant. Images are shuffled once with seed 0; the last 360 are the test
     set. Offline: the data ships inside scikit-learn.
     """
-    from sklearn.datasets import load_digits
+    try:  # scikit-learn is in the `programs` extra, not a core dependency: only the digits need it
+        from sklearn.datasets import load_digits
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError(f"the digits tasks need scikit-learn: pip install 'jaxrnn[programs]' ({e})",
+                                  name=e.name) from e
 
     digits = load_digits()
     order = np.random.default_rng(0).permutation(len(digits.target))
