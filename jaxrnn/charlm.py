@@ -362,6 +362,8 @@ def train(args) -> dict:
         try:
             result = _train_loop(args, lm, corpus, state, start, optimizer, lr_at, train_chunks, val_chunks, ckpt, log)
         except training.DivergenceError as e:
+            with contextlib.suppress(CheckpointError):  # name only a checkpoint that was written whole
+                ckpt.wait()
             steps = ckpt.steps()
             last = f"The last, step {steps[-1]} in {ckpt_dir}, is kept." if steps else "(None had been saved yet.)"
             raise training.DivergenceError(f"{e} {last}") from None
