@@ -5,6 +5,7 @@ functions; :func:`scan` unrolls any of them; :class:`RNN` stacks them;
 :mod:`jaxrnn.diagnostics` measures how gradients flow back through time;
 :mod:`jaxrnn.heads` (losses for every sequence shape), :mod:`jaxrnn.seq2seq`
 (encoder-decoder with attention) and :mod:`jaxrnn.streaming` build on them;
+:mod:`jaxrnn.linen` and :mod:`jaxrnn.nnx` wrap them as flax modules;
 :mod:`jaxrnn.tasks` holds the long-range benchmark tasks; :mod:`jaxrnn.native` runs
 the LSTM and GRU as one compiled CPU kernel each, which :func:`scan` uses where it can.
 """
@@ -20,7 +21,7 @@ __version__ = "0.1.0"
 # Submodules loaded on first use (PEP 562), so that `import jaxrnn` loads jax and numpy only:
 # linen needs flax, training optax, checkpoints orbax (tests/test_imports.py holds this).
 # `jaxrnn.linen.RNN` and `from jaxrnn import linen` both work as before.
-_LAZY_SUBMODULES = ("checkpoints", "diagnostics", "heads", "linen", "seq2seq", "streaming", "tasks", "training")
+_LAZY_SUBMODULES = ("checkpoints", "diagnostics", "heads", "linen", "nnx", "seq2seq", "streaming", "tasks", "training")
 
 
 def __getattr__(name: str):
@@ -54,6 +55,7 @@ __all__ = [
     "linen",
     "lstm",
     "native",
+    "nnx",
     "scan",
     "seq2seq",
     "streaming",

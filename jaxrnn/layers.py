@@ -98,7 +98,7 @@ class RNN:
         resets: Array | None = None,
         initial_state: Carry | None = None,
         key: Array | None = None,
-        unroll: int = 2,
+        **scan_options: Any,
     ) -> tuple[Array, Carry]:
         """Run the stack.
 
@@ -111,13 +111,18 @@ class RNN:
             :func:`jaxrnn.scan`.
           initial_state: (L * D, B, H) per carry leaf, as :meth:`initial_state`.
           key: a PRNG key; enables dropout (leave None for inference).
-          unroll: steps per loop iteration (see :func:`jaxrnn.scan`).
+          scan_options: passed to each layer's :func:`jaxrnn.scan`: ``unroll``,
+            ``backward``, ``checkpoint_every`` (the memory option), ``projection``
+            and ``kernel``.
 
         Returns:
           ``(outputs, final_state)``: outputs (B, T, D * H); final_state
           stacked like ``initial_state``, each carry taken at its row's last
           valid step.
         """
+        unknown = set(scan_options) - set(SCAN_OPTIONS)
+        if unknown:
+            raise TypeError(f"apply: unexpected options {sorted(unknown)}; scan's options are {SCAN_OPTIONS}")
         xs = jnp.asarray(xs)
         if len(params) != self.num_layers:
             raise ValueError(
@@ -141,7 +146,7 @@ class RNN:
                 out, final = scan(
                     self.cell, layer_params[direction], ys, initial_carry=carry0,
                     lengths=lengths, resets=resets, reverse=direction == "bwd", time_major=self.time_major,
-                    unroll=unroll,
+                    **scan_options,
                 )
                 outs.append(out)
                 finals.append(final)
@@ -157,6 +162,9 @@ class RNN:
                     out = jnp.where(valid[..., None], out, jnp.zeros((), out.dtype))
             ys = out
         return ys, _stack(finals)
+
+
+SCAN_OPTIONS = ("unroll", "backward", "checkpoint_every", "projection", "kernel")
 
 
 def _stack(carries: list[Carry]) -> Carry:
