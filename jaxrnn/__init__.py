@@ -20,7 +20,8 @@ __version__ = "0.1.0"
 
 # Submodules loaded on first use (PEP 562), so that `import jaxrnn` loads jax and numpy only:
 # linen needs flax, training optax, checkpoints orbax (tests/test_imports.py holds this).
-# `jaxrnn.linen.RNN` and `from jaxrnn import linen` both work as before.
+# `jaxrnn.linen.RNN` and `from jaxrnn import linen` both work as before. They stay out of __all__:
+# `from jaxrnn import *` would load them all, and bind `nnx` and `linen` over flax's own names.
 _LAZY_SUBMODULES = ("checkpoints", "diagnostics", "heads", "linen", "nnx", "seq2seq", "streaming", "tasks", "training")
 
 
@@ -44,24 +45,15 @@ __all__ = [
     "RNN",
     "carry_from_flax",
     "carry_to_flax",
-    "checkpoints",
     "chrono_init",
-    "diagnostics",
     "from_flax",
     "from_torch",
     "gru",
-    "heads",
     "identity_init",
-    "linen",
     "lstm",
     "native",
-    "nnx",
     "scan",
-    "seq2seq",
-    "streaming",
-    "tasks",
     "to_flax",
     "to_torch",
-    "training",
     "vanilla",
 ]

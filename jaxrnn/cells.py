@@ -22,6 +22,7 @@ biases, ``b_ih + b_hh``; wherever they are only ever summed we keep the sum, so
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
@@ -272,8 +273,20 @@ def _make_cell(
     )
     origin = _Origin(kind, H, G, cell.options)
     for fn in _math(cell):
-        fn.__jaxrnn_origin__ = origin
+        _ORIGINS[fn] = origin
     return cell
+
+
+# Each constructed cell's functions -> what they were made for. Kept here, not on the functions:
+# functools.wraps (and jax's wrappers) copy a function's __dict__, so a wrapper would pass as stock.
+_ORIGINS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _origin(fn: Any) -> _Origin | None:
+    try:
+        return _ORIGINS.get(fn)
+    except TypeError:  # not weakly referenceable (a builtin, say): no constructor made it
+        return None
 
 
 class _Origin:
@@ -310,8 +323,8 @@ def is_stock(cell: Cell) -> bool:
       >>> jaxrnn.cells.is_stock(cell._replace(elementwise=jaxrnn.lstm(8).elementwise))
       False
     """
-    origins = {id(getattr(fn, "__jaxrnn_origin__", None)) for fn in _math(cell)}
-    origin = getattr(cell.project, "__jaxrnn_origin__", None)
+    origins = {id(_origin(fn)) for fn in _math(cell)}
+    origin = _origin(cell.project)
     return (
         origin is not None and len(origins) == 1
         and origin.record == (cell.kind, cell.hidden_size, cell.num_gates, cell.options)

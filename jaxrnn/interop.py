@@ -164,8 +164,8 @@ def from_flax(flax_cell: Any, variables: Any) -> tuple[Cell, dict[str, jax.Array
 def _check_stock(name: str, cell: Cell, library: str) -> None:
     if not is_stock(cell):
         raise ValueError(
-            f"{name}: its functions were replaced (jaxrnn.cells.is_stock is false), so no {library} cell "
-            f"is known to compute what it computes; only cells as vanilla(), lstm() and gru() make them convert"
+            f"{name}: its functions were replaced (jaxrnn.cells.is_stock is false), so no {library} cell is "
+            f"known to compute what it computes; only cells as jaxrnn.vanilla, lstm and gru make them convert"
         )
 
 

@@ -10,6 +10,8 @@ leading axis of size ``num_layers * num_directions``, ordered
 from __future__ import annotations
 
 import dataclasses
+import inspect
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -164,7 +166,11 @@ class RNN:
         return ys, _stack(finals)
 
 
-SCAN_OPTIONS = ("unroll", "backward", "checkpoint_every", "projection", "kernel")
+# scan's options that apply sets nothing for itself: one per layer would be the same (read from scan).
+SCAN_OPTIONS = tuple(
+    name for name, p in inspect.signature(scan).parameters.items()
+    if p.kind is p.KEYWORD_ONLY and name not in ("initial_carry", "lengths", "resets", "reverse", "time_major")
+)
 
 
 def _stack(carries: list[Carry]) -> Carry:

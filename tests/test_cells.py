@@ -146,9 +146,29 @@ def test_a_cell_with_replaced_math_never_takes_the_stock_fast_path():
         cell = stock._replace(elementwise=elementwise, recur=recur, step_vjp=jaxrnn.cells.autodiff_step_vjp(elementwise))
         assert jaxrnn.cells.is_stock(stock) and not jaxrnn.cells.is_stock(cell)
         params = random_params(cell, jax.random.key(0), 3)
-        xs = random_inputs(jax.random.key(1), 16, 5, 3)  # a batch the native kernels take
+        xs = random_inputs(jax.random.key(1), 16, 5, 3)
+        if jaxrnn.native.unavailable_reason() is None:  # the stock cell would run natively here
+            assert jaxrnn.native.unsupported(stock, params, 16, jnp.float32, steps=5) is None
         auto, xla = jaxrnn.scan(cell, params, xs), jaxrnn.scan(cell, params, xs, kernel="xla")
         chex.assert_trees_all_close(auto, xla, atol=1e-6)
         assert not np.allclose(auto[0], jaxrnn.scan(stock, params, xs)[0], atol=1e-2)
         with pytest.raises(ValueError, match="kernel='native' cannot run this call: .*replaced"):
             jaxrnn.scan(cell, params, xs, kernel="native")
+
+
+def test_is_stock_sees_through_renamed_options_and_wrapped_functions():
+    import functools
+
+    cell = jaxrnn.gru(4)
+    wrap = lambda f: functools.wraps(f)(lambda *a, **k: f(*a, **k))  # copies f's __dict__ and name
+    math = ("initial_carry", "project", "recur", "elementwise", "hidden", "param_shapes")
+    wrapped = cell._replace(**{n: wrap(getattr(cell, n)) for n in math},
+                            step_vjp=jaxrnn.StepVJP(*map(wrap, cell.step_vjp)))
+    for changed in (cell._replace(options=()), cell._replace(hidden_size=5), cell._replace(kind="lstm"), wrapped,
+                    cell._replace(project=len)):
+        assert not jaxrnn.cells.is_stock(changed)
+    assert jaxrnn.cells.is_stock(cell._replace(init=None, gates=None))
+    # a cell the fast-path check cannot even read still runs, on the loop
+    params = cell.init(jax.random.key(0), 3)
+    ys, _ = jaxrnn.scan(cell._replace(options=()), params, jnp.ones((16, 5, 3)))
+    np.testing.assert_allclose(ys, jaxrnn.scan(cell, params, jnp.ones((16, 5, 3)), kernel="xla")[0], atol=1e-6)

@@ -33,6 +33,11 @@ def test_core_modules_load_no_extra_library():
     assert _loaded_after(f"from jaxrnn import {core}") == []
 
 
+def test_star_import_loads_nothing_heavy_and_shadows_no_flax_name():
+    loaded = _loaded_after("from flax import nnx\nfrom jaxrnn import *\nassert nnx.Rngs and scan and lstm")
+    assert loaded == _loaded_after("from flax import nnx")  # the star brings nothing more
+
+
 def test_submodules_load_lazily_on_first_use():
     loaded = _loaded_after(
         "import jaxrnn\n"

@@ -103,7 +103,6 @@ def test_from_torch_rejects_other_modules():
         jaxrnn.from_torch(torch.nn.LSTM(2, 4, proj_size=2))
 
 
-
 def test_cells_with_replaced_functions_do_not_convert():
     cell = jaxrnn.gru(H)
     changed = cell._replace(elementwise=lambda params, h, xp_t, hh_t: (h, h))
@@ -113,6 +112,9 @@ def test_cells_with_replaced_functions_do_not_convert():
     with pytest.raises(ValueError, match="cell: its functions were replaced"):
         jaxrnn.to_flax(changed, params)
     jaxrnn.to_flax(cell._replace(init=None), params)  # init is no part of what a step computes
+    # converted cells are stock: the fast paths take them
+    assert jaxrnn.cells.is_stock(jaxrnn.from_torch(torch.nn.GRU(2, H))[0].cell)
+    assert jaxrnn.cells.is_stock(jaxrnn.from_flax(nn.GRUCell(H), {"params": jaxrnn.to_flax(cell, params)[1]["params"]})[0])
 
 
 FLAX_CELLS = {

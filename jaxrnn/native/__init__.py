@@ -132,27 +132,29 @@ def unsupported(cell, params, batch: int, dtype, *, steps: int = 1, lengths=None
     the CPU backend, no ``lengths`` or ``resets``, the fused backward, a batch
     of at least ``MIN_BATCH[cell.kind]``. Everything else keeps to the XLA loop.
     """
-    checks = (
-        (is_stock(cell), "the cell's functions were replaced (jaxrnn.cells.is_stock is false); the kernels "
-                         "compute the LSTM and GRU that jaxrnn.lstm and jaxrnn.gru make"),
-        (cell.kind in KINDS, f"the cell is {cell.kind!r}; the kernels are an LSTM's and a GRU's"),
-        (jax.default_backend() == "cpu", f"JAX's default backend is {jax.default_backend()!r}, not the CPU"),
+    if not is_stock(cell):  # first: a replaced function may break any check below (cell.option, say)
+        return ("the cell's functions were replaced (jaxrnn.cells.is_stock is false); the kernels compute "
+                "the LSTM and GRU that jaxrnn.lstm and jaxrnn.gru make")
+    checks = (  # (condition, reason), each evaluated only once those before it hold
+        (lambda: cell.kind in KINDS, lambda: f"the cell is {cell.kind!r}; the kernels are an LSTM's and a GRU's"),
+        (lambda: jax.default_backend() == "cpu",
+         lambda: f"JAX's default backend is {jax.default_backend()!r}, not the CPU"),
         (
-            all(
+            lambda: all(
                 jnp.dtype(d) == jnp.float32
                 for d in (dtype, cell.option("dtype"), *(jnp.result_type(v) for v in jax.tree_util.tree_leaves(params)))
             ),
-            "the inputs, parameters or cell dtype are not all float32",
+            lambda: "the inputs, parameters or cell dtype are not all float32",
         ),
-        (lengths is None, "lengths are given"),
-        (resets is None, "resets are given"),
-        (backward == "fused", f"backward={backward!r} asks for JAX's own derivative of the loop"),
-        (batch >= MIN_BATCH.get(cell.kind, 0), f"the batch ({batch}) is below {MIN_BATCH.get(cell.kind)}"),
-        (steps > 0, "the sequence is empty"),
+        (lambda: lengths is None, lambda: "lengths are given"),
+        (lambda: resets is None, lambda: "resets are given"),
+        (lambda: backward == "fused", lambda: f"backward={backward!r} asks for JAX's own derivative of the loop"),
+        (lambda: batch >= MIN_BATCH[cell.kind], lambda: f"the batch ({batch}) is below {MIN_BATCH[cell.kind]}"),
+        (lambda: steps > 0, lambda: "the sequence is empty"),
     )
     for ok, reason in checks:
-        if not ok:
-            return reason
+        if not ok():
+            return reason()
     return unavailable_reason()
 
 
@@ -165,12 +167,10 @@ def _require() -> None:
 def pooled(in_loop: bool) -> bool:
     """Whether a kernel call's helper threads come from XLA's intra-op pool rather than its own.
 
-    Measured on 2 cores (B=32, H=256): a call inside an XLA loop (the
-    checkpointed chunks) pays for XLA's pool threads spinning between
-    iterations unless its helper is one of them (LSTM, ten chunks of 100 steps:
-    113 ms with its own helper, 82 with the pool's, 79 as one call); a call on
-    its own was faster with its own helper (LSTM fwd+bwd T=100: 27.7 against
-    38.8 ms). ``JAXRNN_NATIVE_HELPERS=threads`` or ``pool`` sets it for every call.
+    A call inside an XLA loop (the checkpointed chunks) takes the pool's
+    threads: otherwise it pays for them spinning between iterations. A call on
+    its own is faster with a helper of its own (docs/kernels.md has the
+    figures). ``JAXRNN_NATIVE_HELPERS=threads`` or ``pool`` sets it for every call.
     """
     return {"pool": True, "threads": False}.get(os.environ.get("JAXRNN_NATIVE_HELPERS", ""), in_loop)
 
