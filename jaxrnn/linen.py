@@ -77,8 +77,12 @@ class RNN(nn.Module):
     time_major: bool = False
 
     @nn.compact
-    def __call__(self, xs, *, lengths=None, initial_state=None, deterministic: bool = True):
+    def __call__(self, xs, *, lengths=None, resets=None, initial_state=None, deterministic: bool = True,
+                 **scan_options):
+        """``xs``, ``lengths``, ``resets``, ``initial_state`` and ``scan_options`` (``checkpoint_every``, ...)
+        as for :meth:`jaxrnn.RNN.apply`."""
         layer = _RNN(self.cell, self.num_layers, self.bidirectional, self.dropout, self.residual, self.time_major)
         params = self.param("rnn", lambda key: layer.init(key, xs.shape[-1]))
         key = None if deterministic or self.dropout == 0.0 else self.make_rng("dropout")
-        return layer.apply(params, xs, lengths=lengths, initial_state=initial_state, key=key)
+        return layer.apply(params, xs, lengths=lengths, resets=resets, initial_state=initial_state, key=key,
+                           **scan_options)

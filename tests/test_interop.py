@@ -2,6 +2,7 @@
 
 import itertools
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -181,3 +182,8 @@ def test_linen_rnn_module_equals_functional_layer():
     np.testing.assert_allclose(out, ref, atol=1e-6)
     dropped, _ = model.apply(variables, xs, lengths=lengths, deterministic=False, rngs={"dropout": jax.random.key(5)})
     assert not np.allclose(dropped, out)  # dropout between the layers acts in training mode
+    resets = jnp.zeros((B, T), bool).at[0, 3].set(True)
+    chex.assert_trees_all_close(model.apply(variables, xs, resets=resets, checkpoint_every=2),
+                                layer.apply(variables["params"]["rnn"], xs, resets=resets), atol=1e-6)
+    with pytest.raises(TypeError, match="unexpected options"):
+        model.apply(variables, xs, chunk=2)

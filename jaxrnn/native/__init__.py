@@ -116,9 +116,8 @@ def unavailable_reason() -> str | None:
     return _load()
 
 
-# The kernels pad the batch to a multiple of 16. Forward+backward at T=100, H=256, against the XLA loop:
-# batch 8 took the LSTM 13.8 ms against 17.0 and the GRU 12.2 against 9.4; batch 16, 18.4 against 31.7
-# and 14.1 against 18.4; batch 1 (the loop for both), 5 ms either way.
+# The smallest batch each kernel takes: it pads the batch to a multiple of 16, and below these the XLA
+# loop measured as fast or faster (docs/kernels.md, "Where the kernels are taken").
 MIN_BATCH = {"lstm": 8, "gru": 16}
 
 
@@ -217,9 +216,9 @@ def weight_gradient(operands, dg):
     """``[W_i; W_h]``'s gradient, (I+H, 4H), from every step's matmul operand ``[x_t, h_{t-1}]`` and ``dG_t``.
 
     cuDNN's split, as in jaxrnn.unroll: one (I+H, T*B) x (T*B, 4H) product after
-    the loop. Written as a 2-D matmul: the same contraction as an einsum over
-    (t, b) measured 98-132 ms against 93 (LSTM, T=1000, B=32, H=256). Either
-    layout works: operands and dG list (t, b) in one order.
+    the loop. Written as a 2-D matmul, which ran faster than the same
+    contraction as an einsum over (t, b) (docs/kernels.md). Either layout
+    works: operands and dG list (t, b) in one order.
     """
     return operands.reshape(-1, operands.shape[-1]).T @ dg.reshape(-1, dg.shape[-1])
 
@@ -286,11 +285,9 @@ unroll.defvjp(_unroll_fwd, _unroll_bwd)
 
 # A chunk's activations are kept in calls of at most this many steps, each
 # with its own gradient buffers for the backward pass (dG, 4H floats per step,
-# and d x), so those buffers are a piece's, not a whole chunk's: with chunks of
-# 1000 (LSTM, T = 10,000, B = 32, H = 256) the backward pass holds 270 KB per
-# step of the chunk instead of 390. Each piece costs about 1 ms more, which is
-# why chunks of 100 are not cut up: in pieces of 25 steps they took 1.48x the
-# default's time against 1.38x whole.
+# and d x), so those buffers are a piece's, not a whole chunk's. Each piece
+# costs a little time, which is why short chunks are not cut up (the measured
+# trade-off: docs/performance.md, checkpoint_every).
 PIECE_STEPS = 250
 
 
