@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxrnn import _checks, native
+from jaxrnn import _checks, chunks, native
 from jaxrnn.cells import Carry, Cell, Params
 
 Array = jax.Array
@@ -476,7 +476,8 @@ def fused_recurrence(
 def _checkpointed(
     cell: Cell, params: Params, prep: Prepared, chunk: int, unroll: int | bool, per_chunk: bool, fused: bool
 ):
-    """The loop over raw inputs in chunks of ``chunk`` steps, rematerialised in the backward pass.
+    """The loop over raw inputs in chunks of ``chunk`` steps (laid out by :func:`jaxrnn.chunks.layout`),
+    rematerialised in the backward pass.
 
     Each chunk projects its inputs in one matmul (``per_chunk``), or each step
     its own; either way the (T, B, G*H) projection is never stored whole. The
@@ -485,11 +486,10 @@ def _checkpointed(
     costs no more memory than the rerun of any other chunk.
     """
     T = prep.xp.shape[0]
-    chunk = max(1, min(chunk, T))
-    n = -(-T // chunk)
-    pad = n * chunk - T
+    head, whole, chunk = chunks.layout(T, chunk)
+    n, pad = whole + (head > 0), (chunk - head) % chunk if T else 0
     valid = prep.valid
-    if pad:  # pad the front to whole chunks, so that the kept last chunk is whole; padded steps are masked out
+    if pad:  # the short first chunk, padded at its front to a whole one; padded steps are masked out
         valid = jnp.ones(prep.xp.shape[:2], bool) if valid is None else valid
         grow = lambda a: None if a is None else jnp.concatenate([jnp.zeros((pad,) + a.shape[1:], a.dtype), a])
         prep = prep._replace(xp=grow(prep.xp), valid=grow(valid), resets=grow(prep.resets))
@@ -503,10 +503,11 @@ def _checkpointed(
             return fused_recurrence(cell, params, xs, carry, valid, unroll, projected=per_chunk)
         return jax.lax.scan(body, carry, (xs, valid, resets), unroll=unroll)
 
-    if n == 0:  # an empty sequence: no chunk to keep
+    if T == 0:  # an empty sequence: no chunk to keep
         return run_chunk(prep.initial_carry, (prep.xp, prep.valid, prep.resets))
-    chunks = tuple(map(split, (prep.xp, prep.valid, prep.resets)))
-    carry, ys = jax.lax.scan(jax.checkpoint(run_chunk), prep.initial_carry, jax.tree_util.tree_map(lambda a: a[:-1], chunks))
-    final, last = run_chunk(carry, jax.tree_util.tree_map(lambda a: a[-1], chunks))
+    split_inputs = tuple(map(split, (prep.xp, prep.valid, prep.resets)))
+    carry, ys = jax.lax.scan(jax.checkpoint(run_chunk), prep.initial_carry,
+                             jax.tree_util.tree_map(lambda a: a[:-1], split_inputs))
+    final, last = run_chunk(carry, jax.tree_util.tree_map(lambda a: a[-1], split_inputs))
     # The shape spelled out: with an empty batch, reshape cannot infer a -1.
     return final, jnp.concatenate([ys.reshape(((n - 1) * chunk,) + ys.shape[2:]), last])[pad:]

@@ -47,6 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrnn import chunks
 from jaxrnn.cells import is_stock
 
 SOURCE = Path(__file__).with_name("rnn_cpu.cc")
@@ -312,12 +313,6 @@ def unroll_checkpointed(kind: str, batch_major: bool, chunk: int, x, carry: tupl
     return ys, last
 
 
-def _chunks(steps: int, chunk: int) -> tuple[int, int, int]:
-    """``(head, n, chunk)``: a first chunk of ``head`` = steps mod chunk steps, then ``n`` whole ones."""
-    n, head = divmod(steps, chunk)
-    return (0, 1, steps) if n == 0 else (head, n, chunk)
-
-
 def _keep_chunk(kind, batch_major, x, carry, w, start: int, steps: int, ys=None):
     """A chunk's forward keeping its activations, in calls of at most :data:`PIECE_STEPS` steps.
 
@@ -344,7 +339,7 @@ def _checkpointed_fwd(kind, batch_major, chunk, x, carry, w):
     # size is what this saves), and no copy of x per chunk (at T = 10,000 the
     # slices of x and d ys cost about 5% of the time).
     axis = 1 if batch_major else 0
-    head, n, chunk = _chunks(x.shape[axis], chunk)
+    head, n, chunk = chunks.layout(x.shape[axis], chunk)
 
     def run(state, start, length):  # one chunk's forward; returns the carry it started from
         first, ys = state
@@ -364,7 +359,7 @@ def _checkpointed_bwd(kind, batch_major, chunk, residuals, cotangents):
     x, w, carry0, starts, pieces = residuals
     d_ys, d_carry = cotangents
     axis = 1 if batch_major else 0
-    head, n, chunk = _chunks(x.shape[axis], chunk)
+    head, n, chunk = chunks.layout(x.shape[axis], chunk)
 
     def back(state, pieces):  # the backward pass of a chunk's kept pieces, last first
         for start, first, kept, operands in reversed(pieces):
