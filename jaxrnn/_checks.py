@@ -73,10 +73,7 @@ def check_lengths(lengths: Any, batch: int, time: int) -> jax.Array:
 
 def check_resets(resets: Any, expected_shape: tuple[int, ...], layout: str) -> jax.Array:
     resets = jnp.asarray(resets)
-    if resets.shape != expected_shape:
-        raise ValueError(
-            f"resets: expected shape {layout} = {expected_shape}, got shape {resets.shape}"
-        )
+    check_shape("resets", resets, expected_shape, layout)
     if not (resets.dtype == jnp.bool_ or jnp.issubdtype(resets.dtype, jnp.integer)):
         raise TypeError(f"resets: expected booleans, got dtype {resets.dtype}")
     return resets.astype(jnp.bool_)
