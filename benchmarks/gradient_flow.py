@@ -3,7 +3,7 @@
     python benchmarks/gradient_flow.py --help
 """
 
-from jaxrnn.bench.gradient_flow import main
+from jaxrnn.programs.gradient_flow import main
 
 if __name__ == "__main__":
     main()

@@ -3,7 +3,7 @@
     python benchmarks/speed.py --quick --memory
 """
 
-from jaxrnn.bench.speed import main
+from jaxrnn.programs.speed import main
 
 if __name__ == "__main__":
     main()

@@ -4,7 +4,7 @@
     python benchmarks/variants.py --cells lstm gru --unroll 2 --projection per_step --kernel xla native
 """
 
-from jaxrnn.bench.variants import main
+from jaxrnn.programs.variants import main
 
 if __name__ == "__main__":
     main()

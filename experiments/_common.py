@@ -1,10 +1,8 @@
-"""What the experiments share: a many-to-one regressor on the adding problem, a train loop, outputs."""
+"""What the experiments share: a many-to-one regressor on the adding problem and a train loop; their
+outputs (run folder, tables, figures) are the programs' own, from :mod:`jaxrnn.programs.outputs`."""
 
 from __future__ import annotations
 
-import datetime
-import json
-import pathlib
 from typing import Any, Callable
 
 import jax
@@ -14,12 +12,6 @@ from tqdm.auto import tqdm
 
 import jaxrnn
 from jaxrnn import training
-
-
-def run_folder(name: str, out: str | None) -> pathlib.Path:
-    folder = pathlib.Path(out or f"runs/{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def regressor(cell: jaxrnn.Cell, input_size: int, key: jax.Array) -> dict:
@@ -66,36 +58,6 @@ def fit(loss_fn: training.LossFn, params: dict, optimizer: training.Optimizer, b
                 break
         history.append(record)
     return history, state.params
-
-
-def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
-    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def write_outputs(folder: pathlib.Path, table: str, results: dict) -> None:
-    (folder / "results.md").write_text(table)
-    (folder / "results.json").write_text(json.dumps(results, indent=1, default=float))
-    print(table)
-    print(f"wrote {folder}/")
-
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig, path) -> None:
-    """Lay out, write (110 dpi) and close a figure."""
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    pyplot().close(fig)
 
 
 def nanmean_tail(values: list[float], fraction: float = 0.1) -> float:

@@ -9,7 +9,6 @@ and steps from each run's ``metrics.jsonl``.
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 
@@ -18,10 +17,10 @@ if __package__ in (None, ""):  # run as a script: make `experiments` importable
 
 import numpy as np
 
-from jaxrnn.cli import main as jaxrnn_main
-from jaxrnn.runlog import read_metrics
-
-from experiments._common import pyplot, save_figure
+from jaxrnn.programs import arguments
+from jaxrnn.programs.cli import main as jaxrnn_main
+from jaxrnn.programs.outputs import pyplot, save_figure
+from jaxrnn.programs.runlog import read_metrics
 
 
 def plot(runs: list[str], png: str) -> None:
@@ -51,7 +50,7 @@ def plot(runs: list[str], png: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["plot"]:
-        p = argparse.ArgumentParser(prog="char_lm.py plot")
+        p = arguments.ArgumentParser(prog="char_lm.py plot")
         p.add_argument("runs", nargs="+")
         p.add_argument("--png", default="char_lm.png")
         a = p.parse_args(argv[1:])

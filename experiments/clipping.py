@@ -26,9 +26,10 @@ import optax
 
 import jaxrnn
 from jaxrnn import tasks, training
+from jaxrnn.programs import arguments
+from jaxrnn.programs.outputs import markdown_table, pyplot, run_folder, save_figure, write_outputs
 
-from experiments._common import (fit, last_step_mse, markdown_table, nanmean_tail, pyplot, regressor, run_folder,
-                                 save_figure, write_outputs)
+from experiments._common import fit, last_step_mse, nanmean_tail, regressor
 
 
 def mean_gradient_norm(loss_fn, params, batch_at, batches: int) -> float:
@@ -105,14 +106,14 @@ def plot(runs: dict, threshold: float, folder) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--radius", type=float, default=1.5, help="spectral radius of the initial W_h")
-    p.add_argument("--lrs", nargs="+", type=float, default=[0.05, 0.1])
-    p.add_argument("--length", type=int, default=20)
-    p.add_argument("--hidden-size", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--seed", type=int, default=0)
+    p = arguments.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--radius", type=arguments.positive_float, default=1.5, help="spectral radius of the initial W_h")
+    p.add_argument("--lrs", nargs="+", type=arguments.positive_float, default=[0.05, 0.1])
+    p.add_argument("--length", type=arguments.positive_int, default=20)
+    p.add_argument("--hidden-size", type=arguments.positive_int, default=64)
+    p.add_argument("--batch-size", type=arguments.positive_int, default=32)
+    p.add_argument("--steps", type=arguments.positive_int, default=1500)
+    p.add_argument("--seed", type=arguments.nonnegative_int, default=0)
     p.add_argument("--out")
     return p
 

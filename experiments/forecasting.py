@@ -26,8 +26,8 @@ import numpy as np
 
 import jaxrnn
 from jaxrnn import training
-
-from experiments._common import markdown_table, pyplot, run_folder, save_figure, write_outputs
+from jaxrnn.programs import arguments
+from jaxrnn.programs.outputs import markdown_table, pyplot, run_folder, save_figure, write_outputs
 
 SEASON = 12
 
@@ -115,14 +115,14 @@ def run(args) -> dict:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--window", type=int, default=48)
-    p.add_argument("--horizon", type=int, default=12)
-    p.add_argument("--hidden", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p = arguments.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=arguments.positive_int, default=2000)
+    p.add_argument("--batch-size", type=arguments.positive_int, default=32)
+    p.add_argument("--window", type=arguments.positive_int, default=48)
+    p.add_argument("--horizon", type=arguments.positive_int, default=12)
+    p.add_argument("--hidden", type=arguments.positive_int, default=32)
+    p.add_argument("--lr", type=arguments.positive_float, default=3e-3)
+    p.add_argument("--seed", type=arguments.nonnegative_int, default=0)
     p.add_argument("--out", help="output folder (default runs/forecasting-<time>)")
     return p
 

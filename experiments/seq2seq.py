@@ -30,9 +30,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxrnn import training
+from jaxrnn.programs import arguments
+from jaxrnn.programs.outputs import markdown_table, pyplot, run_folder, save_figure, write_outputs
 from jaxrnn.seq2seq import Seq2Seq
-
-from experiments._common import markdown_table, pyplot, run_folder, save_figure, write_outputs
 
 PAD, START, END = 0, 1, 2
 CHARS = "0123456789abcdefghijklmnopqrstuvwxyz+-/ ,"
@@ -232,15 +232,15 @@ def run(args) -> dict:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = arguments.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--hidden", type=int, default=96)
-    p.add_argument("--embed", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--test-size", type=int, default=100, help="test strings per input length")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=arguments.positive_int, default=1500)
+    p.add_argument("--batch-size", type=arguments.positive_int, default=64)
+    p.add_argument("--hidden", type=arguments.positive_int, default=96)
+    p.add_argument("--embed", type=arguments.positive_int, default=32)
+    p.add_argument("--lr", type=arguments.positive_float, default=3e-3)
+    p.add_argument("--test-size", type=arguments.positive_int, default=100, help="test strings per input length")
+    p.add_argument("--seed", type=arguments.nonnegative_int, default=0)
     p.add_argument("--out", help="output folder (default runs/seq2seq-<time>)")
     return p
 

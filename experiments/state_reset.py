@@ -29,9 +29,10 @@ import numpy as np
 
 import jaxrnn
 from jaxrnn import tasks, training
+from jaxrnn.programs import arguments
+from jaxrnn.programs.outputs import markdown_table, pyplot, run_folder, save_figure, write_outputs
 
-from experiments._common import (fit, markdown_table, nanmean_tail, predict, pyplot, regressor, run_folder,
-                                 save_figure, write_outputs)
+from experiments._common import fit, nanmean_tail, predict, regressor
 
 
 def packed(key, batch_size: int, segments: int, min_length: int, max_length: int):
@@ -125,16 +126,16 @@ def plot(histories: dict, results: dict, args, folder) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = arguments.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cell", choices=("vanilla", "lstm", "gru"), default="gru")
-    p.add_argument("--hidden-size", type=int, default=64)
-    p.add_argument("--segments", type=int, default=4)
-    p.add_argument("--min-length", type=int, default=10)
-    p.add_argument("--max-length", type=int, default=40)
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hidden-size", type=arguments.positive_int, default=64)
+    p.add_argument("--segments", type=arguments.positive_int, default=4)
+    p.add_argument("--min-length", type=arguments.positive_int, default=10)
+    p.add_argument("--max-length", type=arguments.positive_int, default=40)
+    p.add_argument("--steps", type=arguments.positive_int, default=1500)
+    p.add_argument("--batch-size", type=arguments.positive_int, default=32)
+    p.add_argument("--lr", type=arguments.positive_float, default=3e-3)
+    p.add_argument("--seed", type=arguments.nonnegative_int, default=0)
     p.add_argument("--out")
     return p
 

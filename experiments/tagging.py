@@ -27,8 +27,8 @@ import jax.numpy as jnp
 
 import jaxrnn
 from jaxrnn import heads, training
-
-from experiments._common import markdown_table, pyplot, run_folder, save_figure, write_outputs
+from jaxrnn.programs import arguments
+from jaxrnn.programs.outputs import markdown_table, pyplot, run_folder, save_figure, write_outputs
 
 
 def batch(key: jax.Array, batch_size: int, max_len: int, min_len: int = 10):
@@ -104,14 +104,14 @@ def run(args) -> dict:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-len", type=int, default=40)
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
+    p = arguments.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=arguments.positive_int, default=1500)
+    p.add_argument("--batch-size", type=arguments.positive_int, default=32)
+    p.add_argument("--max-len", type=arguments.positive_int, default=40)
+    p.add_argument("--hidden", type=arguments.positive_int, default=64)
+    p.add_argument("--lr", type=arguments.positive_float, default=3e-3)
+    p.add_argument("--eval-every", type=arguments.positive_int, default=100)
+    p.add_argument("--seed", type=arguments.nonnegative_int, default=0)
     p.add_argument("--out", help="output folder (default runs/tagging-<time>)")
     return p
 

@@ -11,7 +11,9 @@ once::
     xp = cell.project(params, xs)            # x_t W_i + b for ALL t: one matmul
     carry, h_t = cell.recur(params, carry, xp[t])   # one fused h W_h matmul per step
 
-``cell.step(params, carry, x_t)`` composes the two for a single step.
+``cell.recur`` is derived: ``elementwise(params, carry, xp_t, hidden(carry) @
+w_h)``, everything of a step but its matmul. ``cell.step(params, carry, x_t)``
+composes projection and recurrence for a single step.
 
 Parameters of every cell are ``{"w_i": (I, G*H), "w_h": (H, G*H), "b": (G*H,)}``
 with the ``G`` gate blocks side by side along the last axis (GRU adds
@@ -93,52 +95,103 @@ def autodiff_step_vjp(elementwise: Callable) -> StepVJP:
     return StepVJP(keep, backward)
 
 
+def _no_gates(params: Params, carry: Carry, xp_t: Array, hh_t: Array) -> dict[str, Array]:
+    return {}
+
+
 class Cell(NamedTuple):
-    """A recurrent cell: an immutable record of pure functions.
+    """A recurrent cell: an immutable record of pure functions, what the cell *is*.
+
+    The record holds the parts no other part determines: the shapes, the
+    initialisation, the input projection, the elementwise part of a step, the
+    carry. Everything else is derived from those, as methods, so it cannot
+    disagree with them: one step given the projected input (:meth:`recur`), one
+    step on a raw input (:meth:`step`), the step's derivative for the fused
+    backward pass (:meth:`elementwise_vjp`).
 
     Attributes:
-      kind: ``"vanilla"``, ``"lstm"`` or ``"gru"``.
+      kind: the cell's name, ``"vanilla"``, ``"lstm"``, ``"gru"`` or any other;
+        it names the cell in messages and selects nothing (the fast paths ask
+        :func:`is_stock`).
       hidden_size: H, the size of ``h_t``.
       num_gates: G, the number of H-wide blocks in the fused projections.
+      param_shapes: ``param_shapes(input_size) -> {name: shape}``.
       init: ``init(key, input_size) -> params``.
-      initial_carry: ``initial_carry(batch_size=None) -> carry``; zeros of shape
-        (batch_size, H), or (H,) when ``batch_size`` is None.
       project: ``project(params, xs) -> xp``, the input projection
         ``xs @ w_i + b`` of shape (..., G*H); any number of leading axes.
-      recur: ``recur(params, carry, xp_t) -> (carry, h_t)``, one step given the
-        already projected input: ``elementwise(params, carry, xp_t, hh_t)``
-        with ``hh_t = hidden(carry) @ w_h``, the step's one matmul.
       elementwise: ``elementwise(params, carry, xp_t, hh_t) -> (carry, h_t)``,
-        everything of a step but the recurrent matmul. The unroll's backward
-        pass differentiates this part per step and computes ``dW_h`` for all
-        steps at once (:mod:`jaxrnn.unroll`). It may read parameters other
-        than ``w_i``, ``w_h`` and ``b`` (GRU's ``b_hn``), never those three.
+        everything of a step but the recurrent matmul ``hh_t = hidden(carry)
+        @ w_h``. The unroll's backward pass differentiates this part per step
+        and computes ``dW_h`` for all steps at once (:mod:`jaxrnn.unroll`). It
+        may read parameters other than ``w_i``, ``w_h`` and ``b`` (GRU's
+        ``b_hn``), never those three.
+      initial_carry: ``initial_carry(batch_size=None) -> carry``; zeros of shape
+        (batch_size, H), or (H,) when ``batch_size`` is None.
       hidden: ``hidden(carry) -> h``, the part of the carry that multiplies ``w_h``.
-      step_vjp: a :class:`StepVJP`, how the fused backward pass differentiates
-        ``elementwise`` (only for the parameters it reads).
-      gates: ``gates(params, carry, xp_t) -> {name: activation}``, the gate
-        values of one step (empty for vanilla), for diagnostics.
-      param_shapes: ``param_shapes(input_size) -> {name: shape}``.
+      gates: ``gates(params, carry, xp_t, hh_t) -> {name: activation}``, the
+        gate values of a step, for diagnostics (none by default).
+      step_vjp: optionally, a hand-derived :class:`StepVJP` of ``elementwise``
+        (the GRU has one); None differentiates ``elementwise`` with
+        ``jax.vjp``. See :meth:`elementwise_vjp` for when it is used.
       options: the constructor's options as ``(name, value)`` pairs.
+
+    Example: a custom cell is the stock one with its elementwise part replaced;
+    every derived function follows it::
+
+      >>> import jax, jax.numpy as jnp, jaxrnn
+      >>> stock = jaxrnn.vanilla(4)
+      >>> leaky = stock._replace(kind="leaky", elementwise=lambda p, h, xp, hh: (
+      ...     (h := 0.5 * h + 0.5 * jnp.tanh(xp + hh)), h))
+      >>> params = leaky.init(jax.random.key(0), 3)
+      >>> h, y = leaky.step(params, leaky.initial_carry(2), jnp.ones((2, 3)))
+      >>> bool(jnp.allclose(h, 0.5 * jnp.tanh(jnp.ones((2, 3)) @ params["w_i"] + params["b"])))
+      True
     """
 
     kind: str
     hidden_size: int
     num_gates: int
-    init: Callable[[Array, int], Params]
-    initial_carry: Callable[..., Carry]
-    project: Callable[[Params, Array], Array]
-    recur: Callable[[Params, Carry, Array], tuple[Carry, Array]]
-    elementwise: Callable[[Params, Carry, Array, Array], tuple[Carry, Array]]
-    hidden: Callable[[Carry], Array]
-    step_vjp: StepVJP
-    gates: Callable[[Params, Carry, Array], dict[str, Array]]
     param_shapes: Callable[[int], dict[str, tuple[int, ...]]]
-    options: tuple[tuple[str, Any], ...]
+    init: Callable[[Array, int], Params]
+    project: Callable[[Params, Array], Array]
+    elementwise: Callable[[Params, Carry, Array, Array], tuple[Carry, Array]]
+    initial_carry: Callable[..., Carry]
+    hidden: Callable[[Carry], Array]
+    gates: Callable[[Params, Carry, Array, Array], dict[str, Array]] = _no_gates
+    step_vjp: StepVJP | None = None
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def hh(self, params: Params, carry: Carry, xp_t: Array) -> Array:
+        """The step's one matmul, ``hidden(carry) @ w_h``, in the dtype of the projected input ``xp_t``."""
+        dtype = jnp.result_type(xp_t)
+        return self.hidden(carry).astype(dtype) @ params["w_h"].astype(dtype)
+
+    def recur(self, params: Params, carry: Carry, xp_t: Array) -> tuple[Carry, Array]:
+        """One step given the projected input ``xp_t`` (..., G*H): ``elementwise(carry, xp_t, hh)``."""
+        return self.elementwise(params, carry, xp_t, self.hh(params, carry, xp_t))
 
     def step(self, params: Params, carry: Carry, x_t: Array) -> tuple[Carry, Array]:
         """One step on a raw input ``x_t`` (..., I): ``recur(project(x_t))``."""
         return self.recur(params, carry, self.project(params, x_t))
+
+    def gate_values(self, params: Params, carry: Carry, xp_t: Array) -> dict[str, Array]:
+        """The gate activations of one step given the projected input (empty for a cell without gates)."""
+        return self.gates(params, carry, xp_t, self.hh(params, carry, xp_t)) if self.gates else {}
+
+    def elementwise_vjp(self) -> StepVJP:
+        """How the fused backward pass differentiates :attr:`elementwise`.
+
+        The cell's own ``step_vjp`` when it was written for this
+        ``elementwise``; otherwise (none given, or ``elementwise`` replaced on a
+        constructed cell whose ``step_vjp`` was derived for the old one)
+        :func:`autodiff_step_vjp`, which is right for any ``elementwise``.
+        """
+        if self.step_vjp is None:
+            return autodiff_step_vjp(self.elementwise)
+        made_for = _origin(self.step_vjp.keep)
+        if made_for is not None and made_for is not _origin(self.elementwise):
+            return autodiff_step_vjp(self.elementwise)
+        return self.step_vjp
 
     def option(self, name: str) -> Any:
         return dict(self.options)[name]
@@ -189,11 +242,13 @@ def _make_cell(
     options: tuple[tuple[str, Any], ...],
     separate_hn_bias: bool = False,
     step_vjp: Callable[[Any], StepVJP] | None = None,
+    memory_cell: bool = False,
 ) -> Cell:
     """Everything the three cells share: shapes, initialisation, projection, carry.
 
-    ``step_vjp(dtype)`` hand-derives the elementwise part's derivative; by
-    default it is :func:`autodiff_step_vjp`.
+    ``step_vjp(dtype)`` hand-derives the elementwise part's derivative; without
+    it the fused backward pass differentiates ``elementwise`` with ``jax.vjp``.
+    ``memory_cell``: the carry is an :class:`LSTMState` ``(h, c)``, else ``h``.
     """
     H, G = hidden_size, num_gates
     _checks.check_choice("init", init, INIT_SCHEMES)
@@ -243,35 +298,30 @@ def _make_cell(
     def initial_carry(batch_size: int | None = None) -> Carry:
         shape = (H,) if batch_size is None else (batch_size, H)
         zeros = jnp.zeros(shape, dtype)
-        return LSTMState(zeros, zeros) if kind == "lstm" else zeros
+        return LSTMState(zeros, zeros) if memory_cell else zeros
 
     def hidden(carry: Carry) -> Array:
-        return carry.h if kind == "lstm" else carry
-
-    def hh(params: Params, carry: Carry) -> Array:
-        return hidden(carry) @ params["w_h"].astype(dtype)
+        return carry.h if memory_cell else carry
 
     def project(params: Params, xs: Array) -> Array:
         xp = jnp.asarray(xs, dtype) @ params["w_i"].astype(dtype)
         return xp + params["b"].astype(dtype) if use_bias else xp
 
-    cell_elementwise = lambda params, carry, xp_t, hh_t: elementwise(params, carry, xp_t, hh_t, dtype)
     cell = Cell(
         kind=kind,
         hidden_size=H,
         num_gates=G,
-        init=init_fn,
-        initial_carry=initial_carry,
-        project=project,
-        recur=lambda params, carry, xp_t: elementwise(params, carry, xp_t, hh(params, carry), dtype),
-        elementwise=cell_elementwise,
-        hidden=hidden,
-        step_vjp=step_vjp(dtype) if step_vjp else autodiff_step_vjp(cell_elementwise),
-        gates=lambda params, carry, xp_t: gates(params, carry, xp_t, hh(params, carry), dtype),
         param_shapes=param_shapes,
+        init=init_fn,
+        project=project,
+        elementwise=lambda params, carry, xp_t, hh_t: elementwise(params, carry, xp_t, hh_t, dtype),
+        initial_carry=initial_carry,
+        hidden=hidden,
+        gates=lambda params, carry, xp_t, hh_t: gates(params, carry, xp_t, hh_t, dtype),
+        step_vjp=step_vjp(dtype) if step_vjp else None,
         options=options + (("use_bias", use_bias), ("init", init), ("dtype", dtype)),
     )
-    origin = _Origin(kind, H, G, cell.options)
+    origin = _Origin(kind, H, G, cell.options, hand_vjp=step_vjp is not None)
     for fn in _math(cell):
         _ORIGINS[fn] = origin
     return cell
@@ -292,14 +342,15 @@ def _origin(fn: Any) -> _Origin | None:
 class _Origin:
     """What a constructor made a cell's functions for; compared by identity, one per constructed cell."""
 
-    def __init__(self, kind: str, hidden_size: int, num_gates: int, options: tuple):
-        self.record = (kind, hidden_size, num_gates, options)
+    def __init__(self, kind: str, hidden_size: int, num_gates: int, options: tuple, *, hand_vjp: bool):
+        self.record = (kind, hidden_size, num_gates, options, hand_vjp)
 
 
 def _math(cell: Cell) -> tuple[Callable, ...]:
-    """The functions that decide what a cell computes (``init`` and ``gates`` do not)."""
-    return (cell.initial_carry, cell.project, cell.recur, cell.elementwise, cell.hidden,
-            cell.step_vjp.keep, cell.step_vjp.backward, cell.param_shapes)
+    """The functions that decide what a cell computes and how it is differentiated
+    (``init`` and ``gates`` do not)."""
+    vjp = () if cell.step_vjp is None else (cell.step_vjp.keep, cell.step_vjp.backward)
+    return (cell.param_shapes, cell.project, cell.elementwise, cell.initial_carry, cell.hidden, *vjp)
 
 
 def is_stock(cell: Cell) -> bool:
@@ -307,27 +358,27 @@ def is_stock(cell: Cell) -> bool:
 
     True for any cell made by :func:`vanilla`, :func:`lstm` or :func:`gru`,
     also after ``_replace`` of ``init`` or ``gates``; false once any function
-    that takes part in a step (``project``, ``recur``, ``elementwise``,
-    ``step_vjp``, ...) was replaced, or ``kind``, ``hidden_size``,
+    that takes part in a step (``project``, ``elementwise``, ``hidden``,
+    ``step_vjp``, ...) was replaced or removed, or ``kind``, ``hidden_size``,
     ``num_gates`` or ``options`` no longer match those functions. The fast
-    paths that implement a cell's math a second time (:mod:`jaxrnn.native`)
-    are taken only for stock cells: a cell's name says nothing about what its
-    functions compute.
+    paths that implement a cell's math a second time (:mod:`jaxrnn.native`,
+    the :mod:`jaxrnn.interop` layouts) are taken only for stock cells: a
+    cell's name says nothing about what its functions compute.
 
     Example::
 
       >>> import jaxrnn
       >>> cell = jaxrnn.lstm(8)
-      >>> jaxrnn.cells.is_stock(cell), jaxrnn.cells.is_stock(cell._replace(recur=cell.recur))
+      >>> jaxrnn.cells.is_stock(cell), jaxrnn.cells.is_stock(cell._replace(init=None))
       (True, True)
       >>> jaxrnn.cells.is_stock(cell._replace(elementwise=jaxrnn.lstm(8).elementwise))
       False
     """
-    origins = {id(_origin(fn)) for fn in _math(cell)}
     origin = _origin(cell.project)
     return (
-        origin is not None and len(origins) == 1
-        and origin.record == (cell.kind, cell.hidden_size, cell.num_gates, cell.options)
+        origin is not None
+        and all(_origin(fn) is origin for fn in _math(cell))
+        and origin.record == (cell.kind, cell.hidden_size, cell.num_gates, cell.options, cell.step_vjp is not None)
     )
 
 
@@ -517,7 +568,7 @@ def lstm(
         "lstm", hidden_size, 4, elementwise, gates,
         use_bias=use_bias, init=init, kernel_init=kernel_init, recurrent_init=recurrent_init,
         bias_offsets={1: forget_bias} if forget_bias else {}, dtype=dtype, param_dtype=param_dtype,
-        options=(("forget_bias", forget_bias),),
+        options=(("forget_bias", forget_bias),), memory_cell=True,
     )
 
 

@@ -249,3 +249,21 @@ class Checkpoints:
             for manager in (self.latest, self.best):
                 with contextlib.suppress(Exception):  # a failed write was reported by wait()
                     manager.close()
+
+
+def save_tree(path: str | pathlib.Path, tree: Any) -> None:
+    """Write one pytree of arrays to ``path``, a folder, synchronously.
+
+    For small state that is saved once (a stream's, say), not a run's checkpoints:
+    there is no manager and no background thread, so a failed write (a folder that
+    cannot be written, a full disk) raises here, as orbax raised it.
+    """
+    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
+        checkpointer.save(pathlib.Path(path).absolute(), args=ocp.args.StandardSave(tree))
+
+
+def restore_tree(path: str | pathlib.Path, like: Any) -> Any:
+    """Read a pytree written by :func:`save_tree`; ``like`` gives its structure, shapes and dtypes."""
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
+    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
+        return checkpointer.restore(pathlib.Path(path).absolute(), args=ocp.args.StandardRestore(abstract))

@@ -315,7 +315,7 @@ def state_statistics(
         "h_norm": jnp.linalg.norm(ys, axis=-1),
         "saturated": jnp.mean(jnp.abs(ys) > threshold, axis=-1),
     }
-    gates = jax.vmap(lambda c, xp: cell.gates(params, c, xp))(prev, prep.xp)
+    gates = jax.vmap(lambda c, xp: cell.gate_values(params, c, xp))(prev, prep.xp)
     for name, g in gates.items():
         stats[f"{name}_mean"] = jnp.mean(g, axis=-1)
         stats[f"{name}_saturated"] = jnp.mean((g < 1 - threshold) | (g > threshold), axis=-1)

@@ -54,11 +54,19 @@ def mean_pool(ys: Array, lengths: Array | None = None) -> Array:
     return jnp.sum(jnp.where(mask, ys, 0.0), axis=1) / jnp.maximum(mask.sum(axis=1), 1)
 
 
-def cross_entropy(logits: Array, labels: Array) -> Array:
-    """Mean softmax cross-entropy of (B, C) logits against (B,) integer labels."""
-    import optax  # here, not at the top: `import jaxrnn` stays jax and numpy only
+def _softmax_cross_entropy(logits: Array, labels: Array) -> Array:
+    """``-log softmax(logits)[label]`` at every position: (..., C), (...) -> (...).
 
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+    Computed as optax's ``softmax_cross_entropy_with_integer_labels`` does (the
+    normaliser minus the label's logit, never the whole log-softmax), to the last bit.
+    """
+    label_logits = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+    return jax.nn.logsumexp(logits, axis=-1) - label_logits
+
+
+def cross_entropy(logits: Array, labels: Array) -> Array:
+    """Mean softmax cross-entropy of (..., C) logits against (...) integer labels (every leading axis averaged)."""
+    return jnp.mean(_softmax_cross_entropy(logits, labels))
 
 
 def masked_mean(values: Array, mask: Array) -> Array:
@@ -77,15 +85,13 @@ def masked_cross_entropy(logits: Array, targets: Array, lengths: Array | None = 
       targets: (B, T) integers; values at padded steps are ignored (any value).
       lengths: (B,) valid lengths; or give ``mask`` (B, T) directly.
     """
-    import optax  # see cross_entropy
-
     if mask is None:
         mask = jnp.ones(targets.shape, bool) if lengths is None else sequence_mask(lengths, targets.shape[1])
     # Padded steps may hold anything (targets out of range, NaN logits): both are replaced
     # before the loss is computed, so nothing from them reaches the value or the gradient.
     safe = jnp.where(mask, targets, 0)
     logits = jnp.where(mask[..., None], logits, jnp.zeros((), logits.dtype))
-    return masked_mean(optax.softmax_cross_entropy_with_integer_labels(logits, safe), mask)
+    return masked_mean(_softmax_cross_entropy(logits, safe), mask)
 
 
 def masked_mse(predictions: Array, targets: Array, lengths: Array | None = None,
@@ -130,7 +136,7 @@ def generate(
 
     def step(state, _):
         carry, x = state
-        carry, y = cell.recur(params, carry, cell.project(params, x))
+        carry, y = cell.step(params, carry, x)
         return (carry, next_input(y)), y
 
     (carry, _), ys = jax.lax.scan(step, (initial_carry, first_input), None, length=steps)

@@ -200,11 +200,13 @@ def to_flax(cell: Cell, params: dict[str, jax.Array], *, optimized_lstm: bool = 
 
 def carry_from_flax(cell: Cell, carry: Any) -> Any:
     """flax's LSTM carry ``(c, h)`` -> ``LSTMState(h, c)``; other cells unchanged."""
+    _check_stock("cell", cell, "flax")
     return LSTMState(h=carry[1], c=carry[0]) if cell.kind == "lstm" else carry
 
 
 def carry_to_flax(cell: Cell, carry: Any) -> Any:
     """``LSTMState(h, c)`` -> flax's ``(c, h)``; other cells unchanged."""
+    _check_stock("cell", cell, "flax")
     return (carry.c, carry.h) if cell.kind == "lstm" else carry
 
 

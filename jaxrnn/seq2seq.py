@@ -177,19 +177,19 @@ class Seq2Seq:
     def step(self, params, enc: Encoded, carry: Carry, prev_token: Array) -> tuple[Carry, Array, Array]:
         """(carry, previous token (B,)) -> (carry, logits (B, V), attention weights (B, S))."""
         cell, emb = self.decoder_cell, params["tgt_embed"][prev_token]
-        recur = lambda c, x: cell.recur(params["decoder"], c, cell.project(params["decoder"], x))
+        decode = lambda c, x: cell.step(params["decoder"], c, x)
         if self.attention == "bahdanau":
             a = params["attn"]
             query = cell.hidden(carry) @ a["w_q"]
             weights, context = self._attend(jnp.tanh(query[:, None] + enc.keys) @ a["v"], enc)
-            carry, s = recur(carry, jnp.concatenate([emb, context], -1))
+            carry, s = decode(carry, jnp.concatenate([emb, context], -1))
             features = jnp.concatenate([s, context], -1)
         elif self.attention == "luong":
-            carry, s = recur(carry, emb)
+            carry, s = decode(carry, emb)
             weights, context = self._attend(jnp.einsum("bh,bsh->bs", s, enc.keys), enc)
             features = jnp.tanh(jnp.concatenate([context, s], -1) @ params["attn"]["w_c"])
         else:
-            carry, features = recur(carry, emb)
+            carry, features = decode(carry, emb)
             weights = jnp.zeros(enc.mask.shape, features.dtype)
         return carry, features @ params["out"]["w"] + params["out"]["b"], weights
 

@@ -26,7 +26,7 @@ Example::
 from __future__ import annotations
 
 import pathlib
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -84,7 +84,7 @@ def step(rnn: RNN, params: LayerParams, state: StreamState, x_t: Array) -> tuple
     _check_input(params, state, y)
     for layer, layer_params in enumerate(params):
         p = layer_params["fwd"]
-        carry, out = rnn.cell.recur(p, _index(state.carry, layer), rnn.cell.project(p, y))
+        carry, out = rnn.cell.step(p, _index(state.carry, layer), y)
         if rnn.residual and out.shape == y.shape:
             out = out + y
         carries.append(carry)
@@ -102,10 +102,9 @@ def save(path: str | pathlib.Path, state: StreamState) -> None:
     path = pathlib.Path(path).absolute()
     if path.exists():
         raise FileExistsError(f"path: {path} already exists; streaming.save writes a new folder")
-    import orbax.checkpoint as ocp  # here, not at the top: `import jaxrnn` stays jax and numpy only
+    from jaxrnn import checkpoints  # here, not at the top: `import jaxrnn` stays jax and numpy only
 
-    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
-        checkpointer.save(path, args=ocp.args.StandardSave(state._asdict()))
+    checkpoints.save_tree(path, state._asdict())
 
 
 def restore(path: str | pathlib.Path, like: StreamState) -> StreamState:
@@ -113,9 +112,6 @@ def restore(path: str | pathlib.Path, like: StreamState) -> StreamState:
     path = pathlib.Path(path).absolute()
     if not path.is_dir():
         raise FileNotFoundError(f"path: {path} is not a folder written by streaming.save")
-    import orbax.checkpoint as ocp  # see save
+    from jaxrnn import checkpoints  # see save
 
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like._asdict())
-    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
-        restored: dict[str, Any] = checkpointer.restore(path, args=ocp.args.StandardRestore(abstract))
-    return StreamState(**restored)
+    return StreamState(**checkpoints.restore_tree(path, like._asdict()))

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrnn import _checks
+from jaxrnn.heads import cross_entropy
 
 Array = jax.Array
 
@@ -86,12 +87,6 @@ def _check(batch_size: int, length: int, minimum: int) -> None:
     _checks.check_positive_int("batch_size", batch_size)
     if not isinstance(length, int) or length < minimum:
         raise ValueError(f"length: expected an int of at least {minimum} steps, got {length!r}")
-
-
-def _cross_entropy(logits: Array, targets: Array) -> Array:
-    import optax  # here, not at the top: `import jaxrnn` stays jax and numpy only
-
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, targets))
 
 
 def _accuracy(logits: Array, targets: Array) -> Array:
@@ -335,7 +330,7 @@ def _class_frequencies(classes: int) -> Callable[[Batch], Array]:
 def _digits_task(name: str, permuted: bool) -> Task:
     return Task(
         name=name, sample=functools.partial(digits, permuted=permuted), input_size=1, output_size=10,
-        every_step=False, loss=_cross_entropy, baseline=lambda length: digits_prior_entropy(),
+        every_step=False, loss=cross_entropy, baseline=lambda length: digits_prior_entropy(),
         # solved: test error below 10% (no cross-entropy corresponds to an accuracy)
         threshold=lambda length: 0.1, memoryless=_prior_logits, accuracy=_accuracy,
         solved_on="error", fixed_length=DIGITS_LENGTH, test_set=functools.partial(digits_test, permuted),
@@ -346,13 +341,13 @@ def _digits_task(name: str, permuted: bool) -> Task:
 TASKS: dict[str, Task] = {
     "adding": Task("adding", adding, 2, 1, False, _mse, lambda length: ADDING_BASELINE_MSE,
                    lambda length: 0.01, lambda batch: jnp.ones((batch.targets.shape[0], 1)), initial_output=1.0),
-    "copy_memory": Task("copy_memory", copy_memory, COPY_VOCAB, COPY_SYMBOLS + 1, True, _cross_entropy,
+    "copy_memory": Task("copy_memory", copy_memory, COPY_VOCAB, COPY_SYMBOLS + 1, True, cross_entropy,
                         copy_memory_baseline, lambda length: 0.1 * copy_memory_baseline(length),
                         _copy_memoryless, _recall_accuracy),
-    "temporal_order": Task("temporal_order", temporal_order, len(ORDER_SYMBOLS), 4, False, _cross_entropy,
+    "temporal_order": Task("temporal_order", temporal_order, len(ORDER_SYMBOLS), 4, False, cross_entropy,
                            lambda length: math.log(4), lambda length: 0.1 * math.log(4), _class_frequencies(4), _accuracy),
     "temporal_order3": Task("temporal_order3", functools.partial(temporal_order, bits=3), len(ORDER_SYMBOLS), 8,
-                            False, _cross_entropy, lambda length: math.log(8), lambda length: 0.1 * math.log(8),
+                            False, cross_entropy, lambda length: math.log(8), lambda length: 0.1 * math.log(8),
                             _class_frequencies(8), _accuracy),
     "digits": _digits_task("digits", False),
     "permuted_digits": _digits_task("permuted_digits", True),

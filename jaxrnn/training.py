@@ -163,7 +163,7 @@ def make_train_step(loss_fn: LossFn, optimizer: Optimizer, *, skip_nonfinite: bo
 def make_update(loss_fn: LossFn, optimizer: Optimizer, *, skip_nonfinite: bool = False) -> Callable:
     """The pure ``step(state, batch) -> (state, metrics)``, not yet jitted, for use inside
     other transformations: ``jax.vmap`` over independent seeds, ``jax.lax.scan`` over many
-    steps per dispatch (as :mod:`jaxrnn.long_range` does).
+    steps per dispatch (:func:`make_steps`).
 
     Metrics: ``loss``; ``grad_norm`` and ``grad_norm_clipped``, the global
     gradient norm before and after clipping; ``finite`` (loss and gradient
@@ -199,6 +199,38 @@ def make_update(loss_fn: LossFn, optimizer: Optimizer, *, skip_nonfinite: bool =
         return new_state, metrics
 
     return step
+
+
+def make_steps(loss_fn: LossFn, optimizer: Optimizer, batch_at: Callable[[Any], Any], *,
+               skip_nonfinite: bool = False) -> Callable:
+    """Many train steps per dispatch: ``steps(state, xs) -> (state, metrics)``, one ``lax.scan``
+    of :func:`make_update` in which step ``i`` trains on ``batch_at(xs[i])``.
+
+    ``xs`` is whatever makes a batch on the device: step numbers, PRNG keys, or a pytree of
+    arrays with one leading entry per step. The metrics come stacked over the steps (leading
+    axis ``len(xs)``). Not jitted: jit it, or ``jax.vmap`` it over independent seeds first
+    (``batch_at`` may close over a per-seed value inside the vmapped function). The same
+    steps as calling :func:`make_train_step` once per ``xs[i]``, without a dispatch per step.
+
+    Example::
+
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxrnn import training
+      >>> loss_fn = lambda w, carry, batch, key: (jnp.mean((batch * w - 2 * batch) ** 2), (carry, {}))
+      >>> batch_at = lambda k: jax.random.normal(k, (8,))
+      >>> opt = training.make_optimizer("sgd", 0.1)
+      >>> steps = jax.jit(training.make_steps(loss_fn, opt, batch_at))
+      >>> state, metrics = steps(training.init_state(jnp.zeros(()), opt, jax.random.key(0)),
+      ...                        jax.random.split(jax.random.key(1), 50))
+      >>> metrics["loss"].shape, int(state.step), round(float(state.params), 3)
+      ((50,), 50, 2.0)
+    """
+    update = make_update(loss_fn, optimizer, skip_nonfinite=skip_nonfinite)
+
+    def steps(state: TrainState, xs: Any) -> tuple[TrainState, dict[str, Array]]:
+        return jax.lax.scan(lambda state, x: update(state, batch_at(x)), state, xs)
+
+    return steps
 
 
 def check_finite(metrics: dict[str, Any], step: int) -> None:

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrnn import _checks, chunks, native
-from jaxrnn.cells import Carry, Cell, Params
+from jaxrnn.cells import Carry, Cell, Params, is_stock
 
 Array = jax.Array
 
@@ -122,7 +122,7 @@ def scan(
         recurrent matmul output and, after the backward loop, computes
         ``dW_h`` for all steps as ONE large matmul (as cuDNN does) instead of a
         small one per step; each step's elementwise part is differentiated by
-        the cell's :class:`~jaxrnn.StepVJP` (the GRU keeps its gate
+        ``cell.elementwise_vjp()`` (the GRU's own keeps its gate
         activations, so its backward pass evaluates no sigmoid or tanh again).
         ``"autodiff"``: JAX's own derivative of the loop.
         Same values; ``resets`` always uses autodiff.
@@ -385,6 +385,22 @@ def _masked(carry_prev: Carry, new: Carry, y: Array, valid_t: Array | None) -> t
     return tree_where(valid_t, new, carry_prev), jnp.where(valid_t[:, None], y, jnp.zeros_like(y))
 
 
+def _parameters_read(cell: Cell, params: Params) -> tuple[Params, Params]:
+    """The parameters the projection and the elementwise part get in the fused loop.
+
+    A cell as its constructor made it (:func:`jaxrnn.cells.is_stock`) projects
+    with ``w_i`` and ``b`` and reads none of ``w_i``, ``w_h``, ``b`` in its
+    elementwise part (the GRU reads ``b_hn``), so the backward loop sums no
+    gradient for the large weights at every step. Any other cell's parts may
+    read any parameter: each gets all of them, and autodiff adds up the
+    gradients that come back for each (zeros where a part reads nothing).
+    """
+    if not is_stock(cell):
+        return dict(params), dict(params)
+    return ({k: v for k, v in params.items() if k in ("w_i", "b")},
+            {k: v for k, v in params.items() if k not in ("w_i", "w_h", "b")})
+
+
 def fused_recurrence(
     cell: Cell,
     params: Params,
@@ -401,7 +417,7 @@ def fused_recurrence(
     ``projected=False``, the raw inputs (T, B, I), which each step projects.
 
     Forward, every step keeps its input carry and what the cell's
-    :class:`~jaxrnn.cells.StepVJP` saves: ``xp_t`` and ``hh_t = h_{t-1} W_h``
+    :meth:`~jaxrnn.Cell.elementwise_vjp` saves: ``xp_t`` and ``hh_t = h_{t-1} W_h``
     by default, the GRU its activations. Backward, a reverse scan
     differentiates only the elementwise part of each step and sends
     ``dh_{t-1} = d hh_t W_h^T`` back: one matmul per step. The weight
@@ -414,17 +430,17 @@ def fused_recurrence(
     The elementwise part may use parameters other than ``w_i``, ``w_h`` and
     ``b`` (GRU's ``b_hn``); their gradients are summed in the backward loop.
     """
-    projection = {k: v for k, v in params.items() if k in ("w_i", "b")}  # all cell.project reads
-    rest = {k: v for k, v in params.items() if k not in ("w_i", "w_h", "b")}
+    projection, rest = _parameters_read(cell, params)
+    step_vjp = cell.elementwise_vjp()
 
     def forward(projection, w_h, rest, xs, carry0, valid, keep: bool):
         def step(carry, inputs):
             x_t, valid_t = inputs
             xp_t = x_t if projected else cell.project(projection, x_t)
-            hh_t = cell.hidden(carry) @ w_h.astype(xp_t.dtype)
+            hh_t = cell.hh({"w_h": w_h}, carry, xp_t)
             if not keep:
                 return _masked(carry, *cell.elementwise(rest, carry, xp_t, hh_t), valid_t)
-            new, y, saved = cell.step_vjp.keep(rest, carry, xp_t, hh_t)
+            new, y, saved = step_vjp.keep(rest, carry, xp_t, hh_t)
             new, y = _masked(carry, new, y, valid_t)
             return new, (y, carry, saved)
 
@@ -451,12 +467,12 @@ def fused_recurrence(
                 zero = jax.tree_util.tree_map(jnp.zeros_like, d_carry)
                 d_new, passed = tree_where(valid_t, d_carry, zero), tree_where(valid_t, zero, d_carry)
                 dy_t = jnp.where(valid_t[:, None], dy_t, jnp.zeros_like(dy_t))
-            dr, dc, dxp, dhh = cell.step_vjp.backward(rest, carry_prev, saved_t, d_new, dy_t)
+            dr, dc, dxp, dhh = step_vjp.backward(rest, carry_prev, saved_t, d_new, dy_t)
             if valid_t is not None:
                 dc = _tree_add(dc, passed)
             _, hidden_vjp = jax.vjp(cell.hidden, carry_prev)
             dc = _tree_add(dc, hidden_vjp(dhh @ w_t)[0])
-            return (dc, _tree_add(d_rest, dr)), (dxp, dhh)
+            return (dc, {k: v + dr[k] if k in dr else v for k, v in d_rest.items()}), (dxp, dhh)
 
         zeros = jax.tree_util.tree_map(jnp.zeros_like, rest)
         (d_carry0, d_rest), (d_xp, d_hh) = jax.lax.scan(

@@ -127,9 +127,10 @@ def test_step_vjp_equals_autodiff_of_elementwise(factory):
     xp, hh = (random_inputs(next(k), B, cell.num_gates * H) for _ in range(2))
     d_h = random_inputs(next(k), B, H)
 
-    new, h, saved = cell.step_vjp.keep(rest, carry, xp, hh)
+    step_vjp = cell.elementwise_vjp()
+    new, h, saved = step_vjp.keep(rest, carry, xp, hh)
     chex.assert_trees_all_close((new, h), cell.elementwise(rest, carry, xp, hh), atol=1e-6)
-    got = cell.step_vjp.backward(rest, carry, saved, d_carry, d_h)
+    got = step_vjp.backward(rest, carry, saved, d_carry, d_h)
     want = jax.vjp(cell.elementwise, rest, carry, xp, hh)[1]((d_carry, d_h))
     chex.assert_trees_all_close(got, want, atol=1e-5)
 
@@ -142,8 +143,7 @@ def test_a_cell_with_replaced_math_never_takes_the_stock_fast_path():
             new = jax.tree_util.tree_map(lambda v: 0.5 * v, new)
             return new, 0.5 * h
 
-        recur = lambda params, carry, xp_t, stock=stock, f=elementwise: f(params, carry, xp_t, stock.hidden(carry) @ params["w_h"])
-        cell = stock._replace(elementwise=elementwise, recur=recur, step_vjp=jaxrnn.cells.autodiff_step_vjp(elementwise))
+        cell = stock._replace(elementwise=elementwise)  # recur, step and the backward follow it
         assert jaxrnn.cells.is_stock(stock) and not jaxrnn.cells.is_stock(cell)
         params = random_params(cell, jax.random.key(0), 3)
         xs = random_inputs(jax.random.key(1), 16, 5, 3)
@@ -154,6 +154,28 @@ def test_a_cell_with_replaced_math_never_takes_the_stock_fast_path():
         assert not np.allclose(auto[0], jaxrnn.scan(stock, params, xs)[0], atol=1e-2)
         with pytest.raises(ValueError, match="kernel='native' cannot run this call: .*replaced"):
             jaxrnn.scan(cell, params, xs, kernel="native")
+        # the same through every derived function: a step by hand, and the fused backward pass
+        carry = cell.initial_carry(16)
+        for t in range(5):
+            carry, y = cell.step(params, carry, xs[:, t])
+        chex.assert_trees_all_close((auto[0][:, -1], auto[1]), (y, carry), atol=1e-5)
+        loss = lambda p, backward: jnp.sum(jnp.sin(jaxrnn.scan(cell, p, xs, backward=backward)[0]))
+        chex.assert_trees_all_close(jax.grad(loss)(params, "fused"), jax.grad(loss)(params, "autodiff"), atol=1e-5)
+
+
+def test_the_record_holds_what_a_cell_is_and_derives_the_rest():
+    """No field can disagree with another: recur and step are methods, the GRU's hand-derived
+    backward is used only with the elementwise part it was derived for."""
+    assert "recur" not in jaxrnn.Cell._fields and "step" not in jaxrnn.Cell._fields
+    with pytest.raises(ValueError):
+        jaxrnn.lstm(4)._replace(recur=lambda *a: a)
+    gru = jaxrnn.gru(4)
+    assert gru.elementwise_vjp() is gru.step_vjp  # its own, for its own elementwise
+    replaced = gru._replace(elementwise=jaxrnn.gru(4).elementwise)  # same math, another cell's function
+    assert replaced.elementwise_vjp() is not gru.step_vjp
+    own = jaxrnn.cells.autodiff_step_vjp(replaced.elementwise)  # one written by the user is used as given
+    assert replaced._replace(step_vjp=own).elementwise_vjp() is own
+    assert jaxrnn.lstm(4).step_vjp is None and not jaxrnn.cells.is_stock(gru._replace(step_vjp=None))
 
 
 def test_is_stock_sees_through_renamed_options_and_wrapped_functions():
@@ -161,7 +183,7 @@ def test_is_stock_sees_through_renamed_options_and_wrapped_functions():
 
     cell = jaxrnn.gru(4)
     wrap = lambda f: functools.wraps(f)(lambda *a, **k: f(*a, **k))  # copies f's __dict__ and name
-    math = ("initial_carry", "project", "recur", "elementwise", "hidden", "param_shapes")
+    math = ("initial_carry", "project", "elementwise", "hidden", "param_shapes")
     wrapped = cell._replace(**{n: wrap(getattr(cell, n)) for n in math},
                             step_vjp=jaxrnn.StepVJP(*map(wrap, cell.step_vjp)))
     for changed in (cell._replace(options=()), cell._replace(hidden_size=5), cell._replace(kind="lstm"), wrapped,
@@ -172,3 +194,24 @@ def test_is_stock_sees_through_renamed_options_and_wrapped_functions():
     params = cell.init(jax.random.key(0), 3)
     ys, _ = jaxrnn.scan(cell._replace(options=()), params, jnp.ones((16, 5, 3)))
     np.testing.assert_allclose(ys, jaxrnn.scan(cell, params, jnp.ones((16, 5, 3)), kernel="xla")[0], atol=1e-6)
+
+
+def test_a_custom_cell_may_read_any_parameter_on_every_path():
+    """A cell whose projection reads a parameter of its own and whose elementwise part reads ``b``:
+    the fused backward (per-step and hoisted projection, checkpointed chunks) gives it every
+    parameter and equals JAX's own derivative of the loop."""
+    stock = jaxrnn.vanilla(4)
+    cell = stock._replace(
+        kind="scaled",
+        param_shapes=lambda i: {**stock.param_shapes(i), "g": (4,)},
+        init=lambda key, i: {**stock.init(key, i), "g": jnp.full((4,), 1.5)},
+        project=lambda p, xs: (xs @ p["w_i"]) * p["g"] + p["b"],
+        elementwise=lambda p, h, xp, hh: (lambda h: (h, h))(jnp.tanh(xp + hh - 0.5 * p["b"] + 0.1 * p["w_h"][0])),
+    )
+    params = random_params(cell, jax.random.key(0), 3)
+    xs = random_inputs(jax.random.key(1), 5, 7, 3)
+    loss = lambda p, **options: jnp.sum(jnp.sin(jaxrnn.scan(cell, p, xs, **options)[0]))
+    want = loss(params, backward="autodiff"), jax.grad(lambda p: loss(p, backward="autodiff"))(params)
+    for options in ({}, {"projection": "hoisted"}, {"checkpoint_every": 3}, {"checkpoint_every": 3, "projection": "hoisted"}):
+        got = loss(params, **options), jax.grad(lambda p: loss(p, **options))(params)
+        chex.assert_trees_all_close(got, want, atol=1e-5, rtol=1e-5)

@@ -11,10 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrnn import charlm, cli, data
-from jaxrnn.charlm import CharLM
+from jaxrnn.programs import char_lm, cli, data
+from jaxrnn.programs.char_lm import CharLM
 from jaxrnn.checkpoints import Checkpoints
-from jaxrnn.cli import main as cli_main
+from jaxrnn.programs.cli import main as cli_main
 
 FAKE = b"First Citizen:\nBefore we proceed any further, hear me speak.\n" * 50
 
@@ -174,7 +174,7 @@ def test_user_errors_are_one_line_and_status_2(tmp_path, capsys, argv, error):
     (tmp_path / "zeros.txt").write_bytes(bytes(3000))
     (tmp_path / "untrained").mkdir()  # a run folder with its config and no checkpoint yet
     (tmp_path / "untrained" / "config.json").write_text(json.dumps(
-        {"args": charlm.RUN_SETTINGS | {"steps": 10}, "vocab": "abc", "corpus": "t.txt"}))
+        {"args": char_lm.RUN_SETTINGS | {"steps": 10}, "vocab": "abc", "corpus": "t.txt"}))
     argv = [a.format(t=tmp_path) for a in argv]
     argv += ["--out", str(tmp_path / "run")] if argv[:2] == ["train", "char-lm"] and "--out" not in argv else []
     status, err = exit_status(argv, capsys)
@@ -194,8 +194,8 @@ def test_help_shows_every_default(monkeypatch):
                 assert f"(default: {action.default})" in formatter._format_action(action), (name, action.dest)
     train = parsers["train char-lm"]
     for action in train._actions:  # the run settings: None on the command line, their defaults in --help
-        if action.dest in charlm.RUN_SETTINGS:
-            default = charlm.RUN_SETTINGS[action.dest]
+        if action.dest in char_lm.RUN_SETTINGS:
+            default = char_lm.RUN_SETTINGS[action.dest]
             assert f"(default: {default})" in train._get_formatter()._format_action(action), action.dest
 
 
@@ -208,7 +208,7 @@ def test_diverging_run_is_one_line_status_1_and_keeps_its_checkpoint(tmp_path, c
     assert status == 1 and len(err) == 1, err
     assert re.fullmatch(r"jaxrnn train char-lm: error: non-finite loss or gradient at step 2: loss=(inf|nan), .* "
                         rf"The last, step 1 in {re.escape(str(out / 'checkpoints' / 'latest'))}, is kept\.", err[0])
-    _, _, like = charlm.load_run(out)
+    _, _, like = char_lm.load_run(out)
     assert Checkpoints(out, read_only=True).restore_latest(like)[1]["step"] == 1
 
 

@@ -81,7 +81,7 @@ def test_char_lm_script_trains_and_plots(tmp_path, capsys):
 def test_loss_per_step_metric_on_request():
     import jax.numpy as jnp
     from jaxrnn import training
-    from jaxrnn.charlm import CharLM
+    from jaxrnn.programs.char_lm import CharLM
 
     lm = CharLM(vocab_size=6, cell="lstm", hidden_size=8, num_layers=1)
     opt = training.make_optimizer("adam", 1e-3)

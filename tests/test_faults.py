@@ -27,15 +27,15 @@ import jax
 import numpy as np
 import pytest
 
-from jaxrnn.charlm import load_run
+from jaxrnn.programs.char_lm import load_run
 from jaxrnn.checkpoints import Checkpoints
-from jaxrnn.runlog import read_metrics
+from jaxrnn.programs.runlog import read_metrics
 
 CHECKPOINT_EVERY = 4
 
 
 def command(text, out, steps):
-    return [sys.executable, "-m", "jaxrnn.cli", "train", "char-lm", "--text", str(text), "--cell", "gru",
+    return [sys.executable, "-m", "jaxrnn.programs.cli", "train", "char-lm", "--text", str(text), "--cell", "gru",
             "--hidden-size", "8", "--num-layers", "1", "--dropout", "0.1", "--seq-len", "8", "--batch-size", "4",
             "--steps", str(steps), "--checkpoint-every", str(CHECKPOINT_EVERY), "--eval-every", "6",
             "--val-batches", "2", "--sample-every", "0", "--quiet", "--out", str(out)]

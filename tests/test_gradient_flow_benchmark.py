@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from jaxrnn.bench import gradient_flow
-from jaxrnn.cli import main as cli_main
+from jaxrnn.programs import gradient_flow
+from jaxrnn.programs.cli import main as cli_main
 
 
 def test_gradient_flow_smoke(tmp_path, capsys):

@@ -112,6 +112,10 @@ def test_cells_with_replaced_functions_do_not_convert():
         jaxrnn.to_torch(jaxrnn.RNN(changed), [{"fwd": params}])
     with pytest.raises(ValueError, match="cell: its functions were replaced"):
         jaxrnn.to_flax(changed, params)
+    lstm_named = jaxrnn.vanilla(H)._replace(kind="lstm")  # the name says LSTM, the carry is one array
+    for convert in (jaxrnn.carry_to_flax, jaxrnn.carry_from_flax):
+        with pytest.raises(ValueError, match="cell: its functions were replaced"):
+            convert(lstm_named, jnp.zeros((1, H)))
     jaxrnn.to_flax(cell._replace(init=None), params)  # init is no part of what a step computes
     # converted cells are stock: the fast paths take them
     assert jaxrnn.cells.is_stock(jaxrnn.from_torch(torch.nn.GRU(2, H))[0].cell)

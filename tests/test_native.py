@@ -316,7 +316,7 @@ def test_the_kernel_builds_from_source_into_the_cache(tmp_path):
 
 @needs_kernel
 def test_kernel_parts_benchmark_times_every_piece():
-    from jaxrnn.bench import kernel_parts
+    from jaxrnn.programs import kernel_parts
 
     ms = kernel_parts.parts("gru", B=16, T=3, H=16, repeats=1)
     assert set(ms) == {"forward", "forward, keeping", "backward", "weight-gradient matmul", "whole fwd+bwd",

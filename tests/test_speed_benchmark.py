@@ -5,7 +5,7 @@ import json
 import jax.numpy as jnp
 import pytest
 
-from jaxrnn.bench import speed
+from jaxrnn.programs import speed
 
 
 def test_speed_smoke(tmp_path, capsys):
@@ -90,7 +90,7 @@ def test_matmul_precision_is_scoped_and_checked():
 
 
 def test_variants_time_every_combination_against_the_peers(tmp_path, capsys):
-    from jaxrnn.bench import variants
+    from jaxrnn.programs import variants
 
     out = tmp_path / "variants.json"
     variants.main(["--cells", "gru", "--batch", "2", "--hidden", "4", "--lengths", "3", "--mode", "fwd+bwd",

@@ -9,7 +9,8 @@ import pytest
 from absl.testing import parameterized
 
 import jaxrnn
-from jaxrnn import long_range, tasks
+from jaxrnn import tasks
+from jaxrnn.programs import long_range
 
 
 class ShapesTest(chex.TestCase):

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from jaxrnn import training
-from jaxrnn.charlm import CharLM
 from jaxrnn.checkpoints import CheckpointError, Checkpoints
-from jaxrnn.runlog import RunLog, read_metrics
+from jaxrnn.programs.char_lm import CharLM
+from jaxrnn.programs.runlog import RunLog, read_metrics
 
 
 def quadratic_loss(params, carry, batch, key):
@@ -51,6 +51,37 @@ def test_elementwise_clip_as_char_rnn():
     state, m = step(state, jnp.array([1.0, 100.0]))  # gradient (-2, -200)
     np.testing.assert_allclose(state.params["w"], [2.0, 5.0])
     assert float(m["grad_norm_clipped"]) == pytest.approx(np.hypot(2, 5), rel=1e-5)
+
+
+def test_make_steps_is_make_train_step_called_once_per_step():
+    """Many steps in one lax.scan (make_steps) train exactly as one dispatch per step (make_train_step):
+    the same batches, the state's key split the same way, the carry handed on, metrics stacked per step."""
+
+    def loss_fn(params, carry, batch, key):  # uses all four: params, the carried state, the batch and the key
+        h = jnp.tanh(batch @ params["w"] + carry)
+        noise = 0.01 * jax.random.normal(key, h.shape)
+        return jnp.mean((h + noise - 0.5) ** 2), (h, {"h_norm": jnp.linalg.norm(h)})
+
+    batch_at = lambda k: jax.random.normal(k, (4, 3))
+    opt = training.make_optimizer("adam", 0.05, clip_norm=0.5)
+    params = {"w": jax.random.normal(jax.random.key(0), (3, 2))}
+    fresh = lambda: training.init_state(params, opt, jax.random.key(1), carry=jnp.zeros((4, 2)))
+    keys = jax.random.split(jax.random.key(2), 12)
+
+    state, metrics = jax.jit(training.make_steps(loss_fn, opt, batch_at, skip_nonfinite=True))(fresh(), keys)
+    step = training.make_train_step(loss_fn, opt, skip_nonfinite=True)
+    one_by_one, history = fresh(), []
+    for k in keys:
+        one_by_one, m = step(one_by_one, batch_at(k))
+        history.append(m)
+
+    assert int(state.step) == 12 and metrics["loss"].shape == (12,)
+    np.testing.assert_array_equal(state.key, one_by_one.key)
+    for name in ("loss", "grad_norm", "grad_norm_clipped", "h_norm"):
+        np.testing.assert_allclose(metrics[name], [m[name] for m in history], rtol=1e-6, atol=1e-7, err_msg=name)
+    for got, want in zip(jax.tree_util.tree_leaves((state.params, state.opt_state, state.carry)),
+                         jax.tree_util.tree_leaves((one_by_one.params, one_by_one.opt_state, one_by_one.carry))):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
 
 def test_schedules():
@@ -243,7 +274,7 @@ def test_data_parallel_over_four_cpu_devices_equals_one_device():
     code = textwrap.dedent("""
         import jax, jax.numpy as jnp, numpy as np
         from jaxrnn import training
-        from jaxrnn.charlm import CharLM
+        from jaxrnn.programs.char_lm import CharLM
         assert len(jax.devices()) == 4
         lm = CharLM(vocab_size=11, cell="lstm", hidden_size=8, num_layers=2)
         chunks = np.asarray(jax.random.randint(jax.random.key(1), (5, 8, 13), 0, 11))

@@ -193,8 +193,11 @@ def _rows(batch_major: bool, B: int, T: int) -> tuple:
     return (B, T) if batch_major else (T, B)
 
 
-def _forward(kind, x, carry, w, batch_major: bool, keep: bool, in_loop: bool = False, start=0, steps=None):
+def forward_call(kind, x, carry, w, batch_major: bool, keep: bool, in_loop: bool = False, start=0, steps=None):
     """One forward kernel call: ``(ys, carry, kept, operands)``, the last two empty without ``keep``.
+
+    The raw call under :func:`unroll` (no checks, no derivative), public so that
+    a benchmark can time the kernel's parts on their own.
 
     It runs ``steps`` steps (all by default) from step ``start`` of ``x``, which
     it reads in place: the checkpointed chunks cost no copies of ``x``.
@@ -224,8 +227,10 @@ def weight_gradient(operands, dg):
     return operands.reshape(-1, operands.shape[-1]).T @ dg.reshape(-1, dg.shape[-1])
 
 
-def _backward(kind, kept, operands, carry0, w, d_ys, d_carry, batch_major: bool, in_loop: bool = False, start=0):
+def backward_call(kind, kept, operands, carry0, w, d_ys, d_carry, batch_major: bool, in_loop: bool = False, start=0):
     """The backward kernel's loop (which also gives the input gradient), then the weight gradients as one matmul.
+
+    The raw call under :func:`unroll`'s derivative, public as :func:`forward_call` is.
 
     The steps are those of ``kept``, from step ``start`` of ``d_ys`` (read in place).
     Returns ``(d_x, d_carry0, d_w)`` with ``d_w`` matching ``w``.
@@ -266,19 +271,19 @@ def unroll(kind: str, batch_major: bool, x, carry: tuple, w: tuple):
     Returns:
       ``(ys, carry)``: ys (T, B, H) (or (B, T, H)) and the final carry, a tuple like ``carry``.
     """
-    ys, carry, _, _ = _forward(kind, x, carry, w, batch_major, keep=False)
+    ys, carry, _, _ = forward_call(kind, x, carry, w, batch_major, keep=False)
     return ys, carry
 
 
 def _unroll_fwd(kind, batch_major, x, carry, w):
-    ys, last, kept, operands = _forward(kind, x, carry, w, batch_major, keep=True)
+    ys, last, kept, operands = forward_call(kind, x, carry, w, batch_major, keep=True)
     return (ys, last), (carry, w, kept, operands)
 
 
 def _unroll_bwd(kind, batch_major, residuals, cotangents):
     carry, w, kept, operands = residuals
     d_ys, d_carry = cotangents
-    return _backward(kind, kept, operands, carry, w, d_ys, d_carry, batch_major)
+    return backward_call(kind, kept, operands, carry, w, d_ys, d_carry, batch_major)
 
 
 unroll.defvjp(_unroll_fwd, _unroll_bwd)
@@ -324,7 +329,7 @@ def _keep_chunk(kind, batch_major, x, carry, w, start: int, steps: int, ys=None)
     pieces = []
     for offset in range(0, steps, size):
         first, length = start + offset, min(size, steps - offset)
-        y, out, kept, operands = _forward(
+        y, out, kept, operands = forward_call(
             kind, x, carry, w, batch_major, keep=True, in_loop=True, start=first, steps=length
         )
         pieces.append((first, carry, kept, operands))
@@ -336,14 +341,14 @@ def _keep_chunk(kind, batch_major, x, carry, w, start: int, steps: int, ys=None)
 def _checkpointed_fwd(kind, batch_major, chunk, x, carry, w):
     # Each chunk's call reads its steps of x in place and its ys are written
     # into the whole ys, in either layout: no copy of the whole sequence (its
-    # size is what this saves), and no copy of x per chunk (at T = 10,000 the
-    # slices of x and d ys cost about 5% of the time).
+    # size is what this saves), and no copy of x per chunk (docs/kernels.md has
+    # what the slices of x and d ys cost).
     axis = 1 if batch_major else 0
     head, n, chunk = chunks.layout(x.shape[axis], chunk)
 
     def run(state, start, length):  # one chunk's forward; returns the carry it started from
         first, ys = state
-        y, carry, _, _ = _forward(kind, x, first, w, batch_major, keep=False, in_loop=True, start=start, steps=length)
+        y, carry, _, _ = forward_call(kind, x, first, w, batch_major, keep=False, in_loop=True, start=start, steps=length)
         return (carry, jax.lax.dynamic_update_slice_in_dim(ys, y, start, axis)), first
 
     state = (carry, jnp.zeros(x.shape[:2] + (carry[0].shape[-1],), jnp.float32))
@@ -364,7 +369,7 @@ def _checkpointed_bwd(kind, batch_major, chunk, residuals, cotangents):
     def back(state, pieces):  # the backward pass of a chunk's kept pieces, last first
         for start, first, kept, operands in reversed(pieces):
             d_carry, d_w, d_x = state
-            dx, d_carry, dw = _backward(
+            dx, d_carry, dw = backward_call(
                 kind, kept, operands, first, w, d_ys, d_carry, batch_major, in_loop=True, start=start
             )
             d_w = jax.tree_util.tree_map(jnp.add, d_w, dw)

@@ -26,7 +26,6 @@ Writes to ``runs/long-range-<time>/`` (or ``--out``):
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import pathlib
@@ -38,7 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxrnn import _checks, cells, diagnostics, tasks, training
+from jaxrnn import cells, diagnostics, tasks, training
+from jaxrnn.programs import arguments
+from jaxrnn.programs.outputs import markdown_table, pyplot, run_folder, save_figure, write_outputs
 from jaxrnn.unroll import scan
 
 Array = jax.Array
@@ -139,20 +140,19 @@ def train(task: tasks.Task, model: Model, length: int, *, seeds: int, steps: int
         del key
         return task.loss(outputs(params, batch.xs), batch.targets), (carry, {})
 
-    update = jax.vmap(training.make_update(loss_fn, optimizer, skip_nonfinite=True))
     keys = jax.random.split(jax.random.key(0), seeds)
     states = jax.vmap(lambda k: training.init_state(init(k), optimizer, k))(keys)
     initial_params = states.params
     data_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
 
-    @jax.jit
-    def advance(states, first_step):
-        def one(states, step):
-            batches = jax.vmap(lambda k: task.sample(jax.random.fold_in(k, step), batch_size, length))(data_keys)
-            states, metrics = update(states, batches)
-            return states, metrics["loss"]
+    def advance_one(state, data_key, first_step):
+        """``eval_every`` steps of one seed; step ``s`` trains on the batch its data key folded with ``s`` draws."""
+        batch_at = lambda step: task.sample(jax.random.fold_in(data_key, step), batch_size, length)
+        steps_fn = training.make_steps(loss_fn, optimizer, batch_at, skip_nonfinite=True)
+        state, metrics = steps_fn(state, first_step + jnp.arange(eval_every))
+        return state, metrics["loss"]
 
-        return jax.lax.scan(one, states, first_step + jnp.arange(eval_every))
+    advance = jax.jit(jax.vmap(advance_one, in_axes=(0, 0, None), out_axes=(0, 1)))  # losses: (eval_every, seeds)
 
     held_out = eval_batch(task, length, eval_size)
 
@@ -169,7 +169,7 @@ def train(task: tasks.Task, model: Model, length: int, *, seeds: int, steps: int
     solved_at = [None] * seeds
     t0 = time.perf_counter()
     for first in range(0, steps, eval_every):
-        states, train_loss = advance(states, first)
+        states, train_loss = advance(states, data_keys, first)
         loss, acc = jax.device_get(evaluate(states.params))
         step = first + eval_every
         curve_steps.append(step)
@@ -238,8 +238,7 @@ def tables(results: list[dict]) -> str:
                 (" / accuracy" if task.accuracy is not None else "") + \
                 "; seeds solved at the end (k/n); @ the median step at which those seeds first met the " \
                 "threshold; \"lost\" counts seeds that met it and then fell back.\n\n"
-        text += "| model | " + " | ".join(f"T={t}" for t in lengths) + " | published |\n"
-        text += "|---|" + "---|" * len(lengths) + "---|\n"
+        table_rows = []
         for model in dict.fromkeys(r["model"] for r in rows):
             cells_ = []
             for t in lengths:
@@ -254,21 +253,13 @@ def tables(results: list[dict]) -> str:
                 lost = sum(a is not None and not ok for a, ok in zip(r["solved_at"], r["final_solved"]))
                 cells_.append(f"{loss:.3g}{acc}; {solved}/{r['seeds']}" + (f" @{when:.0f}" if solved else "")
                               + (f" ({lost} lost)" if lost else ""))
-            text += f"| {model} | " + " | ".join(cells_) + f" | {PUBLISHED.get((task_name, model), '')} |\n"
+            table_rows.append([model, *cells_, PUBLISHED.get((task_name, model), "")])
+        text += markdown_table(["model", *(f"T={t}" for t in lengths), "published"], table_rows)
     return text
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def write_plots(results: list[dict], profiles: dict, folder: pathlib.Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     names = list(dict.fromkeys(r["task"] for r in results))
     cols = min(3, len(names))
     rows_ = math.ceil(len(names) / cols)
@@ -292,9 +283,7 @@ def write_plots(results: list[dict], profiles: dict, folder: pathlib.Path) -> No
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(folder / "curves.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, folder / "curves.png")
     if profiles:
         fig, ax = plt.subplots(figsize=(7, 4))
         for i, (model, prof) in enumerate(profiles["models"].items()):
@@ -307,16 +296,13 @@ def write_plots(results: list[dict], profiles: dict, folder: pathlib.Path) -> No
         ax.set_ylabel("log10 ||dL/dh_t||")
         ax.set_title(f"Gradient reaching each step: {profiles['task']}, T={profiles['length']}")
         ax.legend(fontsize=6, ncol=2)
-        fig.tight_layout()
-        fig.savefig(folder / "gradients.png", dpi=110)
-        plt.close(fig)
+        save_figure(fig, folder / "gradients.png")
 
 
 def run(args) -> pathlib.Path:
     ladder = FULL_LADDER if args.full else LADDER
     steps = args.steps or (10_000 if args.full else 2_000)
-    folder = pathlib.Path(args.out or f"runs/long-range-{datetime.datetime.now():%Y%m%d-%H%M%S}")
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = run_folder("long-range", args.out)
     lengths = lambda t: ladder[t] if tasks.TASKS[t].fixed_length or not args.lengths else args.lengths
     jobs = [(t, m, n) for t in args.tasks for n in lengths(t) for m in args.models]
     results, kept = [], {}
@@ -338,15 +324,13 @@ def run(args) -> pathlib.Path:
             f"{args.batch_size}, {args.hidden} units; held-out loss every {args.eval_every} steps, runs stop "
             f"once every seed is solved.\n" + tables(results))
     if profiles:
-        text += "\n### Gradient decay on {}, T={} (log10 per step, seed 0; probe loss h_T . v)\n\n" \
-                "| model | untrained | trained |\n|---|---|---|\n".format(profiles["task"], profiles["length"])
-        text += "".join(f"| {m} | {p['untrained']['decay_per_step']:+.4f} | {p['trained']['decay_per_step']:+.4f} |\n"
-                        for m, p in profiles["models"].items())
-    (folder / "results.md").write_text(text)
-    (folder / "results.json").write_text(json.dumps({"results": results, "profiles": profiles}, indent=1))
+        text += "\n### Gradient decay on {}, T={} (log10 per step, seed 0; probe loss h_T . v)\n\n".format(
+            profiles["task"], profiles["length"])
+        text += markdown_table(["model", "untrained", "trained"],
+                               [[m, f"{p['untrained']['decay_per_step']:+.4f}", f"{p['trained']['decay_per_step']:+.4f}"]
+                                for m, p in profiles["models"].items()])
+    write_outputs(folder, text, {"results": results, "profiles": profiles})
     write_plots(results, profiles, folder)
-    print(text)
-    print(f"wrote {folder}/")
     return folder
 
 
@@ -354,25 +338,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--full", action="store_true", help="the full length ladder and 10,000 steps")
     p.add_argument("--tasks", nargs="+", default=list(LADDER), choices=list(tasks.TASKS))
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    p.add_argument("--lengths", nargs="+", type=_checks.positive_int,
+    p.add_argument("--lengths", nargs="+", type=arguments.positive_int,
                    help="override the ladder (every task but the digits)")
-    p.add_argument("--seeds", type=_checks.positive_int, default=3)
-    p.add_argument("--steps", type=_checks.positive_int,
+    p.add_argument("--seeds", type=arguments.positive_int, default=3)
+    p.add_argument("--steps", type=arguments.positive_int,
                    help="step budget per run (default: 2,000; 10,000 with --full)")
-    p.add_argument("--hidden", type=_checks.positive_int, default=64)
-    p.add_argument("--batch-size", type=_checks.positive_int, default=32)
-    p.add_argument("--lr", type=_checks.positive_float, default=1e-3)
-    p.add_argument("--eval-every", type=_checks.positive_int, default=100)
+    p.add_argument("--hidden", type=arguments.positive_int, default=64)
+    p.add_argument("--batch-size", type=arguments.positive_int, default=32)
+    p.add_argument("--lr", type=arguments.positive_float, default=1e-3)
+    p.add_argument("--eval-every", type=arguments.positive_int, default=100)
     p.add_argument("--profile-task", default="temporal_order", choices=list(tasks.TASKS),
                    help="the task whose trained and untrained gradient profiles are plotted (longest length)")
     p.add_argument("--out", help="output folder (default: runs/long-range-<time>)")
 
 
 def main(argv: list[str] | None = None) -> pathlib.Path:
-    from jaxrnn.cli import run_command
+    from jaxrnn.programs.cli import run_command
 
-    parser = _checks.ArgumentParser(prog="jaxrnn long-range", description=__doc__.split("\n\n")[0],
-                                    formatter_class=_checks.HelpFormatter)
+    parser = arguments.ArgumentParser(prog="jaxrnn long-range", description=__doc__.split("\n\n")[0],
+                                      formatter_class=arguments.HelpFormatter)
     add_arguments(parser)
     return run_command(parser.prog, run, parser.parse_args(argv))
 

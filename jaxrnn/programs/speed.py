@@ -69,8 +69,9 @@ import jax.numpy as jnp
 from tqdm.auto import tqdm
 
 import jaxrnn
-from jaxrnn import _checks
-from jaxrnn.bench.timing import median_seconds
+from jaxrnn.programs import arguments
+from jaxrnn.programs.outputs import markdown_table, pyplot, run_path, save_figure
+from jaxrnn.programs.timing import median_seconds
 
 PEERS = ("jaxrnn", "flax", "equinox", "haiku", "torch", "floor")
 GATES = {"lstm": 4, "gru": 3, "vanilla": 1}
@@ -316,17 +317,16 @@ def memory_case(T: int = 10_000, B: int = 32, H: int = 256, chunks: tuple[int, .
 def memory_table(rows: list[dict]) -> str:
     """:func:`memory_case`'s rows, with memory as a fraction of flax's and time as a multiple of jaxrnn's default."""
     by = {m["impl"]: m for m in rows}
-    lines = ["| impl | temp memory (MiB) | x flax memory | ms | x jaxrnn default time |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {m['impl']} | {m['temp_MiB']:.0f} | {m['temp_MiB'] / by['flax']['temp_MiB']:.2f} | {m['ms']:.0f} | "
-              f"{m['ms'] / by['jaxrnn']['ms']:.2f} |" for m in rows]
-    return "\n".join(lines) + "\n"
+    return markdown_table(["impl", "temp memory (MiB)", "x flax memory", "ms", "x jaxrnn default time"],
+                          [[m["impl"], f"{m['temp_MiB']:.0f}", f"{m['temp_MiB'] / by['flax']['temp_MiB']:.2f}",
+                            f"{m['ms']:.0f}", f"{m['ms'] / by['jaxrnn']['ms']:.2f}"] for m in rows], "lrrrr")
 
 
 def table(results: list[dict], peak: float, peers: list[str]) -> str:
     others = [p for p in peers if p != "jaxrnn"]
     head = ["cell", "mode", "B", "T", "H"] + [f"{p} ms" for p in peers] + ["jaxrnn seq-steps/s"] \
         + [f"x {p}" for p in others] + [f"{p} % GEMM peak" for p in PEAK_COLUMNS]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for r in results:
         ms = r["ms"]
         cell = lambda p: f"{ms[p]:.1f}" if p in ms else r["missing"].get(p, "-")
@@ -334,19 +334,14 @@ def table(results: list[dict], peak: float, peers: list[str]) -> str:
         pct = lambda p: f"{100 * flops(r['cell'], r['B'], r['T'], r['H'], r['mode'] != 'fwd') / (ms[p] / 1e3) / peak:.0f}%" \
             if p in ms else "-"
         sps = f"{r['B'] * r['T'] / (ms['jaxrnn'] / 1e3):,.0f}" if "jaxrnn" in ms else "-"
-        lines.append("| " + " | ".join([r["cell"], r["mode"], str(r["B"]), str(r["T"]), str(r["H"])]
-                                       + [cell(p) for p in peers] + [sps] + [ratio(p) for p in others]
-                                       + [pct(p) for p in PEAK_COLUMNS]) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append([r["cell"], r["mode"], r["B"], r["T"], r["H"]] + [cell(p) for p in peers] + [sps]
+                    + [ratio(p) for p in others] + [pct(p) for p in PEAK_COLUMNS])
+    return markdown_table(head, rows)
 
 
 def plot(results: list[dict], peers: list[str], path: pathlib.Path) -> None:
     """Each peer's time relative to jaxrnn's (1 = as fast; above 1 = slower), one panel per mode."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     modes = list(dict.fromkeys(r["mode"] for r in results))
     shown = [p for p in peers if p != "jaxrnn"]
     fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 0.5 + 0.45 * len(results)), squeeze=False)
@@ -364,9 +359,7 @@ def plot(results: list[dict], peers: list[str], path: pathlib.Path) -> None:
         ax.set_xlabel("time / jaxrnn's time (right of 1: slower than jaxrnn)")
         ax.set_title(mode)
     fig.legend(*axes[0][-1].get_legend_handles_labels(), loc="lower center", ncol=len(shown))
-    fig.tight_layout(rect=(0, 0.6 / fig.get_figheight(), 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, rect=(0, 0.6 / fig.get_figheight(), 1, 1))
 
 
 PRECISIONS = ("float32", "tf32")
@@ -418,10 +411,9 @@ def versions() -> dict:
 def start_record(kind: str, args, **extra) -> tuple[dict, pathlib.Path]:
     """The JSON a benchmark run writes (where, when, versions, precision; ``results`` filled as
     measured) and its path: ``args.json`` or ``runs/<kind>-<timestamp>.json``."""
-    now = datetime.datetime.now()
-    out = {"date": now.isoformat(timespec="seconds"), "machine": describe_machine(), "versions": versions(),
-           "precision": args.precision, **extra, "results": []}
-    path = pathlib.Path(args.json or f"runs/{kind}-{now:%Y%m%d-%H%M%S}.json")
+    out = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": describe_machine(),
+           "versions": versions(), "precision": args.precision, **extra, "results": []}
+    path = run_path(kind, args.json, suffix=".json")
     path.parent.mkdir(parents=True, exist_ok=True)
     return out, path
 
@@ -474,14 +466,14 @@ def _version(name: str) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="B=32, H=256, T in (100, 1000)")
     p.add_argument("--cells", nargs="+", default=["lstm", "gru", "vanilla"], choices=list(GATES))
-    p.add_argument("--batch", nargs="+", type=_checks.positive_int, default=[1, 32, 256])
-    p.add_argument("--hidden", nargs="+", type=_checks.positive_int, default=[128, 256, 512])
-    p.add_argument("--lengths", nargs="+", type=_checks.positive_int, default=[100, 1000])
+    p.add_argument("--batch", nargs="+", type=arguments.positive_int, default=[1, 32, 256])
+    p.add_argument("--hidden", nargs="+", type=arguments.positive_int, default=[128, 256, 512])
+    p.add_argument("--lengths", nargs="+", type=arguments.positive_int, default=[100, 1000])
     p.add_argument("--mode", choices=("fwd", "fwd+bwd", "both"), default="both")
     p.add_argument("--peers", nargs="+", default=list(PEERS), choices=PEERS)
-    p.add_argument("--repeats", type=_checks.positive_int, default=7,
+    p.add_argument("--repeats", type=arguments.positive_int, default=7,
                    help="interleaved timing rounds (median reported)")
-    p.add_argument("--block", type=_checks.int_at_least(2), default=3,
+    p.add_argument("--block", type=arguments.int_at_least(2), default=3,
                    help="calls per implementation per round, the first untimed (module docstring)")
     p.add_argument("--memory", action="store_true", help="also measure memory at T=10,000")
     p.add_argument("--precision", choices=PRECISIONS, default="float32",
@@ -502,7 +494,7 @@ def restart_with_malloc_tunables() -> None:
     glibc reads ``GLIBC_TUNABLES`` only at start-up, hence the restart. Does
     nothing off Linux or when the variable is already set (the user's own
     setting wins). Called only for a command line of our own (``jaxrnn
-    speed``, ``python -m jaxrnn.bench.speed``, ``benchmarks/speed.py``), never
+    speed``, ``python -m jaxrnn.programs.speed``, ``benchmarks/speed.py``), never
     from a library call.
     """
     if not sys.platform.startswith("linux") or "GLIBC_TUNABLES" in os.environ:
@@ -512,10 +504,10 @@ def restart_with_malloc_tunables() -> None:
 
 
 def main(argv=None) -> None:
-    from jaxrnn.cli import run_command
+    from jaxrnn.programs.cli import run_command
 
-    parser = _checks.ArgumentParser(prog="jaxrnn speed", description=__doc__.split("\n\n")[0],
-                                    formatter_class=_checks.HelpFormatter)
+    parser = arguments.ArgumentParser(prog="jaxrnn speed", description=__doc__.split("\n\n")[0],
+                                      formatter_class=arguments.HelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(argv)
     if argv is None and not args.default_malloc:  # our own command line: safe to restart

@@ -13,14 +13,14 @@ H=I=256 by default. Needs the native kernels (an x86-64 CPU with AVX-512).
 
 from __future__ import annotations
 
-import argparse
 
 import jax
 import jax.numpy as jnp
 
 import jaxrnn
 from jaxrnn import native
-from jaxrnn.bench.speed import interleaved_ms
+from jaxrnn.programs import arguments
+from jaxrnn.programs.speed import interleaved_ms
 
 
 def parts(kind: str, B: int, T: int, H: int, repeats: int) -> dict[str, float]:
@@ -29,11 +29,11 @@ def parts(kind: str, B: int, T: int, H: int, repeats: int) -> dict[str, float]:
     x = jax.random.normal(jax.random.key(1), (B, T, H))
     carry = tuple(jnp.zeros((B, H)) for _ in range(2 if kind == "lstm" else 1))
     d_ys = jax.random.normal(jax.random.key(2), (B, T, H))
-    forward = jax.jit(lambda x: native._forward(kind, x, carry, w, True, keep=False)[0])
-    keeping = jax.jit(lambda x: native._forward(kind, x, carry, w, True, keep=True))
+    forward = jax.jit(lambda x: native.forward_call(kind, x, carry, w, True, keep=False)[0])
+    keeping = jax.jit(lambda x: native.forward_call(kind, x, carry, w, True, keep=True))
     _, _, kept, operands = keeping(x)
     d_carry = tuple(jnp.zeros_like(c) for c in carry)
-    backward = jax.jit(lambda kept, operands, d_ys: native._backward(kind, kept, operands, carry, w, d_ys, d_carry, True))
+    backward = jax.jit(lambda kept, operands, d_ys: native.backward_call(kind, kept, operands, carry, w, d_ys, d_carry, True))
     dg = jax.random.normal(jax.random.key(3), (B, T, 4 * H))
     matmul = jax.jit(native.weight_gradient)
     whole = jax.jit(jax.grad(lambda w, x: native.unroll(kind, True, x, carry, w)[0].sum(), argnums=(0, 1)))
@@ -53,7 +53,7 @@ def parts(kind: str, B: int, T: int, H: int, repeats: int) -> dict[str, float]:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = arguments.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cells", nargs="+", default=["lstm"], choices=("lstm", "gru"))
     p.add_argument("--lengths", nargs="+", type=int, default=[1000])
     p.add_argument("--batch", type=int, default=32)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import datetime
 import json
 import pathlib
 import platform
@@ -31,12 +30,13 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from tqdm.auto import tqdm
 
 import jaxrnn
-from jaxrnn import _checks, diagnostics, tasks
-from jaxrnn.bench.timing import median_seconds
+from jaxrnn import diagnostics, tasks, training
+from jaxrnn.programs import arguments
+from jaxrnn.programs.outputs import markdown_table, pyplot, run_folder, save_figure
+from jaxrnn.programs.timing import median_seconds
 
 INPUT_SIZE = 2  # the adding problem's (value, marker) channels
 
@@ -120,37 +120,35 @@ class Compiled:
         return self._get("loss", kind, lambda cell: lambda p, xs, y: self.loss_fn(p["readout"], y)(
             jaxrnn.scan(cell, p["cell"], xs)[0]))
 
-    def train_chunk(self, kind: str, optimizer, length: int, batch_size: int, steps: int) -> Callable:
-        """``steps`` Adam steps on fresh adding batches, inside one compiled lax.scan."""
+    def train_chunk(self, kind: str, optimizer: training.Optimizer, length: int, batch_size: int) -> Callable:
+        """``steps(state, keys)``: a train step per key, each on a fresh adding batch, inside one
+        compiled lax.scan (:func:`jaxrnn.training.make_steps`). Compiled once per kind, length and batch
+        size, with the first ``optimizer`` given: a run trains every model with the same one."""
 
         def make(cell):
-            def loss(p, batch):
-                return self.loss_fn(p["readout"], batch.targets)(jaxrnn.scan(cell, p["cell"], batch.xs)[0])
+            def loss_fn(p, carry, batch, key):
+                del key
+                ys = jaxrnn.scan(cell, p["cell"], batch.xs)[0]
+                return self.loss_fn(p["readout"], batch.targets)(ys), (carry, {})
 
-            def step(state, key):
-                p, opt = state
-                value, grads = jax.value_and_grad(loss)(p, tasks.adding(key, batch_size, length))
-                updates, opt = optimizer.update(grads, opt, p)
-                return (optax.apply_updates(p, updates), opt), value
+            return training.make_steps(loss_fn, optimizer, lambda key: tasks.adding(key, batch_size, length))
 
-            return lambda p, opt, key: jax.lax.scan(step, (p, opt), jax.random.split(key, steps))
-
-        return self._get(f"train-{length}-{batch_size}-{steps}", kind, make)
+        return self._get(f"train-{length}-{batch_size}", kind, make)
 
 
 def train(compiled: Compiled, model: Model, params: dict, args, key: jax.Array, bar) -> tuple[dict, list[float]]:
     """A short Adam run on the adding problem at ``args.train_length``; returns params and losses."""
-    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(args.lr))
-    opt = optimizer.init(params)
+    optimizer = training.make_optimizer("adam", args.lr, clip_norm=1.0)
+    state = training.init_state(params, optimizer, key)  # the key is unused: the loss draws no randomness
     chunk = 100
-    run = compiled.train_chunk(model.kind, optimizer, args.train_length, args.batch_size, chunk)
+    run = compiled.train_chunk(model.kind, optimizer, args.train_length, args.batch_size)
     losses = []
     for i in range(args.train_steps // chunk):
-        (params, opt), values = run(params, opt, jax.random.fold_in(key, i))
-        losses.extend(np.asarray(values).tolist())
+        state, metrics = run(state, jax.random.split(jax.random.fold_in(key, i), chunk))
+        losses.extend(np.asarray(metrics["loss"]).tolist())
         bar.update(1)
         bar.set_postfix(model=model.name, loss=f"{np.mean(losses[-chunk:]):.4f}")
-    return params, losses
+    return state.params, losses
 
 
 def cost_check(compiled: Compiled, length: int, batch_size: int, key: jax.Array) -> list[dict]:
@@ -175,8 +173,7 @@ def summarize_row(phase: str, model: Model, length: int, log10_norm: np.ndarray)
 
 
 def run(args) -> pathlib.Path:
-    out = pathlib.Path(args.out or f"runs/gradient-flow-{datetime.datetime.now():%Y%m%d-%H%M%S}")
-    out.mkdir(parents=True, exist_ok=True)
+    out = run_folder("gradient-flow", args.out)
     compiled = Compiled(args.hidden_size)
     all_models = models(args.cells, args.radii)
     trained_models = [m for m in all_models if m.radius in (None, 1.0)] if args.train_steps else []
@@ -246,7 +243,7 @@ def run(args) -> pathlib.Path:
     if args.cost_length:
         results["cost"] = cost_check(compiled, args.cost_length, args.batch_size, jax.random.key(0))
 
-    table = markdown_table(results, lengths)
+    table = tables(results, lengths)
     (out / "table.md").write_text(table)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
     plot(results, all_models, trained_models, lengths, jac_length, out)
@@ -256,7 +253,8 @@ def run(args) -> pathlib.Path:
     return out
 
 
-def markdown_table(results: dict, lengths: list[int]) -> str:
+def tables(results: dict, lengths: list[int]) -> str:
+    """The run's tables in markdown: one per summary metric, then training, underflow and cost."""
     rows = results["summaries"]
     names = list(dict.fromkeys((r["phase"], r["model"]) for r in rows))
     get = {(r["phase"], r["model"], r["T"]): r for r in rows}
@@ -269,44 +267,36 @@ def markdown_table(results: dict, lengths: list[int]) -> str:
     lines = [f"Adding problem, hidden size {results['config']['hidden_size']}, "
              f"batch {results['config']['batch_size']}, seeds {results['config']['seeds']}; "
              f"'trained' = {results['config']['train_steps']} Adam steps at T = {results['config']['train_length']}.\n"]
+    table = lambda header, rows, align: markdown_table(header, rows, align).rstrip("\n")
     for metric, (title, f) in fmt.items():
         lines.append(f"\n**{title}**\n")
-        lines.append("| cell | phase | " + " | ".join(f"T={t}" for t in lengths) + " |")
-        lines.append("|---|---|" + "---:|" * len(lengths))
-        for phase, name in names:
-            cells = [f(get[(phase, name, t)][metric]) if (phase, name, t) in get else "" for t in lengths]
-            lines.append(f"| {name} | {phase} | " + " | ".join(cells) + " |")
+        lines.append(table(["cell", "phase"] + [f"T={t}" for t in lengths],
+                           [[name, phase] + [f(get[(phase, name, t)][metric]) if (phase, name, t) in get else ""
+                                             for t in lengths] for phase, name in names],
+                           "ll" + "r" * len(lengths)))
     if results.get("final_mse"):
+        seeds = results["config"]["seeds"]
         lines.append(f"\n**adding-problem MSE after training** (mean of the last 100 steps, per seed; baseline "
                      f"{tasks.ADDING_BASELINE_MSE:.3f}, solved below 0.01)\n")
-        lines.append("| cell | " + " | ".join(f"seed {s}" for s in results["config"]["seeds"]) + " |")
-        lines.append("|---|" + "---:|" * len(results["config"]["seeds"]))
-        for name, finals in results["final_mse"].items():
-            lines.append(f"| {name} | " + " | ".join(f"{v:.4f}" for v in finals) + " |")
+        lines.append(table(["cell"] + [f"seed {s}" for s in seeds],
+                           [[name] + [f"{v:.4f}" for v in finals] for name, finals in results["final_mse"].items()],
+                           "l" + "r" * len(seeds)))
     if results["underflow"]:
         lines.append("\n**float32 underflow** (T = {}): steps where plain float32 autodiff returns exactly 0, "
                      "which the renormalised profile measures\n".format(results["underflow"][0]["T"]))
-        lines.append("| cell | phase | plain float32 zero steps | smallest log10 norm measured |")
-        lines.append("|---|---|---:|---:|")
-        for r in results["underflow"]:
-            lines.append(f"| {r['model']} | {r['phase']} | {r['plain_float32_zero_steps']} / {r['steps']} "
-                         f"| {r['min_log10_norm']:.1f} |")
+        lines.append(table(["cell", "phase", "plain float32 zero steps", "smallest log10 norm measured"],
+                           [[r["model"], r["phase"], f"{r['plain_float32_zero_steps']} / {r['steps']}",
+                             f"{r['min_log10_norm']:.1f}"] for r in results["underflow"]], "llrr"))
     if results["cost"]:
         lines.append("\n**cost of the one-pass profile** (median wall time)\n")
-        lines.append("| cell | T | forward+backward | profile | ratio |")
-        lines.append("|---|---:|---:|---:|---:|")
-        for r in results["cost"]:
-            lines.append(f"| {r['cell']} | {r['T']} | {1e3 * r['forward_backward_s']:.0f} ms "
-                         f"| {1e3 * r['profile_s']:.0f} ms | {r['ratio']:.2f} |")
+        lines.append(table(["cell", "T", "forward+backward", "profile", "ratio"],
+                           [[r["cell"], r["T"], f"{1e3 * r['forward_backward_s']:.0f} ms",
+                             f"{1e3 * r['profile_s']:.0f} ms", f"{r['ratio']:.2f}"] for r in results["cost"]], "lrrrr"))
     return "\n".join(lines) + "\n"
 
 
 def plot(results: dict, all_models, trained_models, lengths, jac_length, out: pathlib.Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     colors = plt.cm.viridis(np.linspace(0, 0.9, len(lengths)))
     phases = ["init", "trained"] if trained_models else ["init"]
 
@@ -330,9 +320,7 @@ def plot(results: dict, all_models, trained_models, lengths, jac_length, out: pa
     axes[0, -1].text(0.98, 0.02, "red: float32 smallest normal", transform=axes[0, -1].transAxes,
                      ha="right", fontsize=7, color="red")
     fig.suptitle("Gradient reaching each step back from a loss at the last step (adding problem)")
-    fig.tight_layout()
-    fig.savefig(out / "gradient_decay.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "gradient_decay.png")
 
     # 2. decay per step against the spectral radius of W_h (vanilla tanh), gated cells as references.
     summ = [r for r in results["summaries"] if r["phase"] == "init"]
@@ -355,9 +343,7 @@ def plot(results: dict, all_models, trained_models, lengths, jac_length, out: pa
     ax.set_ylabel("decay per step (log10 units)")
     ax.set_title("Vanishing (< 0) and exploding (> 0) regimes at initialisation", fontsize=10)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "spectral_radius.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "spectral_radius.png")
 
     # 3. the largest singular value of each step's Jacobian.
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -372,9 +358,7 @@ def plot(results: dict, all_models, trained_models, lengths, jac_length, out: pa
     ax.set_title(f"Largest singular value of each step's Jacobian (T = {jac_length}, batch mean)\n"
                  "an upper bound on the gradient's growth per step, not its rate", fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "jacobian.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "jacobian.png")
 
     # 4. training curves of the short adding-problem run.
     if results["training"]:
@@ -388,35 +372,33 @@ def plot(results: dict, all_models, trained_models, lengths, jac_length, out: pa
         ax.set_ylabel("training MSE")
         ax.set_title(f"Adding problem at T = {results['config']['train_length']}", fontsize=10)
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "training.png", dpi=110)
-        plt.close(fig)
+        save_figure(fig, out / "training.png")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cells", nargs="+", default=["vanilla", "lstm-fb0", "lstm-fb1", "gru"],
                         choices=["vanilla", "lstm-fb0", "lstm-fb1", "gru"], help="models to train and profile")
-    parser.add_argument("--radii", nargs="*", type=_checks.positive_float, default=[0.5, 0.75, 1.0, 1.25, 1.5],
+    parser.add_argument("--radii", nargs="*", type=arguments.positive_float, default=[0.5, 0.75, 1.0, 1.25, 1.5],
                         help="spectral radii of W_h for the vanilla tanh sweep (at init)")
-    parser.add_argument("--lengths", nargs="+", type=_checks.positive_int, default=[10, 30, 100, 300, 1000])
-    parser.add_argument("--hidden-size", type=_checks.positive_int, default=64)
-    parser.add_argument("--batch-size", type=_checks.positive_int, default=32)
+    parser.add_argument("--lengths", nargs="+", type=arguments.positive_int, default=[10, 30, 100, 300, 1000])
+    parser.add_argument("--hidden-size", type=arguments.positive_int, default=64)
+    parser.add_argument("--batch-size", type=arguments.positive_int, default=32)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
                         help="initialisation and data seeds; profiles are averaged over them")
-    parser.add_argument("--train-steps", type=_checks.int_at_least(0, multiple_of=100), default=1500,
+    parser.add_argument("--train-steps", type=arguments.int_at_least(0, multiple_of=100), default=1500,
                         help="0 skips training (multiple of 100)")
-    parser.add_argument("--train-length", type=_checks.positive_int, default=100)
-    parser.add_argument("--lr", type=_checks.positive_float, default=3e-3)
-    parser.add_argument("--cost-length", type=_checks.nonnegative_int, default=10_000,
+    parser.add_argument("--train-length", type=arguments.positive_int, default=100)
+    parser.add_argument("--lr", type=arguments.positive_float, default=3e-3)
+    parser.add_argument("--cost-length", type=arguments.nonnegative_int, default=10_000,
                         help="T of the profile-cost check (0 skips it)")
     parser.add_argument("--out", help="run folder (default: runs/gradient-flow-<timestamp>)")
 
 
 def main(argv: list[str] | None = None) -> None:
-    from jaxrnn.cli import run_command
+    from jaxrnn.programs.cli import run_command
 
-    parser = _checks.ArgumentParser(prog="jaxrnn gradient-flow", description=__doc__.split("\n\n")[0],
-                                    formatter_class=_checks.HelpFormatter)
+    parser = arguments.ArgumentParser(prog="jaxrnn gradient-flow", description=__doc__.split("\n\n")[0],
+                                      formatter_class=arguments.HelpFormatter)
     add_arguments(parser)
     run_command(parser.prog, run, parser.parse_args(argv))
 

@@ -118,13 +118,13 @@ def read_text_file(path: str | os.PathLike, what: str = "path") -> str:
     Example::
 
       >>> import pathlib, tempfile
-      >>> from jaxrnn.data import read_text_file
+      >>> from jaxrnn.programs.data import read_text_file
       >>> binary = pathlib.Path(tempfile.mkdtemp()) / "model.bin"
       >>> _ = binary.write_bytes(bytes(range(256)))
       >>> read_text_file(binary, "--text")
       Traceback (most recent call last):
       ...
-      jaxrnn.data.CorpusError: --text: ... is not a UTF-8 text file: invalid UTF-8 at byte 128 (0x80); convert it to UTF-8 (e.g. iconv -t utf-8) or give a text file
+      jaxrnn.programs.data.CorpusError: --text: ... is not a UTF-8 text file: invalid UTF-8 at byte 128 (0x80); convert it to UTF-8 (e.g. iconv -t utf-8) or give a text file
     """
     path = pathlib.Path(path)
     data = path.read_bytes()
@@ -152,7 +152,7 @@ def load_corpus(
 
     Example::
 
-      >>> from jaxrnn.data import load_corpus
+      >>> from jaxrnn.programs.data import load_corpus
       >>> c = load_corpus("python-stdlib", max_chars=10_000)
       >>> len(c.text), c.decode(c.encode("def")) == "def"
       (10000, True)

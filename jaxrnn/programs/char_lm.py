@@ -32,10 +32,10 @@ from tqdm.auto import tqdm
 
 import jaxrnn
 from jaxrnn import diagnostics, training
-from jaxrnn._checks import UsageError, nonnegative_float, nonnegative_int, positive_float, positive_int, rate
 from jaxrnn.checkpoints import CheckpointError, Checkpoints
-from jaxrnn.data import CORPORA, DOCUMENT_SEPARATOR, Corpus, CorpusError, load_corpus
-from jaxrnn.runlog import RunLog, atomic_write_text
+from jaxrnn.programs.arguments import UsageError, nonnegative_float, nonnegative_int, positive_float, positive_int, rate
+from jaxrnn.programs.data import CORPORA, DOCUMENT_SEPARATOR, Corpus, CorpusError, load_corpus
+from jaxrnn.programs.runlog import RunLog, atomic_write_text
 
 Array = jax.Array
 
@@ -47,7 +47,7 @@ class CharLM:
     Example::
 
       >>> import jax, jax.numpy as jnp
-      >>> from jaxrnn.charlm import CharLM
+      >>> from jaxrnn.programs.char_lm import CharLM
       >>> lm = CharLM(vocab_size=30, cell="gru", hidden_size=16, num_layers=2)
       >>> params = lm.init(jax.random.key(0))
       >>> logits, state, outputs = lm.apply(params, jnp.zeros((4, 9), jnp.int32))

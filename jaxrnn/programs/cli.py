@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from jaxrnn._checks import ArgumentParser, HelpFormatter, UsageError
+from jaxrnn.programs.arguments import ArgumentParser, HelpFormatter, UsageError
 
 #: Exceptions that mean the user must change something: status 2, one line.
 USER_ERRORS: tuple[type[BaseException], ...] = (
@@ -46,8 +46,7 @@ def _run_errors() -> tuple[type[BaseException], ...]:
 
 
 def build_parser() -> ArgumentParser:
-    from jaxrnn import charlm, long_range
-    from jaxrnn.bench import gradient_flow, speed
+    from jaxrnn.programs import char_lm, gradient_flow, long_range, speed
 
     parser = ArgumentParser(prog="jaxrnn", description="jaxrnn benchmarks and experiments",
                             formatter_class=HelpFormatter)
@@ -73,14 +72,14 @@ def build_parser() -> ArgumentParser:
     train = commands.add_parser("train", help="train a model", formatter_class=HelpFormatter)
     models = train.add_subparsers(dest="model", required=True)
     lm = models.add_parser("char-lm", help="a character-level language model",
-                           description=charlm.__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
-    charlm.add_train_arguments(lm)
-    lm.set_defaults(func=charlm.train)
+                           description=char_lm.__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    char_lm.add_train_arguments(lm)
+    lm.set_defaults(func=char_lm.train)
     sample = commands.add_parser("sample", help="sample from a trained char-lm run",
                                  description="Print a sample from a char-lm run's best checkpoint.",
                                  formatter_class=HelpFormatter)
-    charlm.add_sample_arguments(sample)
-    sample.set_defaults(func=charlm.sample)
+    char_lm.add_sample_arguments(sample)
+    sample.set_defaults(func=char_lm.sample)
     parser.commands = {"gradient-flow": flow, "speed": bench, "long-range": tasks, "train char-lm": lm,
                        "sample": sample}
     return parser
@@ -109,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"jaxrnn: error: the jaxrnn command needs {', '.join(missing)} (not installed): "
               "pip install 'jaxrnn[programs]'", file=sys.stderr)
         sys.exit(2)
-    from jaxrnn.bench import speed
+    from jaxrnn.programs import speed
 
     parser = build_parser()
     args, unknown = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
@@ -117,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:  # said by the command's own parser, as its other errors are
         parser.commands[command].error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "speed" and argv is None and not args.default_malloc:
-        speed.restart_with_malloc_tunables()  # see jaxrnn.bench.speed: no page faults for any peer
+        speed.restart_with_malloc_tunables()  # see jaxrnn.programs.speed: no page faults for any peer
     run_command(f"jaxrnn {command}", args.func, args)
 
 

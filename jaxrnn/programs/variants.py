@@ -4,7 +4,7 @@ Which ``unroll``, ``projection``, ``backward`` and ``kernel`` of :func:`jaxrnn.s
 fastest depends on the machine: a CPU pays for memory traffic, a GPU for
 kernel launches and loop iterations. This runs every combination asked for in
 one process, interleaved with the peers exactly as ``jaxrnn speed`` does
-(:func:`jaxrnn.bench.speed.run_case`), so the defaults can be chosen from one
+(:func:`jaxrnn.programs.speed.run_case`), so the defaults can be chosen from one
 run's ratios. ``XLA_FLAGS`` is read when JAX starts: compare flags by running
 this once per setting; the JSON records the setting.
 
@@ -13,7 +13,6 @@ this once per setting; the JSON records the setting.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import itertools
 import json
@@ -22,7 +21,9 @@ import os
 import jax
 from tqdm.auto import tqdm
 
-from jaxrnn.bench import speed
+import jaxrnn
+from jaxrnn.programs import arguments, speed
+from jaxrnn.programs.outputs import markdown_table
 from jaxrnn.unroll import PROJECTIONS
 
 
@@ -40,27 +41,26 @@ def variant_makers(unrolls, projections, backwards, step_vjps=("cell",), kernels
 
 
 def _make_native(kind, B, T, H, with_grad):
-    cell = speed.jaxrnn.CELLS[kind](H)
-    reason = speed.jaxrnn.native.unsupported(cell, cell.init(jax.random.key(0), H), B, "float32")
+    cell = jaxrnn.CELLS[kind](H)
+    reason = jaxrnn.native.unsupported(cell, cell.init(jax.random.key(0), H), B, "float32")
     return speed.make_jaxrnn(kind, B, T, H, with_grad, kernel="native") if reason is None else reason
 
 
 def table(results: list[dict], variants: list[str], peers: list[str]) -> str:
     head = ["cell", "mode", "B", "T", "H", "variant", "ms"] + [f"x {p}" for p in peers]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for r in results:
         ms = r["ms"]
         best = min((v for v in variants if v in ms), key=ms.get)
         for v in variants:
             if v not in ms:  # a variant that cannot run this case (native: not an LSTM, say)
-                lines.append("| " + " | ".join([r["cell"], r["mode"], str(r["B"]), str(r["T"]), str(r["H"]), v,
-                                                r["missing"].get(v, "-")] + ["-"] * len(peers)) + " |")
+                rows.append([r["cell"], r["mode"], r["B"], r["T"], r["H"], v, r["missing"].get(v, "-")]
+                            + ["-"] * len(peers))
                 continue
             ratios = [f"{ms[p] / ms[v]:.2f}" if p in ms else "-" for p in peers]
             name = f"**{v}**" if v == best else v
-            lines.append("| " + " | ".join([r["cell"], r["mode"], str(r["B"]), str(r["T"]), str(r["H"]), name,
-                                            f"{ms[v]:.2f}"] + ratios) + " |")
-    return "\n".join(lines) + "\n"
+            rows.append([r["cell"], r["mode"], r["B"], r["T"], r["H"], name, f"{ms[v]:.2f}"] + ratios)
+    return markdown_table(head, rows)
 
 
 def run(args) -> dict:
@@ -83,7 +83,7 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="variants", description=__doc__.split("\n\n")[0])
+    p = arguments.ArgumentParser(prog="variants", description=__doc__.split("\n\n")[0])
     p.add_argument("--cells", nargs="+", default=["lstm", "gru"], choices=list(speed.GATES))
     p.add_argument("--batch", nargs="+", type=int, default=[32])
     p.add_argument("--hidden", nargs="+", type=int, default=[256])
