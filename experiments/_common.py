@@ -1,5 +1,6 @@
-"""What the experiments share: a many-to-one regressor on the adding problem and a train loop; their
-outputs (run folder, tables, figures) are the programs' own, from :mod:`jaxrnn.programs.outputs`."""
+"""What the experiments share: their command line's common options, a many-to-one regressor on the
+adding problem and a train loop; their outputs (run folder, tables, figures) are the programs' own, from
+:mod:`jaxrnn.programs.outputs`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,21 @@ from tqdm.auto import tqdm
 
 import jaxrnn
 from jaxrnn import training
+from jaxrnn.programs import arguments
+
+
+def experiment_parser(name: str, doc: str, *, steps: int, batch_size: int,
+                      lr: float | None = 3e-3) -> arguments.ArgumentParser:
+    """An experiment's command line with the options every one takes (``--steps``, ``--batch-size``,
+    ``--lr`` unless ``lr`` is None, ``--seed``, ``--out``); the experiment adds its own."""
+    p = arguments.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--steps", type=arguments.positive_int, default=steps, help="training steps")
+    p.add_argument("--batch-size", type=arguments.positive_int, default=batch_size)
+    if lr is not None:
+        p.add_argument("--lr", type=arguments.positive_float, default=lr, help="learning rate")
+    p.add_argument("--seed", type=arguments.nonnegative_int, default=0)
+    p.add_argument("--out", help=f"output folder (default runs/{name}-<time>)")
+    return p
 
 
 def regressor(cell: jaxrnn.Cell, input_size: int, key: jax.Array) -> dict:

@@ -13,7 +13,6 @@ Writes ``clipping.png`` (loss and gradient norm over steps) and a results table.
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 
@@ -29,7 +28,7 @@ from jaxrnn import tasks, training
 from jaxrnn.programs import arguments
 from jaxrnn.programs.outputs import markdown_table, pyplot, run_folder, save_figure, write_outputs
 
-from experiments._common import fit, last_step_mse, nanmean_tail, regressor
+from experiments._common import experiment_parser, fit, last_step_mse, nanmean_tail, regressor
 
 
 def mean_gradient_norm(loss_fn, params, batch_at, batches: int) -> float:
@@ -105,16 +104,12 @@ def plot(runs: dict, threshold: float, folder) -> None:
     save_figure(fig, folder / "clipping.png")
 
 
-def parser() -> argparse.ArgumentParser:
-    p = arguments.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parser() -> arguments.ArgumentParser:
+    p = experiment_parser("clipping", __doc__, steps=1500, batch_size=32, lr=None)
     p.add_argument("--radius", type=arguments.positive_float, default=1.5, help="spectral radius of the initial W_h")
     p.add_argument("--lrs", nargs="+", type=arguments.positive_float, default=[0.05, 0.1])
     p.add_argument("--length", type=arguments.positive_int, default=20)
     p.add_argument("--hidden-size", type=arguments.positive_int, default=64)
-    p.add_argument("--batch-size", type=arguments.positive_int, default=32)
-    p.add_argument("--steps", type=arguments.positive_int, default=1500)
-    p.add_argument("--seed", type=arguments.nonnegative_int, default=0)
-    p.add_argument("--out")
     return p
 
 

@@ -15,7 +15,6 @@ processed, and seconds to the target for each run.
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 import time
@@ -32,7 +31,7 @@ from jaxrnn import tasks, training
 from jaxrnn.programs import arguments
 from jaxrnn.programs.outputs import markdown_table, pyplot, run_folder, save_figure, write_outputs
 
-from experiments._common import fit, last_step_mse, predict, regressor
+from experiments._common import experiment_parser, fit, last_step_mse, predict, regressor
 
 
 def run(args) -> dict:
@@ -94,22 +93,17 @@ def plot(results: dict, args, folder) -> None:
     save_figure(fig, folder / "curriculum.png")
 
 
-def parser() -> argparse.ArgumentParser:
-    p = arguments.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parser() -> arguments.ArgumentParser:
+    p = experiment_parser("curriculum", __doc__, steps=3000, batch_size=32, lr=3e-3)
     p.add_argument("--cell", choices=("vanilla", "lstm", "gru"), default="gru")
     p.add_argument("--hidden-size", type=arguments.positive_int, default=64)
     p.add_argument("--length", type=arguments.positive_int, default=200)
     p.add_argument("--start", type=arguments.positive_int, default=25)
     p.add_argument("--stages", type=arguments.positive_int, default=3)
     p.add_argument("--ramp-steps", type=arguments.positive_int, default=600)
-    p.add_argument("--steps", type=arguments.positive_int, default=3000)
-    p.add_argument("--batch-size", type=arguments.positive_int, default=32)
-    p.add_argument("--lr", type=arguments.positive_float, default=3e-3)
     p.add_argument("--target", type=arguments.positive_float, default=0.01)
     p.add_argument("--eval-every", type=arguments.positive_int, default=50)
     p.add_argument("--full", action="store_true", help="train the whole budget instead of stopping at the target")
-    p.add_argument("--seed", type=arguments.nonnegative_int, default=0)
-    p.add_argument("--out")
     return p
 
 

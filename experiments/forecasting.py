@@ -13,7 +13,6 @@ Writes ``forecasting.png`` (test-period forecasts and MAE per horizon) and a res
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 
@@ -27,7 +26,10 @@ import numpy as np
 import jaxrnn
 from jaxrnn import training
 from jaxrnn.programs import arguments
+
 from jaxrnn.programs.outputs import markdown_table, pyplot, run_folder, save_figure, write_outputs
+
+from experiments._common import experiment_parser
 
 SEASON = 12
 
@@ -114,16 +116,11 @@ def run(args) -> dict:
     return results
 
 
-def parser() -> argparse.ArgumentParser:
-    p = arguments.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=arguments.positive_int, default=2000)
-    p.add_argument("--batch-size", type=arguments.positive_int, default=32)
+def parser() -> arguments.ArgumentParser:
+    p = experiment_parser("forecasting", __doc__, steps=2000, batch_size=32, lr=3e-3)
     p.add_argument("--window", type=arguments.positive_int, default=48)
     p.add_argument("--horizon", type=arguments.positive_int, default=12)
     p.add_argument("--hidden", type=arguments.positive_int, default=32)
-    p.add_argument("--lr", type=arguments.positive_float, default=3e-3)
-    p.add_argument("--seed", type=arguments.nonnegative_int, default=0)
-    p.add_argument("--out", help="output folder (default runs/forecasting-<time>)")
     return p
 
 

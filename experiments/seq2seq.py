@@ -15,7 +15,6 @@ example), and a results table.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import functools
 import pathlib
@@ -31,8 +30,11 @@ from tqdm.auto import tqdm
 
 from jaxrnn import training
 from jaxrnn.programs import arguments
+
 from jaxrnn.programs.outputs import markdown_table, pyplot, run_folder, save_figure, write_outputs
 from jaxrnn.seq2seq import Seq2Seq
+
+from experiments._common import experiment_parser
 
 PAD, START, END = 0, 1, 2
 CHARS = "0123456789abcdefghijklmnopqrstuvwxyz+-/ ,"
@@ -231,17 +233,12 @@ def run(args) -> dict:
     return results
 
 
-def parser() -> argparse.ArgumentParser:
-    p = arguments.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parser() -> arguments.ArgumentParser:
+    p = experiment_parser("seq2seq", __doc__, steps=1500, batch_size=64, lr=3e-3)
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
-    p.add_argument("--steps", type=arguments.positive_int, default=1500)
-    p.add_argument("--batch-size", type=arguments.positive_int, default=64)
     p.add_argument("--hidden", type=arguments.positive_int, default=96)
     p.add_argument("--embed", type=arguments.positive_int, default=32)
-    p.add_argument("--lr", type=arguments.positive_float, default=3e-3)
     p.add_argument("--test-size", type=arguments.positive_int, default=100, help="test strings per input length")
-    p.add_argument("--seed", type=arguments.nonnegative_int, default=0)
-    p.add_argument("--out", help="output folder (default runs/seq2seq-<time>)")
     return p
 
 

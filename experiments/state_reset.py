@@ -16,7 +16,6 @@ Writes ``state_reset.png`` and a results table.
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 
@@ -32,7 +31,7 @@ from jaxrnn import tasks, training
 from jaxrnn.programs import arguments
 from jaxrnn.programs.outputs import markdown_table, pyplot, run_folder, save_figure, write_outputs
 
-from experiments._common import fit, nanmean_tail, predict, regressor
+from experiments._common import experiment_parser, fit, nanmean_tail, predict, regressor
 
 
 def packed(key, batch_size: int, segments: int, min_length: int, max_length: int):
@@ -125,18 +124,13 @@ def plot(histories: dict, results: dict, args, folder) -> None:
     save_figure(fig, folder / "state_reset.png")
 
 
-def parser() -> argparse.ArgumentParser:
-    p = arguments.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parser() -> arguments.ArgumentParser:
+    p = experiment_parser("state-reset", __doc__, steps=1500, batch_size=32, lr=3e-3)
     p.add_argument("--cell", choices=("vanilla", "lstm", "gru"), default="gru")
     p.add_argument("--hidden-size", type=arguments.positive_int, default=64)
     p.add_argument("--segments", type=arguments.positive_int, default=4)
     p.add_argument("--min-length", type=arguments.positive_int, default=10)
     p.add_argument("--max-length", type=arguments.positive_int, default=40)
-    p.add_argument("--steps", type=arguments.positive_int, default=1500)
-    p.add_argument("--batch-size", type=arguments.positive_int, default=32)
-    p.add_argument("--lr", type=arguments.positive_float, default=3e-3)
-    p.add_argument("--seed", type=arguments.nonnegative_int, default=0)
-    p.add_argument("--out")
     return p
 
 

@@ -15,7 +15,6 @@ Writes ``tagging.png`` (held-out token accuracy over training) and a results tab
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 
@@ -28,7 +27,10 @@ import jax.numpy as jnp
 import jaxrnn
 from jaxrnn import heads, training
 from jaxrnn.programs import arguments
+
 from jaxrnn.programs.outputs import markdown_table, pyplot, run_folder, save_figure, write_outputs
+
+from experiments._common import experiment_parser
 
 
 def batch(key: jax.Array, batch_size: int, max_len: int, min_len: int = 10):
@@ -103,16 +105,11 @@ def run(args) -> dict:
     return results
 
 
-def parser() -> argparse.ArgumentParser:
-    p = arguments.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=arguments.positive_int, default=1500)
-    p.add_argument("--batch-size", type=arguments.positive_int, default=32)
+def parser() -> arguments.ArgumentParser:
+    p = experiment_parser("tagging", __doc__, steps=1500, batch_size=32, lr=3e-3)
     p.add_argument("--max-len", type=arguments.positive_int, default=40)
     p.add_argument("--hidden", type=arguments.positive_int, default=64)
-    p.add_argument("--lr", type=arguments.positive_float, default=3e-3)
     p.add_argument("--eval-every", type=arguments.positive_int, default=100)
-    p.add_argument("--seed", type=arguments.nonnegative_int, default=0)
-    p.add_argument("--out", help="output folder (default runs/tagging-<time>)")
     return p
 
 
