@@ -144,3 +144,20 @@ def test_seq2seq_smoke_and_tasks(tmp_path):
         assert set(results["tasks"][task]) == {"plain", "bahdanau"}
         assert all(0 <= r["greedy"] <= 1 for r in results["tasks"][task].values())
     assert (tmp_path / "accuracy.png").exists() and (tmp_path / "attention.png").exists()
+
+
+@pytest.mark.parametrize("name", ["clipping", "curriculum", "forecasting", "seq2seq", "state_reset", "tagging"])
+def test_experiment_scripts_show_defaults_and_refuse_bad_arguments_in_one_line(name, capsys, monkeypatch):
+    import argparse
+    import importlib
+
+    monkeypatch.setenv("COLUMNS", "1000")  # no line breaks inside a default
+    parser = importlib.import_module(f"experiments.{name}").parser()
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if action.option_strings and action.nargs != 0 and action.default not in (None, "", argparse.SUPPRESS):
+            assert f"(default: {action.default})" in formatter._format_action(action), action.dest
+    with pytest.raises(SystemExit) as exit:
+        parser.parse_args(["--steps", "-3"])
+    err = capsys.readouterr().err.splitlines()
+    assert exit.value.code == 2 and len(err) == 1 and "--steps: expected a positive int, got '-3'" in err[0], err
