@@ -57,8 +57,12 @@ def main(argv: list[str] | None = None) -> None:
         plot(a.runs, a.png)
     elif argv[:1] == ["train"]:
         jaxrnn_main(["train", "char-lm", *argv[1:]])
+    elif argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
     else:
-        raise SystemExit(__doc__)
+        given = f"got {argv[0]!r}" if argv else "got none"
+        print(f"char_lm.py: error: expected a command, train or plot ({given}); --help shows both", file=sys.stderr)
+        raise SystemExit(2)
 
 
 if __name__ == "__main__":

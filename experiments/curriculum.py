@@ -100,7 +100,7 @@ def parser() -> arguments.ArgumentParser:
     p.add_argument("--length", type=arguments.positive_int, default=200)
     p.add_argument("--start", type=arguments.positive_int, default=25)
     p.add_argument("--stages", type=arguments.positive_int, default=3)
-    p.add_argument("--ramp-steps", type=arguments.positive_int, default=600)
+    p.add_argument("--ramp-steps", type=arguments.nonnegative_int, default=600)
     p.add_argument("--target", type=arguments.positive_float, default=0.01)
     p.add_argument("--eval-every", type=arguments.positive_int, default=50)
     p.add_argument("--full", action="store_true", help="train the whole budget instead of stopping at the target")

@@ -123,8 +123,7 @@ class Cell(NamedTuple):
         everything of a step but the recurrent matmul ``hh_t = hidden(carry)
         @ w_h``. The unroll's backward pass differentiates this part per step
         and computes ``dW_h`` for all steps at once (:mod:`jaxrnn.unroll`). It
-        may read parameters other than ``w_i``, ``w_h`` and ``b`` (GRU's
-        ``b_hn``), never those three.
+        may read any parameter (GRU's reads ``b_hn``).
       initial_carry: ``initial_carry(batch_size=None) -> carry``; zeros of shape
         (batch_size, H), or (H,) when ``batch_size`` is None.
       hidden: ``hidden(carry) -> h``, the part of the carry that multiplies ``w_h``.

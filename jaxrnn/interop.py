@@ -198,16 +198,19 @@ def to_flax(cell: Cell, params: dict[str, jax.Array], *, optimized_lstm: bool = 
     return flax_cell, {"params": p}
 
 
+def _lstm_carry(cell: Cell) -> bool:
+    """Whether the cell's carry is an LSTMState: its layout, whatever the cell is called."""
+    return isinstance(jax.eval_shape(cell.initial_carry), LSTMState)
+
+
 def carry_from_flax(cell: Cell, carry: Any) -> Any:
-    """flax's LSTM carry ``(c, h)`` -> ``LSTMState(h, c)``; other cells unchanged."""
-    _check_stock("cell", cell, "flax")
-    return LSTMState(h=carry[1], c=carry[0]) if cell.kind == "lstm" else carry
+    """flax's LSTM carry ``(c, h)`` -> ``LSTMState(h, c)`` for a cell whose carry is one; others unchanged."""
+    return LSTMState(h=carry[1], c=carry[0]) if _lstm_carry(cell) else carry
 
 
 def carry_to_flax(cell: Cell, carry: Any) -> Any:
-    """``LSTMState(h, c)`` -> flax's ``(c, h)``; other cells unchanged."""
-    _check_stock("cell", cell, "flax")
-    return (carry.c, carry.h) if cell.kind == "lstm" else carry
+    """``LSTMState(h, c)`` -> flax's ``(c, h)`` for a cell whose carry is one; others unchanged."""
+    return (carry.c, carry.h) if _lstm_carry(cell) else carry
 
 
 def _cat(arrays) -> jax.Array:

@@ -385,6 +385,14 @@ def _masked(carry_prev: Carry, new: Carry, y: Array, valid_t: Array | None) -> t
     return tree_where(valid_t, new, carry_prev), jnp.where(valid_t[:, None], y, jnp.zeros_like(y))
 
 
+def _add_gradients(total: Params, step: Params) -> Params:
+    """``total`` plus a step's parameter gradients, which may name only the parameters the step reads."""
+    if set(step) - set(total):
+        raise ValueError(f"step_vjp: its backward gave gradients for {sorted(set(step) - set(total))}, "
+                         f"which are not parameters of the elementwise part (those are {sorted(total)})")
+    return {k: v + step[k] if k in step else v for k, v in total.items()}
+
+
 def _parameters_read(cell: Cell, params: Params) -> tuple[Params, Params]:
     """The parameters the projection and the elementwise part get in the fused loop.
 
@@ -427,8 +435,10 @@ def fused_recurrence(
     ``dx``) is likewise one large matmul each, whichever side of the loop the
     projection ran on.
 
-    The elementwise part may use parameters other than ``w_i``, ``w_h`` and
-    ``b`` (GRU's ``b_hn``); their gradients are summed in the backward loop.
+    The elementwise part of a stock cell reads none of ``w_i``, ``w_h``, ``b``
+    (the GRU reads ``b_hn``); any other cell's parts get every parameter
+    (:func:`_parameters_read`). The elementwise part's parameter gradients are
+    summed in the backward loop.
     """
     projection, rest = _parameters_read(cell, params)
     step_vjp = cell.elementwise_vjp()
@@ -471,8 +481,9 @@ def fused_recurrence(
             if valid_t is not None:
                 dc = _tree_add(dc, passed)
             _, hidden_vjp = jax.vjp(cell.hidden, carry_prev)
-            dc = _tree_add(dc, hidden_vjp(dhh @ w_t)[0])
-            return (dc, {k: v + dr[k] if k in dr else v for k, v in d_rest.items()}), (dxp, dhh)
+            # hh_t = hidden(carry).astype(xp_t.dtype) @ w_h: its cotangent goes back in the carry's dtype
+            dc = _tree_add(dc, hidden_vjp((dhh @ w_t).astype(jnp.result_type(cell.hidden(carry_prev))))[0])
+            return (dc, _add_gradients(d_rest, dr)), (dxp, dhh)
 
         zeros = jax.tree_util.tree_map(jnp.zeros_like, rest)
         (d_carry0, d_rest), (d_xp, d_hh) = jax.lax.scan(

@@ -215,3 +215,24 @@ def test_a_custom_cell_may_read_any_parameter_on_every_path():
     for options in ({}, {"projection": "hoisted"}, {"checkpoint_every": 3}, {"checkpoint_every": 3, "projection": "hoisted"}):
         got = loss(params, **options), jax.grad(lambda p: loss(p, **options))(params)
         chex.assert_trees_all_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_the_fused_backward_takes_a_carry_in_another_dtype_and_checks_a_cells_own_step_vjp():
+    """A bfloat16 cell whose carry is float32: the step's matmul runs in bfloat16 and its cotangent
+    returns to the carry in float32. A hand-written StepVJP naming a parameter the elementwise part
+    does not get is an error, not a gradient silently dropped."""
+    stock = jaxrnn.vanilla(4, dtype=jnp.bfloat16)
+    cell = stock._replace(
+        initial_carry=lambda batch_size=None: jnp.zeros((4,) if batch_size is None else (batch_size, 4), jnp.float32),
+        elementwise=lambda p, h, xp, hh: (lambda new: (new, new.astype(jnp.bfloat16)))(
+            0.5 * h + 0.5 * jnp.tanh(xp + hh).astype(jnp.float32)),
+    )
+    params = cell.init(jax.random.key(0), 3)
+    xs = random_inputs(jax.random.key(1), 2, 6, 3)
+    loss = lambda p, backward: jnp.sum(jaxrnn.scan(cell, p, xs, backward=backward)[0].astype(jnp.float32) ** 2)
+    chex.assert_trees_all_close(jax.grad(loss)(params, "fused"), jax.grad(loss)(params, "autodiff"), atol=1e-2, rtol=1e-2)
+
+    gru = jaxrnn.gru(4)
+    own = gru.step_vjp._replace(backward=lambda *a: ({"b_nh": jnp.zeros(4)}, *gru.step_vjp.backward(*a)[1:]))
+    with pytest.raises(ValueError, match=r"step_vjp: its backward gave gradients for \['b_nh'\]"):
+        jax.grad(lambda p: jnp.sum(jaxrnn.scan(gru._replace(step_vjp=own), p, xs)[0]))(gru.init(jax.random.key(0), 3))

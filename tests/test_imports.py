@@ -38,7 +38,8 @@ def test_import_jaxrnn_loads_only_jax_and_numpy():
     # An allow-list, not only the deny-list above: past what `import jax, numpy` loads, only jaxrnn's
     # own core modules and the standard library.
     extra = _modules_after("import jaxrnn") - _modules_after("import jax, numpy")
-    foreign = {m for m in extra if m.split(".")[0] not in sys.stdlib_module_names and m.split(".")[0] != "jaxrnn"}
+    own = {"jaxrnn", "jax", "jaxlib", "numpy"}  # a jax or numpy submodule jaxrnn uses is no foreign library
+    foreign = {m for m in extra if m.split(".")[0] not in sys.stdlib_module_names and m.split(".")[0] not in own}
     assert not foreign, sorted(foreign)
     assert not {m for m in extra if m.startswith("jaxrnn.programs")}
 

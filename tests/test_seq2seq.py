@@ -129,14 +129,16 @@ def test_bad_arguments():
 
 
 def test_cross_entropy_is_optaxs_to_the_last_bit():
-    """The losses compute the cross-entropy themselves (the core imports no optax), as optax does."""
+    """The losses compute the cross-entropy themselves (the core imports no optax), as optax does
+    (to the last bit with optax 0.2.8; a tolerance of a few ulp allows for other versions)."""
     import optax
 
     logits = 30 * jax.random.normal(jax.random.key(0), (3, 4, 11))
     labels = jax.random.randint(jax.random.key(1), (3, 4), 0, 11)
     want = lambda l: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(l, labels))
-    np.testing.assert_array_equal(heads.cross_entropy(logits, labels), want(logits))
-    np.testing.assert_array_equal(jax.grad(heads.cross_entropy)(logits, labels), jax.grad(want)(logits))
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=5e-7, atol=0)
+    close(heads.cross_entropy(logits, labels), want(logits))
+    close(jax.grad(heads.cross_entropy)(logits, labels), jax.grad(want)(logits))
     lengths = jnp.array([4, 2, 0])
-    np.testing.assert_array_equal(heads.masked_cross_entropy(logits, labels, lengths), heads.masked_mean(
+    close(heads.masked_cross_entropy(logits, labels, lengths), heads.masked_mean(
         optax.softmax_cross_entropy_with_integer_labels(logits, labels), heads.sequence_mask(lengths, 4)))
