@@ -115,8 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     command = " ".join([args.command] + ([args.model] if args.command == "train" else []))
     if unknown:  # said by the command's own parser, as its other errors are
         parser.commands[command].error(f"unrecognized arguments: {' '.join(unknown)}")
-    if args.command == "speed" and argv is None and not args.default_malloc:
-        speed.restart_with_malloc_tunables()  # see jaxrnn.programs.speed: no page faults for any peer
+    if args.command == "speed" and argv is None:
+        speed.restart_with(speed.environment_for(args))  # --malloc-tunables, --isa: read at start-up only
     run_command(f"jaxrnn {command}", args.func, args)
 
 

@@ -34,19 +34,20 @@ fixes the matmul arithmetic for every peer alike (true float32 by default;
 a GPU (:func:`matmul_precision`). On a GPU the GEMM peak is measured with an
 8192^3 matmul and torch runs on CUDA (cuDNN).
 
-On Linux the benchmark restarts itself with ``GLIBC_TUNABLES`` set to
-:data:`MALLOC_TUNABLES` (``--default-malloc`` to skip). XLA and torch both
-allocate their large buffers afresh on every call; by default glibc gives
-buffers over 32 MiB (and, per thread arena, smaller ones) fresh pages from the
-kernel each time, zeroed and faulted in 4 KiB at a time. Measured here for a
-forward+backward LSTM at T = 1000 (B = 32, H = 256): 160,000 page faults per
-call for jaxrnn, 113,000 for flax, 163,000 for torch. The tunables ask for
-transparent huge pages and keep freed memory for reuse (one arena, no mmap, no
-trimming), so a steady loop of calls faults no pages at all, as a long
-training run with a caching allocator would: torch's LSTM at T = 100 then
-took 27 ms, against 37 ms with glibc's defaults and 48 ms with huge pages alone. The setting applies to every peer in the
-process and the JSON records it. Users can set the same variable for their own
-CPU training runs.
+The benchmark measures what users get: glibc's allocator as it comes.
+``--malloc-tunables`` restarts it (on Linux) with ``GLIBC_TUNABLES`` set to
+:data:`MALLOC_TUNABLES`, and the output says so. XLA and torch both allocate
+their large buffers afresh on every call; by default glibc gives buffers over
+32 MiB (and, per thread arena, smaller ones) fresh pages from the kernel each
+time, zeroed and faulted in 4 KiB at a time. The tunables ask for transparent
+huge pages and keep freed memory for reuse (one arena, no mmap, no trimming),
+so a steady loop of calls faults no pages at all, as a long training run with a
+caching allocator would. The setting applies to every peer in the process and
+the JSON records it; docs/performance.md has what it changes. ``--isa avx2``
+restarts with XLA, oneDNN and torch's ATen limited to AVX2 and jaxrnn's native
+kernels off (they need AVX-512): what a CPU without AVX-512 gets.
+``--workloads`` times the shapes users bring instead of the size sweep
+(:mod:`jaxrnn.programs.workloads`).
 """
 
 from __future__ import annotations
@@ -392,9 +393,18 @@ def matmul_precision(precision: str):
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
+def _processor() -> str:
+    """The CPU's model name (``platform.processor()`` is empty on most Linux systems)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def describe_machine() -> dict:
     """Where the run happened: OS, processor, JAX devices, torch threads and CUDA device."""
-    machine = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+    machine = {"platform": platform.platform(), "processor": _processor(), "cpus": os.cpu_count(),
                "jax_devices": [str(d) for d in jax.devices()]}
     if installed("torch"):
         import torch
@@ -420,6 +430,10 @@ def start_record(kind: str, args, **extra) -> tuple[dict, pathlib.Path]:
 
 def run(args) -> dict:
     with matmul_precision(args.precision):
+        if getattr(args, "workloads", False):
+            from jaxrnn.programs import workloads
+
+            return workloads.run(args)
         return _run(args)
 
 
@@ -437,7 +451,7 @@ def _run(args) -> dict:
     results = out["results"]
     text = (f"{jax.devices()[0].device_kind}; {args.precision} GEMM peak: {peak / 1e9:.0f} GFLOP/s; median of "
             f"{args.repeats} interleaved rounds of {args.block - 1} timed call(s) each; "
-            f"GLIBC_TUNABLES={out['glibc_tunables'] or '(unset)'}\n\n")
+            f"allocator: {'GLIBC_TUNABLES=' + out['glibc_tunables'] if out['glibc_tunables'] else 'glibc defaults'}\n\n")
     print(text + "\n".join(table([], peak, args.peers).splitlines()[:2]), flush=True)
     for case in tqdm(cases, desc="speed", unit="case"):
         results.append(run_case(*case, args.peers, args.repeats, args.block))
@@ -479,28 +493,45 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="float32",
                    help="float32 matmul arithmetic for every peer, or TF32 tensor cores on a GPU")
     p.add_argument("--json", help="where to write the JSON (default: runs/speed-<timestamp>.json)")
-    p.add_argument("--default-malloc", action="store_true",
-                   help=f"do not restart with GLIBC_TUNABLES={MALLOC_TUNABLES} (Linux)")
+    p.add_argument("--malloc-tunables", action="store_true",
+                   help=f"restart with GLIBC_TUNABLES={MALLOC_TUNABLES} (Linux; glibc's defaults otherwise)")
+    p.add_argument("--isa", choices=("native", "avx2"), default="native",
+                   help="avx2: restart with XLA, oneDNN and ATen limited to AVX2 and jaxrnn's native kernels off")
+    p.add_argument("--workloads", action="store_true",
+                   help="time the workload table (padded, bidirectional, small and large batches) against flax "
+                        "and torch instead of the size sweep")
 
 
 # Transparent huge pages; one arena, never mmap, never give memory back: freed buffers are reused as they are.
 MALLOC_TUNABLES = ("glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
                    "glibc.malloc.trim_threshold=17179869184")
 
+# What --isa avx2 sets: each library's own switch, and jaxrnn's kernels off (they are AVX-512 only).
+AVX2_ENVIRONMENT = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "JAXRNN_NATIVE": "0"}
 
-def restart_with_malloc_tunables() -> None:
-    """Re-run this process's command line in a fresh process with :data:`MALLOC_TUNABLES`.
 
-    glibc reads ``GLIBC_TUNABLES`` only at start-up, hence the restart. Does
-    nothing off Linux or when the variable is already set (the user's own
-    setting wins). Called only for a command line of our own (``jaxrnn
-    speed``, ``python -m jaxrnn.programs.speed``, ``benchmarks/speed.py``), never
-    from a library call.
+def environment_for(args) -> dict[str, str]:
+    """The environment variables ``args`` ask the process to start with (read only at start-up)."""
+    env = {}
+    if getattr(args, "malloc_tunables", False) and sys.platform.startswith("linux"):
+        env["GLIBC_TUNABLES"] = MALLOC_TUNABLES
+    if getattr(args, "isa", "native") == "avx2":
+        flags = os.environ.get("XLA_FLAGS", "")
+        env |= AVX2_ENVIRONMENT
+        env["XLA_FLAGS"] = flags if "--xla_cpu_max_isa" in flags else f"{flags} --xla_cpu_max_isa=AVX2".strip()
+    return env
+
+
+def restart_with(env: dict[str, str]) -> None:
+    """Re-run this process's command line in a fresh process with ``env`` added, unless it has it already.
+
+    glibc, XLA, oneDNN and ATen read these only at start-up, hence the restart.
+    Called only for a command line of our own (``jaxrnn speed``, ``python -m
+    jaxrnn.programs.speed``, ``benchmarks/speed.py``), never from a library call.
     """
-    if not sys.platform.startswith("linux") or "GLIBC_TUNABLES" in os.environ:
+    if all(os.environ.get(k) == v for k, v in env.items()):
         return
-    env = dict(os.environ, GLIBC_TUNABLES=MALLOC_TUNABLES)
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    os.execve(sys.executable, [sys.executable, *sys.argv], dict(os.environ, **env))
 
 
 def main(argv=None) -> None:
@@ -510,8 +541,8 @@ def main(argv=None) -> None:
                                       formatter_class=arguments.HelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(argv)
-    if argv is None and not args.default_malloc:  # our own command line: safe to restart
-        restart_with_malloc_tunables()
+    if argv is None:  # our own command line: safe to restart
+        restart_with(environment_for(args))
     run_command(parser.prog, run, args)
 
 

@@ -99,13 +99,15 @@ def main(argv=None) -> None:
                    help="xla: the lax.scan loop, one variant per combination above; native: jaxrnn.native's "
                         "one-call LSTM (reported missing, with the reason, where it cannot run)")
     p.add_argument("--peers", nargs="+", choices=speed.PEERS, default=["flax", "torch"])
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--block", type=int, default=3)
+    p.add_argument("--repeats", type=arguments.positive_int, default=7)
+    p.add_argument("--block", type=arguments.int_at_least(2), default=3)
     p.add_argument("--precision", choices=speed.PRECISIONS, default="float32")
     p.add_argument("--json", help="where to write the JSON (default runs/variants-<timestamp>.json)")
+    p.add_argument("--malloc-tunables", action="store_true",
+                   help=f"restart with GLIBC_TUNABLES={speed.MALLOC_TUNABLES} (Linux; glibc's defaults otherwise)")
     args = p.parse_args(argv)
     if argv is None:
-        speed.restart_with_malloc_tunables()
+        speed.restart_with(speed.environment_for(args))
     run(args)
 
 

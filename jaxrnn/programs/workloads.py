@@ -1,0 +1,231 @@
+"""The workloads users run, jaxrnn against flax and torch: ``jaxrnn speed --workloads``.
+
+Where :mod:`jaxrnn.programs.speed` sweeps one tuned shape over sizes, this
+times the shapes users bring: padded batches (jaxrnn ``lengths``, flax
+``seq_lengths``, torch packed sequences), a two-layer bidirectional LSTM on a
+padded batch, batches of 1 and 8, narrow and wide hidden sizes, the vanilla
+cell. Each row is compiled and warmed up, then timed in interleaved rounds as
+``speed`` does; forward, and forward+backward of ``sum(valid outputs ** 2)``
+with respect to every parameter and the inputs. Inputs are (B, T, H) with
+input size H; a padded batch's lengths are drawn once from [T/4, T], the
+longest equal to T.
+
+The run reports the environment it measured: the allocator (glibc's defaults
+unless ``--malloc-tunables``) and the instruction set (``--isa avx2`` limits
+XLA, oneDNN and torch's ATen to AVX2 and turns off jaxrnn's native kernels,
+which need AVX-512: what a CPU without AVX-512 gets).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+import jaxrnn
+from jaxrnn.programs import speed
+from jaxrnn.programs.outputs import markdown_table, pyplot, save_figure
+
+PEERS = ("jaxrnn", "flax", "torch")
+
+
+class Workload(NamedTuple):
+    """One row: a cell, its sizes, and how the batch is shaped."""
+
+    name: str
+    cell: str
+    B: int
+    T: int
+    H: int
+    padded: bool = False
+    layers: int = 1
+    bidirectional: bool = False
+
+
+WORKLOADS = (
+    Workload("LSTM B=32 T=100 H=256", "lstm", 32, 100, 256),
+    Workload("GRU B=32 T=100 H=256", "gru", 32, 100, 256),
+    Workload("LSTM, padded batch", "lstm", 32, 100, 256, padded=True),
+    Workload("GRU, padded batch", "gru", 32, 100, 256, padded=True),
+    Workload("2-layer bidirectional LSTM, padded", "lstm", 32, 100, 256, padded=True, layers=2, bidirectional=True),
+    Workload("LSTM B=1 T=200", "lstm", 1, 200, 256),
+    Workload("LSTM B=8 T=100", "lstm", 8, 100, 256),
+    Workload("LSTM B=32 H=64 T=200", "lstm", 32, 200, 64),
+    Workload("LSTM B=32 H=1024 T=50", "lstm", 32, 50, 1024),
+    Workload("vanilla B=32 T=100", "vanilla", 32, 100, 256),
+)
+
+
+def lengths_of(w: Workload) -> np.ndarray | None:
+    """A padded batch's lengths, drawn from [T/4, T] with the longest equal to T; None when unpadded."""
+    if not w.padded:
+        return None
+    lengths = np.random.default_rng(0).integers(max(1, w.T // 4), w.T + 1, w.B)
+    lengths[0] = w.T
+    return lengths
+
+
+def _inputs(w: Workload) -> jax.Array:
+    return jax.random.normal(jax.random.key(1), (w.B, w.T, w.H))
+
+
+def _valid(w: Workload) -> jax.Array:
+    lengths = lengths_of(w)
+    return jnp.ones((w.B, w.T), bool) if lengths is None else jaxrnn.unroll.sequence_mask(jnp.asarray(lengths), w.T)
+
+
+def _jax_call(apply: Callable, params, w: Workload, with_grad: bool):
+    valid = _valid(w)
+    loss = lambda p, x: jnp.sum(jnp.where(valid[..., None], apply(p, x), 0.0) ** 2)
+    fn = jax.jit(jax.grad(loss, argnums=(0, 1)) if with_grad else apply)
+    xs = _inputs(w)
+    return lambda: jax.block_until_ready(fn(params, xs))
+
+
+def make_jaxrnn(w: Workload, with_grad: bool):
+    lengths = lengths_of(w)
+    lengths = None if lengths is None else jnp.asarray(lengths)
+    rnn = jaxrnn.RNN(jaxrnn.CELLS[w.cell](w.H), num_layers=w.layers, bidirectional=w.bidirectional)
+    params = rnn.init(jax.random.key(0), w.H)
+    return _jax_call(lambda p, x: rnn.apply(p, x, lengths=lengths)[0], params, w, with_grad)
+
+
+def make_flax(w: Workload, with_grad: bool):
+    import flax.linen as nn
+
+    cell = {"lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell, "vanilla": nn.SimpleCell}[w.cell]
+    lengths = lengths_of(w)
+    lengths = None if lengths is None else jnp.asarray(lengths)
+
+    class Model(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            for _ in range(w.layers):
+                if w.bidirectional:
+                    x = nn.Bidirectional(nn.RNN(cell(w.H)), nn.RNN(cell(w.H)))(x, seq_lengths=lengths)
+                else:
+                    x = nn.RNN(cell(w.H))(x, seq_lengths=lengths)
+            return x
+
+    model = Model()
+    return _jax_call(model.apply, model.init(jax.random.key(0), _inputs(w)), w, with_grad)
+
+
+def make_torch(w: Workload, with_grad: bool):
+    import torch
+
+    module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "vanilla": torch.nn.RNN}[w.cell](
+        w.H, w.H, num_layers=w.layers, bidirectional=w.bidirectional, batch_first=True)
+    xs = torch.from_numpy(np.asarray(_inputs(w))).requires_grad_(with_grad)
+    lengths = lengths_of(w)
+
+    def forward():
+        if lengths is None:
+            return module(xs)[0]
+        packed = torch.nn.utils.rnn.pack_padded_sequence(xs, torch.from_numpy(lengths), batch_first=True,
+                                                         enforce_sorted=False)
+        return module(packed)[0].data  # the valid steps only
+
+    def run():
+        if with_grad:
+            module.zero_grad(set_to_none=True)
+            xs.grad = None
+            (forward() ** 2).sum().backward()
+        else:
+            with torch.no_grad():
+                forward()
+
+    return run
+
+
+MAKERS = {"jaxrnn": make_jaxrnn, "flax": make_flax, "torch": make_torch}
+
+
+def run_workload(w: Workload, with_grad: bool, peers, repeats: int, block: int) -> dict:
+    """One row, every peer timed in interleaved rounds (as :func:`jaxrnn.programs.speed.run_case`)."""
+    calls, missing = {}, {}
+    for name in peers:
+        if not speed.installed(name):
+            missing[name] = "not installed"
+            continue
+        call = MAKERS[name](w, with_grad)
+        call(), call()  # compile, then one more warm-up
+        calls[name] = call
+    ms = speed.interleaved_ms(calls, repeats, timed=block - 1, settle=True)
+    return {**w._asdict(), "mode": "fwd+bwd" if with_grad else "fwd", "ms": ms, "missing": missing}
+
+
+def ratio(row: dict, peer: str) -> float:
+    """jaxrnn's speed-up over ``peer`` on a row (peer's time / jaxrnn's); NaN where either is missing."""
+    ms = row["ms"]
+    return ms[peer] / ms["jaxrnn"] if "jaxrnn" in ms and peer in ms else float("nan")
+
+
+def table(rows: list[dict], peers) -> str:
+    others = [p for p in peers if p != "jaxrnn"]
+    header = ["workload", "mode", *[f"{p} ms" for p in peers], *[f"x {p}" for p in others]]
+    body = [[r["name"], r["mode"], *[f"{r['ms'][p]:.2f}" if p in r["ms"] else "-" for p in peers],
+             *[f"{ratio(r, p):.2f}x" for p in others]] for r in rows]
+    return markdown_table(header, body, align="ll" + "r" * (len(header) - 2))
+
+
+def plot(rows: list[dict], peers, title: str, caption: str, path) -> None:
+    """jaxrnn's speed-up over each peer per workload (forward+backward), with the 1.0x and 1.5x lines;
+    ``caption`` (the machine, the versions, the command) goes under it."""
+    rows = [r for r in rows if r["mode"] == "fwd+bwd"] or rows
+    others = [p for p in peers if p != "jaxrnn"]
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.9))
+    y = np.arange(len(rows))
+    height = 0.8 / max(1, len(others))
+    for i, peer in enumerate(others):
+        ax.barh(y + i * height, [ratio(r, peer) for r in rows], height, label=f"x {peer}")
+    for target in (1.0, 1.5):
+        ax.axvline(target, color="k", lw=0.8, ls="--" if target > 1 else "-")
+    ax.set_yticks(y + height * (len(others) - 1) / 2, [r["name"] for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlabel="jaxrnn's speed-up (peer's time / jaxrnn's), forward+backward", title=title)
+    ax.legend(fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    fig.text(0.01, 0.01, caption, fontsize=7, color="0.3")
+    save_figure(fig, path, rect=(0, 0.04, 1, 1))
+
+
+def environment() -> str:
+    """The allocator and instruction set this process measures under, in one line."""
+    tunables = os.environ.get("GLIBC_TUNABLES")
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    native = jaxrnn.native.unavailable_reason()
+    allocator = f"GLIBC_TUNABLES={tunables}" if tunables else "glibc defaults"
+    isa = f"{isa}-limited (XLA, oneDNN, ATen)" if isa else "the machine's own"
+    kernels = "on" if native is None else f"off ({native})"
+    return f"allocator: {allocator}; ISA: {isa}; jaxrnn native kernels: {kernels}"
+
+
+def run(args, workloads=WORKLOADS) -> dict:
+    """Time every workload, print the table as it grows, write JSON and a figure beside it."""
+    modes = [False, True] if args.mode == "both" else [args.mode == "fwd+bwd"]
+    peers = [p for p in PEERS if p in args.peers]
+    env = environment()
+    out, path = speed.start_record("workloads", args, environment=env)
+    header = f"{jax.devices()[0].device_kind}; {env}; median of {args.repeats} interleaved rounds\n\n"
+    print(header + "\n".join(table([], peers).splitlines()[:2]), flush=True)
+    for w in tqdm(workloads, desc="workloads", unit="row"):
+        for with_grad in modes:
+            out["results"].append(run_workload(w, with_grad, peers, args.repeats, args.block))
+            tqdm.write(table(out["results"][-1:], peers).splitlines()[-1])
+            path.write_text(json.dumps(out, indent=1))
+    machine, versions = out["machine"], out["versions"]
+    caption = (f"{machine['processor']}, {machine['cpus']} CPUs; jax {versions['jax']}, "
+               f"flax {versions['flax']}, torch {versions['torch']}; "
+               f"{' '.join(['jaxrnn speed', *(a for a in sys.argv[1:] if a != 'speed')])}")
+    plot(out["results"], peers, env.split("; jaxrnn")[0], caption, path.with_suffix(".png"))
+    print("\n" + header + table(out["results"], peers))
+    print(f"wrote {path} and {path.with_suffix('.png')}")
+    return out
