@@ -101,3 +101,49 @@ def test_variants_time_every_combination_against_the_peers(tmp_path, capsys):
     assert set(row["ms"]) == names | {"flax"}
     assert row["missing"] == {"native": "the batch (2) is below 16"}  # said, not dropped
     assert capsys.readouterr().out.count("**unroll=") >= 1  # the fastest variant is marked
+
+
+def test_workloads_smoke(tmp_path, capsys):
+    """The workload table on tiny shapes: every peer on a padded, a bidirectional and a plain row."""
+    import argparse
+
+    from jaxrnn.programs import workloads
+
+    tiny = [workloads.Workload("LSTM padded", "lstm", 5, 9, 8, padded=True),
+            workloads.Workload("2-layer bidirectional GRU, padded", "gru", 3, 6, 8, padded=True, layers=2,
+                               bidirectional=True),
+            workloads.Workload("vanilla", "vanilla", 2, 5, 8)]
+    parser = argparse.ArgumentParser()
+    speed.add_arguments(parser)
+    args = parser.parse_args(["--workloads", "--repeats", "1", "--block", "2", "--json", str(tmp_path / "w.json")])
+    out = workloads.run(args, tiny)
+    assert [(r["name"], r["mode"]) for r in out["results"]] == [(w.name, m) for w in tiny for m in ("fwd", "fwd+bwd")]
+    for r in out["results"]:
+        assert set(r["ms"]) == {"jaxrnn", "flax", "torch"} and all(v > 0 for v in r["ms"].values())
+        assert workloads.ratio(r, "torch") == r["ms"]["torch"] / r["ms"]["jaxrnn"]
+    assert json.loads((tmp_path / "w.json").read_text())["environment"].startswith("allocator: ")
+    assert (tmp_path / "w.png").stat().st_size > 0
+    assert "| LSTM padded | fwd+bwd |" in capsys.readouterr().out
+
+
+def test_padded_workloads_draw_lengths_up_to_T_and_every_peer_sees_them():
+    from jaxrnn.programs import workloads
+
+    w = workloads.Workload("padded", "lstm", 33, 40, 4, padded=True)
+    lengths = workloads.lengths_of(w)
+    assert lengths.shape == (33,) and lengths.max() == 40 and lengths.min() >= 10 and len(set(lengths)) > 5
+    assert workloads.lengths_of(w._replace(padded=False)) is None
+
+
+def test_the_environment_is_the_users_unless_asked():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    speed.add_arguments(parser)
+    assert speed.environment_for(parser.parse_args([])) == {}  # glibc's allocator, the machine's ISA
+    avx2 = speed.environment_for(parser.parse_args(["--isa", "avx2"]))
+    assert avx2["JAXRNN_NATIVE"] == "0" and avx2["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    assert avx2["ATEN_CPU_CAPABILITY"] == "avx2" and "--xla_cpu_max_isa=AVX2" in avx2["XLA_FLAGS"]
+    tunables = speed.environment_for(parser.parse_args(["--malloc-tunables"]))
+    assert tunables == ({"GLIBC_TUNABLES": speed.MALLOC_TUNABLES} if speed.sys.platform.startswith("linux") else {})
+    speed.restart_with({})  # nothing asked: no restart (an exec would end this test process)

@@ -122,7 +122,7 @@ def make_torch(w: Workload, with_grad: bool):
 
     module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "vanilla": torch.nn.RNN}[w.cell](
         w.H, w.H, num_layers=w.layers, bidirectional=w.bidirectional, batch_first=True)
-    xs = torch.from_numpy(np.asarray(_inputs(w))).requires_grad_(with_grad)
+    xs = torch.from_numpy(np.array(_inputs(w))).requires_grad_(with_grad)
     lengths = lengths_of(w)
 
     def forward():
@@ -147,8 +147,22 @@ def make_torch(w: Workload, with_grad: bool):
 MAKERS = {"jaxrnn": make_jaxrnn, "flax": make_flax, "torch": make_torch}
 
 
+def faults_per_call(call: Callable, calls: int = 3) -> float | None:
+    """Minor page faults per call: pages the allocator handed back fresh, each zeroed and mapped by the
+    kernel on first touch (None where the platform does not count them)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(calls):
+        call()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
+
+
 def run_workload(w: Workload, with_grad: bool, peers, repeats: int, block: int) -> dict:
-    """One row, every peer timed in interleaved rounds (as :func:`jaxrnn.programs.speed.run_case`)."""
+    """One row, every peer timed in interleaved rounds (as :func:`jaxrnn.programs.speed.run_case`), then
+    each one's page faults per call."""
     calls, missing = {}, {}
     for name in peers:
         if not speed.installed(name):
@@ -158,7 +172,8 @@ def run_workload(w: Workload, with_grad: bool, peers, repeats: int, block: int) 
         call(), call()  # compile, then one more warm-up
         calls[name] = call
     ms = speed.interleaved_ms(calls, repeats, timed=block - 1, settle=True)
-    return {**w._asdict(), "mode": "fwd+bwd" if with_grad else "fwd", "ms": ms, "missing": missing}
+    faults = {name: faults_per_call(call) for name, call in calls.items()}
+    return {**w._asdict(), "mode": "fwd+bwd" if with_grad else "fwd", "ms": ms, "faults": faults, "missing": missing}
 
 
 def ratio(row: dict, peer: str) -> float:
@@ -169,9 +184,12 @@ def ratio(row: dict, peer: str) -> float:
 
 def table(rows: list[dict], peers) -> str:
     others = [p for p in peers if p != "jaxrnn"]
-    header = ["workload", "mode", *[f"{p} ms" for p in peers], *[f"x {p}" for p in others]]
+    header = ["workload", "mode", *[f"{p} ms" for p in peers], *[f"x {p}" for p in others],
+              "jaxrnn page faults / call"]
+    faults = lambda r: r.get("faults", {}).get("jaxrnn")
     body = [[r["name"], r["mode"], *[f"{r['ms'][p]:.2f}" if p in r["ms"] else "-" for p in peers],
-             *[f"{ratio(r, p):.2f}x" for p in others]] for r in rows]
+             *[f"{ratio(r, p):.2f}x" for p in others], "-" if faults(r) is None else f"{faults(r):,.0f}"]
+            for r in rows]
     return markdown_table(header, body, align="ll" + "r" * (len(header) - 2))
 
 
