@@ -46,6 +46,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -685,13 +686,51 @@ std::vector<float> feature_major(const float* src, int B, int H, int Bp) {
 }
 void batch_major_out(const float* src, int B, int H, int Bp, float* dst) { transpose_out(src, Bp, 0, H, B, dst, H); }
 
+// A call's packed weights, (I+H) x G*H floats, leased from buffers kept across calls. Allocated afresh
+// they would be fresh pages on every call once they pass glibc's largest heap block (32 MiB, an LSTM at
+// H = 1024): zeroed and faulted in 4 KiB at a time, about 8,200 faults a forward call. The pool keeps
+// as many buffers as ever ran at once, each the size its largest call needed; a lease takes the
+// smallest that fits. The contents are stale: every caller overwrites the whole buffer.
+class PackedWeights {
+ public:
+  explicit PackedWeights(int64_t n) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto fits = std::find_if(free_.begin(), free_.end(), [n](const Buffer& b) { return b.size >= n; });
+      if (fits != free_.end()) {
+        buffer_ = std::move(*fits);
+        free_.erase(fits);
+      }
+    }
+    if (!buffer_.data) buffer_ = Buffer{std::unique_ptr<float[]>(new float[n]), n};
+  }
+  ~PackedWeights() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto at = std::lower_bound(free_.begin(), free_.end(), buffer_.size,
+                               [](const Buffer& b, int64_t size) { return b.size < size; });
+    free_.insert(at, std::move(buffer_));  // kept sorted by size: the first that fits is the smallest
+  }
+  PackedWeights(const PackedWeights&) = delete;
+  PackedWeights& operator=(const PackedWeights&) = delete;
+  float* get() { return buffer_.data.get(); }
+
+ private:
+  struct Buffer {
+    std::unique_ptr<float[]> data;
+    int64_t size = 0;
+  };
+  Buffer buffer_;
+  static inline std::mutex mutex_;
+  static inline std::vector<Buffer> free_;
+};
+
 // The forward loop of either cell. c0 and c_last: LSTM only (null for the GRU).
 template <class Cell>
 void forward(ffi::ThreadPool& pool, const float* x, Shape seq, int I, int H, const float* h0, const float* c0,
              const float* w_i, const float* w_h, const float* (&bias)[kSlots], float* ys, float* h_last,
              float* c_last, float* res, float* operands, int64_t threads, bool pooled) {
   const int Bp = round16(seq.B), K = I + H;
-  std::unique_ptr<float[]> wp(new float[int64_t{K} * Cell::kGates * H]);
+  PackedWeights wp(int64_t{K} * Cell::kGates * H);
   std::vector<float> a0(int64_t{K} * Bp, 0.f), a1(int64_t{K} * Bp, 0.f);
   transpose_in(h0, seq.B, H, a0.data() + int64_t{I} * Bp, Bp, 0, H);
   std::vector<float> c = c0 ? feature_major(c0, seq.B, H, Bp) : std::vector<float>();
@@ -708,7 +747,7 @@ void backward(ffi::ThreadPool& pool, const float* res, Shape seq, int I, int H, 
               const float* w_h, const float* dys, const float* dh_last, const float* dc_last, float* dg, float* dx,
               float* dh0, float* dc0, float* db, int64_t threads, bool pooled) {
   const int Bp = round16(seq.B);
-  std::unique_ptr<float[]> wp(new float[int64_t{I + H} * Cell::kGates * H]);
+  PackedWeights wp(int64_t{I + H} * Cell::kGates * H);
   std::vector<float> dh = feature_major(dh_last, seq.B, H, Bp);
   std::vector<float> dc = dc_last ? feature_major(dc_last, seq.B, H, Bp) : std::vector<float>(int64_t{H} * Bp, 0.f);
   std::vector<float> c0t = c0 ? feature_major(c0, seq.B, H, Bp) : std::vector<float>();
