@@ -147,3 +147,18 @@ def test_the_environment_is_the_users_unless_asked():
     tunables = speed.environment_for(parser.parse_args(["--malloc-tunables"]))
     assert tunables == ({"GLIBC_TUNABLES": speed.MALLOC_TUNABLES} if speed.sys.platform.startswith("linux") else {})
     speed.restart_with({})  # nothing asked: no restart (an exec would end this test process)
+
+
+def test_avx2_replaces_an_isa_flag_of_the_users_and_workloads_need_jaxrnn(monkeypatch, tmp_path):
+    import argparse
+
+    from jaxrnn.programs import arguments, workloads
+
+    parser = argparse.ArgumentParser()
+    speed.add_arguments(parser)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_max_isa=AVX512 --xla_backend_optimization_level=0")
+    flags = speed.environment_for(parser.parse_args(["--isa", "avx2"]))["XLA_FLAGS"].split()
+    assert flags == ["--xla_backend_optimization_level=0", "--xla_cpu_max_isa=AVX2"]
+    args = parser.parse_args(["--workloads", "--peers", "flax", "torch", "--json", str(tmp_path / "w.json")])
+    with pytest.raises(arguments.UsageError, match="--peers: .*include jaxrnn"):
+        workloads.run(args)

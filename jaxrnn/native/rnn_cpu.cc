@@ -688,27 +688,34 @@ void batch_major_out(const float* src, int B, int H, int Bp, float* dst) { trans
 
 // A call's packed weights, (I+H) x G*H floats, leased from buffers kept across calls. Allocated afresh
 // they would be fresh pages on every call once they pass glibc's largest heap block (32 MiB, an LSTM at
-// H = 1024): zeroed and faulted in 4 KiB at a time, about 8,200 faults a forward call. The pool keeps
-// as many buffers as ever ran at once, each the size its largest call needed; a lease takes the
-// smallest that fits. The contents are stale: every caller overwrites the whole buffer.
+// H = 1024): zeroed and faulted in 4 KiB at a time, about 8,200 faults a forward call. A lease takes the
+// smallest free buffer that fits; when none fits it frees the largest (too small) one and allocates, so
+// the pool holds at most as many buffers as calls ever ran at once. The contents are stale: every caller
+// overwrites the whole buffer before reading it.
 class PackedWeights {
  public:
   explicit PackedWeights(int64_t n) {
+    Buffer too_small;  // freed outside the lock
     {
-      std::lock_guard<std::mutex> lock(mutex_);
-      auto fits = std::find_if(free_.begin(), free_.end(), [n](const Buffer& b) { return b.size >= n; });
-      if (fits != free_.end()) {
+      std::lock_guard<std::mutex> lock(pool().mutex);
+      auto& free = pool().free;
+      auto fits = std::find_if(free.begin(), free.end(), [n](const Buffer& b) { return b.size >= n; });
+      if (fits != free.end()) {
         buffer_ = std::move(*fits);
-        free_.erase(fits);
+        free.erase(fits);
+      } else if (!free.empty()) {
+        too_small = std::move(free.back());  // sorted by size: the largest
+        free.pop_back();
       }
     }
     if (!buffer_.data) buffer_ = Buffer{std::unique_ptr<float[]>(new float[n]), n};
   }
   ~PackedWeights() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    auto at = std::lower_bound(free_.begin(), free_.end(), buffer_.size,
+    std::lock_guard<std::mutex> lock(pool().mutex);
+    auto& free = pool().free;
+    auto at = std::lower_bound(free.begin(), free.end(), buffer_.size,
                                [](const Buffer& b, int64_t size) { return b.size < size; });
-    free_.insert(at, std::move(buffer_));  // kept sorted by size: the first that fits is the smallest
+    free.insert(at, std::move(buffer_));  // kept sorted by size: the first that fits is the smallest
   }
   PackedWeights(const PackedWeights&) = delete;
   PackedWeights& operator=(const PackedWeights&) = delete;
@@ -719,9 +726,16 @@ class PackedWeights {
     std::unique_ptr<float[]> data;
     int64_t size = 0;
   };
+  struct Pool {
+    std::mutex mutex;
+    std::vector<Buffer> free;
+  };
+  // Never destroyed: a call still running on one of XLA's threads at exit must not meet a destroyed pool.
+  static Pool& pool() {
+    static Pool* pool = new Pool;
+    return *pool;
+  }
   Buffer buffer_;
-  static inline std::mutex mutex_;
-  static inline std::vector<Buffer> free_;
 };
 
 // The forward loop of either cell. c0 and c_last: LSTM only (null for the GRU).

@@ -60,6 +60,7 @@ import json
 import os
 import pathlib
 import platform
+import re
 import statistics
 import sys
 import time
@@ -422,7 +423,8 @@ def start_record(kind: str, args, **extra) -> tuple[dict, pathlib.Path]:
     """The JSON a benchmark run writes (where, when, versions, precision; ``results`` filled as
     measured) and its path: ``args.json`` or ``runs/<kind>-<timestamp>.json``."""
     out = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": describe_machine(),
-           "versions": versions(), "precision": args.precision, **extra, "results": []}
+           "versions": versions(), "precision": args.precision, "repeats": args.repeats, "block": args.block,
+           "argv": sys.argv[1:], **extra, "results": []}
     path = run_path(kind, args.json, suffix=".json")
     path.parent.mkdir(parents=True, exist_ok=True)
     return out, path
@@ -496,7 +498,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--malloc-tunables", action="store_true",
                    help=f"restart with GLIBC_TUNABLES={MALLOC_TUNABLES} (Linux; glibc's defaults otherwise)")
     p.add_argument("--isa", choices=("native", "avx2"), default="native",
-                   help="avx2: restart with XLA, oneDNN and ATen limited to AVX2 and jaxrnn's native kernels off")
+                   help="avx2: restart with XLA, oneDNN, MKL and ATen limited to AVX2 and jaxrnn's native kernels off")
     p.add_argument("--workloads", action="store_true",
                    help="time the workload table (padded, bidirectional, small and large batches) against flax "
                         "and torch instead of the size sweep")
@@ -507,7 +509,8 @@ MALLOC_TUNABLES = ("glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1:glibc.malloc
                    "glibc.malloc.trim_threshold=17179869184")
 
 # What --isa avx2 sets: each library's own switch, and jaxrnn's kernels off (they are AVX-512 only).
-AVX2_ENVIRONMENT = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "JAXRNN_NATIVE": "0"}
+AVX2_ENVIRONMENT = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+                    "JAXRNN_NATIVE": "0"}
 
 
 def environment_for(args) -> dict[str, str]:
@@ -516,9 +519,9 @@ def environment_for(args) -> dict[str, str]:
     if getattr(args, "malloc_tunables", False) and sys.platform.startswith("linux"):
         env["GLIBC_TUNABLES"] = MALLOC_TUNABLES
     if getattr(args, "isa", "native") == "avx2":
-        flags = os.environ.get("XLA_FLAGS", "")
+        flags = re.sub(r"\s*--xla_cpu_max_isa=\S*", "", os.environ.get("XLA_FLAGS", ""))  # ours replaces any
         env |= AVX2_ENVIRONMENT
-        env["XLA_FLAGS"] = flags if "--xla_cpu_max_isa" in flags else f"{flags} --xla_cpu_max_isa=AVX2".strip()
+        env["XLA_FLAGS"] = f"{flags} --xla_cpu_max_isa=AVX2".strip()
     return env
 
 

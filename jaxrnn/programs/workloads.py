@@ -12,7 +12,7 @@ longest equal to T.
 
 The run reports the environment it measured: the allocator (glibc's defaults
 unless ``--malloc-tunables``) and the instruction set (``--isa avx2`` limits
-XLA, oneDNN and torch's ATen to AVX2 and turns off jaxrnn's native kernels,
+XLA, oneDNN, MKL and torch's ATen to AVX2 and turns off jaxrnn's native kernels,
 which need AVX-512: what a CPU without AVX-512 gets).
 """
 
@@ -29,7 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import jaxrnn
-from jaxrnn.programs import speed
+from jaxrnn.programs import arguments, speed
 from jaxrnn.programs.outputs import markdown_table, pyplot, save_figure
 
 PEERS = ("jaxrnn", "flax", "torch")
@@ -221,7 +221,7 @@ def environment() -> str:
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA")
     native = jaxrnn.native.unavailable_reason()
     allocator = f"GLIBC_TUNABLES={tunables}" if tunables else "glibc defaults"
-    isa = f"{isa}-limited (XLA, oneDNN, ATen)" if isa else "the machine's own"
+    isa = f"{isa}-limited (XLA, oneDNN, MKL, ATen)" if isa else "the machine's own"
     kernels = "on" if native is None else f"off ({native})"
     return f"allocator: {allocator}; ISA: {isa}; jaxrnn native kernels: {kernels}"
 
@@ -230,6 +230,8 @@ def run(args, workloads=WORKLOADS) -> dict:
     """Time every workload, print the table as it grows, write JSON and a figure beside it."""
     modes = [False, True] if args.mode == "both" else [args.mode == "fwd+bwd"]
     peers = [p for p in PEERS if p in args.peers]
+    if "jaxrnn" not in peers:
+        raise arguments.UsageError("--peers: --workloads compares jaxrnn with the others; include jaxrnn")
     env = environment()
     out, path = speed.start_record("workloads", args, environment=env)
     header = f"{jax.devices()[0].device_kind}; {env}; median of {args.repeats} interleaved rounds\n\n"
