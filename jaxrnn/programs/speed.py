@@ -403,6 +403,17 @@ def _processor() -> str:
         return platform.processor() or platform.machine()
 
 
+def environment() -> str:
+    """The allocator and instruction set this process measures under, in one line."""
+    tunables = os.environ.get("GLIBC_TUNABLES")
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    native = jaxrnn.native.unavailable_reason()
+    allocator = f"GLIBC_TUNABLES={tunables}" if tunables else "glibc defaults"
+    isa = f"{isa}-limited (XLA, oneDNN, MKL, ATen)" if isa else "the machine's own"
+    kernels = "on" if native is None else f"off ({native})"
+    return f"allocator: {allocator}; ISA: {isa}; jaxrnn native kernels: {kernels}"
+
+
 def describe_machine() -> dict:
     """Where the run happened: OS, processor, JAX devices, torch threads and CUDA device."""
     machine = {"platform": platform.platform(), "processor": _processor(), "cpus": os.cpu_count(),
@@ -453,7 +464,7 @@ def _run(args) -> dict:
     results = out["results"]
     text = (f"{jax.devices()[0].device_kind}; {args.precision} GEMM peak: {peak / 1e9:.0f} GFLOP/s; median of "
             f"{args.repeats} interleaved rounds of {args.block - 1} timed call(s) each; "
-            f"allocator: {'GLIBC_TUNABLES=' + out['glibc_tunables'] if out['glibc_tunables'] else 'glibc defaults'}\n\n")
+            f"{environment()}\n\n")
     print(text + "\n".join(table([], peak, args.peers).splitlines()[:2]), flush=True)
     for case in tqdm(cases, desc="speed", unit="case"):
         results.append(run_case(*case, args.peers, args.repeats, args.block))

@@ -19,7 +19,6 @@ which need AVX-512: what a CPU without AVX-512 gets).
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Callable, NamedTuple
 
@@ -215,24 +214,13 @@ def plot(rows: list[dict], peers, title: str, caption: str, path) -> None:
     save_figure(fig, path, rect=(0, 0.04, 1, 1))
 
 
-def environment() -> str:
-    """The allocator and instruction set this process measures under, in one line."""
-    tunables = os.environ.get("GLIBC_TUNABLES")
-    isa = os.environ.get("ONEDNN_MAX_CPU_ISA")
-    native = jaxrnn.native.unavailable_reason()
-    allocator = f"GLIBC_TUNABLES={tunables}" if tunables else "glibc defaults"
-    isa = f"{isa}-limited (XLA, oneDNN, MKL, ATen)" if isa else "the machine's own"
-    kernels = "on" if native is None else f"off ({native})"
-    return f"allocator: {allocator}; ISA: {isa}; jaxrnn native kernels: {kernels}"
-
-
 def run(args, workloads=WORKLOADS) -> dict:
     """Time every workload, print the table as it grows, write JSON and a figure beside it."""
     modes = [False, True] if args.mode == "both" else [args.mode == "fwd+bwd"]
     peers = [p for p in PEERS if p in args.peers]
     if "jaxrnn" not in peers:
         raise arguments.UsageError("--peers: --workloads compares jaxrnn with the others; include jaxrnn")
-    env = environment()
+    env = speed.environment()
     out, path = speed.start_record("workloads", args, environment=env)
     header = f"{jax.devices()[0].device_kind}; {env}; median of {args.repeats} interleaved rounds\n\n"
     print(header + "\n".join(table([], peers).splitlines()[:2]), flush=True)
