@@ -10,7 +10,7 @@
 3. ``reverse`` runs each row backwards over its own valid part, by permuting
    time per row, so padding stays at the end in both directions.
 
-On the CPU an LSTM or GRU without masks skips the loop altogether:
+On the CPU an LSTM or GRU skips the loop altogether, masks and all:
 ``kernel="auto"`` hands it to :mod:`jaxrnn.native`, one compiled call for the
 whole sequence.
 
@@ -146,9 +146,9 @@ def scan(
         matmul is the faster. The backward pass of both computes ``dW_i`` as
         one large matmul. Same values either way (to float rounding).
       kernel: ``"native"``: run the whole unroll as one compiled CPU kernel
-        (:mod:`jaxrnn.native`; LSTM or GRU, float32, no ``lengths`` or ``resets``;
-        with ``checkpoint_every``, one call per chunk; an error says which
-        condition fails).
+        (:mod:`jaxrnn.native`; LSTM or GRU, float32, ``lengths``, ``resets``
+        and ``reverse`` included; with ``checkpoint_every``, one call per
+        chunk; an error says which condition fails).
         ``"xla"``: the ``lax.scan`` loop. ``"auto"`` (default): native
         wherever it can run, else the loop. The kernel is differentiable
         once; for higher derivatives (or forward mode) pass ``"xla"``.
@@ -179,11 +179,10 @@ def scan(
         _checks.check_positive_int("checkpoint_every", checkpoint_every)
     if kernel != "xla":
         steps, batch = xs.shape[:2] if time_major else xs.shape[1::-1]
-        reason = native.unsupported(
-            cell, params, batch, xs.dtype, steps=steps, lengths=lengths, resets=resets, backward=backward
-        )
+        reason = native.unsupported(cell, params, batch, xs.dtype, steps=steps, backward=backward,
+                                    forced=kernel == "native")
         if reason is None:
-            return _native(cell, params, xs, initial_carry, reverse, time_major, checkpoint_every)
+            return _native(cell, params, xs, initial_carry, lengths, resets, reverse, time_major, checkpoint_every)
         if kernel == "native":
             raise ValueError(f"kernel='native' cannot run this call: {reason}")
     hoisted = resolve_projection(projection) == "hoisted"
@@ -236,25 +235,42 @@ PROJECTIONS = ("auto", "hoisted", "per_step")
 KERNELS = ("auto", "xla", "native")
 
 
-def _native(cell: Cell, params: Params, xs: Array, initial_carry, reverse: bool, time_major: bool,
+def _native(cell: Cell, params: Params, xs: Array, initial_carry, lengths, resets, reverse: bool, time_major: bool,
             checkpoint_every: int | None):
-    """:func:`scan` through :func:`jaxrnn.native.unroll` (an LSTM or GRU, no masks).
+    """:func:`scan` through :func:`jaxrnn.native.unroll` (an LSTM or GRU).
 
     The kernels read and write either layout, so batch-major inputs are not
-    transposed. With ``checkpoint_every``: :func:`jaxrnn.native.unroll_checkpointed`.
+    transposed, and apply ``lengths`` and ``resets`` themselves. ``reverse``
+    is a flip of time, or with ``lengths`` the per-row permutation of
+    :func:`reverse_permutation`, of the inputs before the call and of the
+    outputs after it. With ``checkpoint_every``: :func:`jaxrnn.native.unroll_checkpointed`.
     """
-    # prepare() checks every argument (its time-major copy of xs goes unused: XLA drops it).
-    prep = prepare(cell, params, xs, initial_carry=initial_carry, reverse=reverse, time_major=time_major, project=False)
+    # prepare() checks every argument and lays out the resets in processing order, time-major, as the kernel
+    # reads them; its copy of xs goes unused (XLA drops it).
+    prep = prepare(cell, params, xs, initial_carry=initial_carry, lengths=lengths, resets=resets, reverse=reverse,
+                   time_major=time_major, project=False)
     lstm = cell.kind == "lstm"
     carry = tuple(prep.initial_carry) if lstm else (prep.initial_carry,)
+    T = xs.shape[0 if time_major else 1]
+    # Any length outside [0, T] means what its nearest end means (jit-traced lengths go unchecked).
+    lengths = None if lengths is None else jnp.clip(jnp.asarray(lengths), 0, T).astype(jnp.int32)
+    masks = native.masks_for(carry, lengths, prep.resets)
     w = native.weights(cell, params)
     time_axis = 0 if time_major else 1
-    xs = jnp.flip(xs, time_axis) if reverse else xs
+    if reverse:
+        xs = jnp.flip(xs, time_axis) if prep.perm is None else _permute_time(xs, prep.perm, time_major)
     if checkpoint_every is None:
-        ys, carry = native.unroll(cell.kind, not time_major, xs, carry, w)
+        ys, carry = native.unroll(cell.kind, not time_major, xs, carry, w, masks)
     else:
-        ys, carry = native.unroll_checkpointed(cell.kind, not time_major, checkpoint_every, xs, carry, w)
-    return (jnp.flip(ys, time_axis) if reverse else ys), (type(prep.initial_carry)(*carry) if lstm else carry[0])
+        ys, carry = native.unroll_checkpointed(cell.kind, not time_major, checkpoint_every, xs, carry, w, masks)
+    if reverse:  # the permutation is its own inverse
+        ys = jnp.flip(ys, time_axis) if prep.perm is None else _permute_time(ys, prep.perm, time_major)
+    return ys, (type(prep.initial_carry)(*carry) if lstm else carry[0])
+
+
+def _permute_time(x: Array, perm: Array, time_major: bool) -> Array:
+    """``x`` with each row's steps in the order ``perm`` (T, B) gives, in either layout."""
+    return _gather_time(x, perm) if time_major else jnp.take_along_axis(x, perm.T[..., None], axis=1)
 
 
 def resolve_projection(projection: str) -> str:

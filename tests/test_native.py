@@ -101,16 +101,17 @@ def test_native_gradients_equal_the_xla_loop(kind, shape, time_major):
 
 @functools.partial(jax.jit, static_argnames=("kind", "kernel", "time_major", "checkpoint_every", "reverse"))
 def values_and_gradients(params, xs, carry, w_ys, w_carry, *, kind, kernel, time_major=False, checkpoint_every=None,
-                         reverse=False):
+                         reverse=False, lengths=None, resets=None):
     """``((ys, final carry), gradients w.r.t. (params, xs, carry))`` of :func:`jaxrnn.scan` and of
-    ``sum(ys * w_ys) + sum(final carry * w_carry)``. ``xs``, ``ys`` and ``d xs`` are batch-major
-    whatever the layout the call runs in, so that one compiled reference serves every layout."""
+    ``sum(ys * w_ys) + sum(final carry * w_carry)``. ``xs``, ``ys``, ``d xs`` and ``resets`` are
+    batch-major whatever the layout the call runs in, so that one compiled reference serves every layout."""
     cell = jaxrnn.CELLS[kind](params["w_h"].shape[0])
 
     def loss(p, x, c):
         x = jnp.swapaxes(x, 0, 1) if time_major else x
+        r = resets.T if time_major and resets is not None else resets
         ys, final = jaxrnn.scan(cell, p, x, initial_carry=c, time_major=time_major, reverse=reverse,
-                                checkpoint_every=checkpoint_every, kernel=kernel)
+                                checkpoint_every=checkpoint_every, kernel=kernel, lengths=lengths, resets=r)
         ys = jnp.swapaxes(ys, 0, 1) if time_major else ys
         total = jnp.sum(ys * w_ys) + sum(jnp.sum(f * w) for f, w in zip(jax.tree_util.tree_leaves(final), w_carry))
         return total, (ys, final)
@@ -159,6 +160,78 @@ def test_nan_and_inf_propagate_through_the_kernel_as_through_the_xla_loop(kind, 
     got = values_and_gradients(params, xs, carry, w_ys, w_carry, kind=kind, kernel="native", time_major=time_major,
                                checkpoint_every=chunk)
     assert_same_specials_and_close(got, want, what=f"{kind} {case}: ")
+
+
+# Masks on odd sizes: (kind, B, T, I, H, masks, reverse, time_major, checkpoint_every). Batches of 1 and 3
+# (below MIN_BATCH: kernel="native" forces them), 17 and 33 (a padded 16-row tile); H of 1, 7 and 33 (a
+# one-unit tail tile, two shares of units); T of 1, 2 and 37, in chunks of 5 (a short one first) too.
+MASKED = [
+    ("lstm", 17, 37, 5, 33, "lengths", False, False, None),
+    ("gru", 33, 37, 3, 7, "lengths", True, True, None),
+    ("lstm", 3, 2, 4, 1, "lengths+resets", True, False, None),
+    ("gru", 1, 37, 2, 33, "resets", False, False, None),
+    ("lstm", 33, 1, 3, 7, "lengths+resets", False, True, None),
+    ("gru", 17, 2, 5, 1, "lengths+resets", True, False, None),
+    ("lstm", 17, 37, 3, 7, "lengths+resets", True, False, 5),
+    ("gru", 3, 37, 4, 33, "lengths+resets", False, True, 6),
+    ("lstm", 1, 37, 2, 7, "resets", True, True, 5),
+]
+
+
+def masked_setup(kind, B, T, I, H, masks, seed=0):
+    """Inputs with NaN at every padded step (the kernels must read padding as the loop does: not at all),
+    lengths that include 0 and T, and resets at random steps (at padded ones too, where they do nothing)."""
+    cell, params, xs, carry = setup(B, T, I, H, seed, kind)
+    rng = np.random.default_rng(seed)
+    lengths = resets = None
+    if "lengths" in masks:
+        lengths = rng.integers(0, T + 1, B)
+        lengths[0], lengths[-1] = T, 0
+        xs = jnp.where((np.arange(T)[None, :] >= lengths[:, None])[..., None], jnp.nan, xs)
+        lengths = jnp.asarray(lengths)
+    if "resets" in masks:
+        resets = jnp.asarray(rng.random((B, T)) < 0.3)
+    return cell, params, xs, carry, lengths, resets
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind, B, T, I, H, masks, reverse, time_major, chunk", MASKED,
+                         ids=["-".join(map(str, case)) for case in MASKED])
+def test_masks_in_the_kernel_equal_the_xla_loop(kind, B, T, I, H, masks, reverse, time_major, chunk):
+    _, params, xs, carry, lengths, resets = masked_setup(kind, B, T, I, H, masks)
+    w_ys = random_inputs(jax.random.key(9), B, T, H)
+    w_carry = tuple(random_inputs(k, B, H) for k in jax.random.split(jax.random.key(10), 2 if kind == "lstm" else 1))
+    run = lambda **kw: values_and_gradients(params, xs, carry, w_ys, w_carry, kind=kind, reverse=reverse,
+                                            lengths=lengths, resets=resets, **kw)
+    got = run(kernel="native", time_major=time_major, checkpoint_every=chunk)
+    assert_same_specials_and_close(got, run(kernel="xla"), what=f"{kind} {masks}: ")
+    assert not np.isnan(np.asarray(got[1][1])).any(), "NaN in the padding reached the input gradient"
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind", KINDS)
+def test_check_grads_on_the_native_vjp_with_masks(kind):
+    _, params, xs, carry, lengths, resets = masked_setup(kind, 17, 6, 3, 7, "lengths+resets", seed=3)
+    xs = jnp.nan_to_num(xs)  # check_grads perturbs every input, the padding included
+
+    def f(p, x, c):
+        ys, final = jaxrnn.scan(jaxrnn.CELLS[kind](7), p, x, initial_carry=c, lengths=lengths, resets=resets,
+                                reverse=True, kernel="native")
+        return ys, final
+
+    check_grads(f, (params, xs, carry), order=1, modes=["rev"], atol=2e-2, rtol=2e-2)
+
+
+@needs_kernel
+def test_a_bidirectional_layer_on_a_padded_batch_runs_every_direction_in_the_kernel(monkeypatch):
+    calls = []
+    real = native.unroll
+    monkeypatch.setattr(native, "unroll", lambda kind, *a: calls.append(kind) or real(kind, *a))
+    rnn = jaxrnn.RNN(jaxrnn.lstm(8), num_layers=2, bidirectional=True)
+    params = rnn.init(jax.random.key(0), 3)
+    xs = random_inputs(jax.random.key(1), 16, 5, 3)
+    jax.grad(lambda p: rnn.apply(p, xs, lengths=jnp.arange(16) % 6)[0].sum())(params)
+    assert calls == ["lstm"] * 4
 
 
 @needs_kernel
@@ -243,24 +316,26 @@ def test_auto_picks_native_for_plain_lstm_and_gru_and_xla_otherwise(monkeypatch)
     gru = jaxrnn.gru(8)
     jaxrnn.scan(gru, gru.init(jax.random.key(0), 3), xs)
     assert calls == ["lstm", "gru"]
-    jaxrnn.scan(cell, params, xs, lengths=jnp.full(16, 4))  # masks: the loop
+    jaxrnn.scan(cell, params, xs, lengths=jnp.full(16, 4), resets=jnp.zeros((16, 4), bool), reverse=True)  # masks too
+    assert calls == ["lstm", "gru", "lstm"]
+    jaxrnn.scan(cell, params, xs, backward="autodiff")  # JAX's own derivative: the loop
     jaxrnn.scan(cell, params, xs[:4])  # a batch below MIN_BATCH: the loop
     assert jaxrnn.scan(cell, params, xs[:, :0])[0].shape == (16, 0, 8)  # no steps: the loop
     vanilla = jaxrnn.vanilla(8)
     jaxrnn.scan(vanilla, vanilla.init(jax.random.key(0), 3), xs)
-    assert calls == ["lstm", "gru"]
+    assert calls == ["lstm", "gru", "lstm"]
 
 
 @pytest.mark.parametrize(
     "kwargs, reason",
     [
-        ({"lengths": jnp.full(16, 4)}, "lengths are given"),
-        ({"resets": jnp.zeros((16, 4), bool)}, "resets are given"),
         ({"backward": "autodiff"}, "backward='autodiff'"),
+        ({"xs": jnp.ones((16, 4, 3), jnp.float16)}, "the inputs, parameters or cell dtype are not all float32"),
     ],
 )
 def test_asking_for_native_where_it_cannot_run_names_the_reason(kwargs, reason):
     cell, params, xs, _ = setup(16, 4, 3, 8)
+    xs = kwargs.pop("xs", xs)
     with pytest.raises(ValueError, match=f"kernel='native' cannot run this call: {reason}"):
         jaxrnn.scan(cell, params, xs, kernel="native", **kwargs)
 

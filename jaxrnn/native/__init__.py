@@ -42,6 +42,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -117,20 +118,22 @@ def unavailable_reason() -> str | None:
     return _load()
 
 
-# The smallest batch each kernel takes: it pads the batch to a multiple of 16, and below these the XLA
-# loop measured as fast or faster (docs/kernels.md, "Where the kernels are taken").
+# The smallest batch kernel="auto" hands to each kernel: it pads the batch to a multiple of 16, and
+# below these the XLA loop measured as fast or faster (docs/kernels.md, "Where the kernels are taken").
+# kernel="native" runs any batch.
 MIN_BATCH = {"lstm": 8, "gru": 16}
 
 
-def unsupported(cell, params, batch: int, dtype, *, steps: int = 1, lengths=None, resets=None,
-                backward: str = "fused") -> str | None:
+def unsupported(cell, params, batch: int, dtype, *, steps: int = 1, backward: str = "fused",
+                forced: bool = False) -> str | None:
     """Why :func:`jaxrnn.scan` cannot run this call natively, or None when it can.
 
-    The kernels cover the common case only: an LSTM or GRU cell as
-    :func:`jaxrnn.lstm` or :func:`jaxrnn.gru` made it (never a cell whose
-    functions were replaced: see :func:`jaxrnn.cells.is_stock`), in float32 on
-    the CPU backend, no ``lengths`` or ``resets``, the fused backward, a batch
-    of at least ``MIN_BATCH[cell.kind]``. Everything else keeps to the XLA loop.
+    The kernels run an LSTM or GRU cell as :func:`jaxrnn.lstm` or
+    :func:`jaxrnn.gru` made it (never a cell whose functions were replaced:
+    see :func:`jaxrnn.cells.is_stock`), in float32 on the CPU backend, with
+    the fused backward; ``lengths``, ``resets`` and ``reverse`` included.
+    Unless ``forced`` (``kernel="native"``), a batch below
+    ``MIN_BATCH[cell.kind]`` is left to the XLA loop too.
     """
     if not is_stock(cell):  # first: a replaced function may break any check below (cell.option, say)
         return ("the cell's functions were replaced (jaxrnn.cells.is_stock is false); the kernels compute "
@@ -146,10 +149,9 @@ def unsupported(cell, params, batch: int, dtype, *, steps: int = 1, lengths=None
             ),
             lambda: "the inputs, parameters or cell dtype are not all float32",
         ),
-        (lambda: lengths is None, lambda: "lengths are given"),
-        (lambda: resets is None, lambda: "resets are given"),
         (lambda: backward == "fused", lambda: f"backward={backward!r} asks for JAX's own derivative of the loop"),
-        (lambda: batch >= MIN_BATCH[cell.kind], lambda: f"the batch ({batch}) is below {MIN_BATCH[cell.kind]}"),
+        (lambda: forced or batch >= MIN_BATCH[cell.kind],
+         lambda: f"the batch ({batch}) is below {MIN_BATCH[cell.kind]}"),
         (lambda: steps > 0, lambda: "the sequence is empty"),
     )
     for ok, reason in checks:
@@ -193,7 +195,33 @@ def _rows(batch_major: bool, B: int, T: int) -> tuple:
     return (B, T) if batch_major else (T, B)
 
 
-def forward_call(kind, x, carry, w, batch_major: bool, keep: bool, in_loop: bool = False, start=0, steps=None):
+class Masks(NamedTuple):
+    """:func:`jaxrnn.scan`'s ``lengths`` and ``resets`` as the kernels take them.
+
+    A padded step (``t >= lengths[b]``) freezes the row's carry, outputs zeros
+    and reads its input as zeros; a reset (only at valid steps) starts the
+    carry over from ``initial`` before the step. Each field is a (0,) array
+    when not given (:func:`masks_for` makes them).
+    """
+
+    lengths: jax.Array  # (B,) int32
+    resets: jax.Array  # (T, B) uint8, time-major in either layout: step t of x (all of it, not a call's)
+    initial: tuple  # the carry a reset starts over from: (B, H) arrays like the carry; differentiable
+
+
+def masks_for(carry: tuple, lengths=None, resets=None, initial: tuple | None = None) -> Masks:
+    """:class:`Masks` for a call whose initial carry is ``carry`` (``initial`` by default, when different:
+    the checkpointed chunks start from other carries than the one a reset goes back to)."""
+    none = jnp.zeros((0,), jnp.float32)
+    return Masks(
+        jnp.zeros((0,), jnp.int32) if lengths is None else jnp.asarray(lengths, jnp.int32),
+        jnp.zeros((0,), jnp.uint8) if resets is None else jnp.asarray(resets, jnp.uint8),
+        tuple(none for _ in carry) if resets is None else tuple(carry if initial is None else initial),
+    )
+
+
+def forward_call(kind, x, carry, w, batch_major: bool, keep: bool, in_loop: bool = False, start=0, steps=None,
+                 masks: Masks | None = None):
     """One forward kernel call: ``(ys, carry, kept, operands)``, the last two empty without ``keep``.
 
     The raw call under :func:`unroll` (no checks, no derivative), public so that
@@ -203,6 +231,7 @@ def forward_call(kind, x, carry, w, batch_major: bool, keep: bool, in_loop: bool
     it reads in place: the checkpointed chunks cost no copies of ``x``.
     """
     _require()
+    m = masks_for(carry) if masks is None else masks
     B, H = carry[0].shape
     T = x.shape[1 if batch_major else 0] if steps is None else steps
     rows = _rows(batch_major, B, T)
@@ -210,7 +239,7 @@ def forward_call(kind, x, carry, w, batch_major: bool, keep: bool, in_loop: bool
     outs = (_f32(*rows, H), *(_f32(B, H) for _ in carry), *kept)
     call = jax.ffi.ffi_call(f"jaxrnn_{kind}_forward", outs, vmap_method="sequential")
     ys, *rest = call(
-        x, jnp.asarray(start, jnp.int32), *carry, *w,
+        x, jnp.asarray(start, jnp.int32), *carry, *m.initial, m.lengths, m.resets, *w,
         threads=np.int64(threads()), pooled=pooled(in_loop), keep=keep, batch_major=batch_major,
     )
     return ys, tuple(rest[: len(carry)]), *rest[len(carry) :]
@@ -227,38 +256,46 @@ def weight_gradient(operands, dg):
     return operands.reshape(-1, operands.shape[-1]).T @ dg.reshape(-1, dg.shape[-1])
 
 
-def backward_call(kind, kept, operands, carry0, w, d_ys, d_carry, batch_major: bool, in_loop: bool = False, start=0):
+def backward_call(kind, kept, operands, w, d_ys, d_carry, batch_major: bool, in_loop: bool = False, start=0,
+                  masks: Masks | None = None):
     """The backward kernel's loop (which also gives the input gradient), then the weight gradients as one matmul.
 
     The raw call under :func:`unroll`'s derivative, public as :func:`forward_call` is.
 
     The steps are those of ``kept``, from step ``start`` of ``d_ys`` (read in place).
-    Returns ``(d_x, d_carry0, d_w)`` with ``d_w`` matching ``w``.
+    Returns ``(d_x, d_carry0, d_w, d_initial)``: ``d_w`` matches ``w``, ``d_initial``
+    the masks' ``initial`` (the gradient that the steps which reset send to it).
     """
-    B, H = carry0[0].shape
+    m = masks_for(d_carry) if masks is None else masks
+    B, H = d_carry[0].shape
     w_i, w_h = w[0], w[1]
     I = w_i.shape[0]
     rows = _rows(batch_major, B, kept.shape[0])
-    outs = (_f32(*rows, 4 * H), _f32(*rows, I), *(_f32(B, H) for _ in carry0), _f32(4 * H))
+    initial = tuple(_f32(*v.shape) for v in m.initial)
+    outs = (_f32(*rows, 4 * H), _f32(*rows, I), *(_f32(B, H) for _ in d_carry), *initial, _f32(4 * H))
     call = jax.ffi.ffi_call(f"jaxrnn_{kind}_backward", outs, vmap_method="sequential")
-    # The LSTM's backward reads c_0 (for d f at step 0); the GRU's kept h_{t-1} itself.
-    args = (kept, carry0[1], w_i, w_h) if kind == "lstm" else (kept, w_i, w_h)
-    dg, d_x, *d_carry0, d_sum = call(
-        *args, d_ys, jnp.asarray(start, jnp.int32), *d_carry,
+    dg, d_x, *rest, d_sum = call(
+        kept, w_i, w_h, d_ys, jnp.asarray(start, jnp.int32), *d_carry, m.lengths, m.resets,
         threads=np.int64(threads()), pooled=pooled(in_loop), batch_major=batch_major,
     )
+    d_carry0, d_initial = tuple(rest[: len(d_carry)]), tuple(rest[len(d_carry) :])
     d_w = weight_gradient(operands, dg)
     if kind == "lstm":
-        return d_x, tuple(d_carry0), (d_w[:I], d_w[I:], d_sum)
+        return d_x, d_carry0, (d_w[:I], d_w[I:], d_sum), d_initial
     # The GRU's dG holds d r, d z, d(x W_in) and d(h W_hn): W_i's gradient takes
     # the first three, W_h's the first two and the last. One product over all
     # four costs a third more flops than two exact ones, and no copies of dG.
     d_w_h = jnp.concatenate([d_w[I:, : 2 * H], d_w[I:, 3 * H :]], axis=1)
-    return d_x, tuple(d_carry0), (d_w[:I, : 3 * H], d_w_h, d_sum[: 3 * H], d_sum[3 * H :])
+    return d_x, d_carry0, (d_w[:I, : 3 * H], d_w_h, d_sum[: 3 * H], d_sum[3 * H :]), d_initial
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def unroll(kind: str, batch_major: bool, x, carry: tuple, w: tuple):
+def _no_cotangent(m: Masks, d_initial: tuple) -> Masks:
+    """The masks' cotangent: zeros for the integer masks (float0, as JAX wants), ``d_initial`` for the carry."""
+    float0 = lambda a: np.zeros(a.shape, jax.dtypes.float0)
+    return Masks(float0(m.lengths), float0(m.resets), d_initial)
+
+
+def unroll(kind: str, batch_major: bool, x, carry: tuple, w: tuple, masks: Masks | None = None):
     """A cell of :func:`jaxrnn.lstm` or :func:`jaxrnn.gru` over a batch of sequences, as one kernel call.
 
     Arguments:
@@ -267,26 +304,33 @@ def unroll(kind: str, batch_major: bool, x, carry: tuple, w: tuple):
       x: (T, B, I) float32 inputs, or (B, T, I) with ``batch_major``.
       carry: the initial carry as a tuple of (B, H) arrays: LSTM ``(h, c)``, GRU ``(h,)``.
       w: the cell's parameters as :func:`weights` lists them.
+      masks: ``lengths`` and ``resets`` (:func:`masks_for`); none by default.
 
     Returns:
       ``(ys, carry)``: ys (T, B, H) (or (B, T, H)) and the final carry, a tuple like ``carry``.
     """
-    ys, carry, _, _ = forward_call(kind, x, carry, w, batch_major, keep=False)
+    return _unroll(kind, batch_major, x, carry, w, masks_for(carry) if masks is None else masks)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _unroll(kind, batch_major, x, carry, w, m):
+    ys, carry, _, _ = forward_call(kind, x, carry, w, batch_major, keep=False, masks=m)
     return ys, carry
 
 
-def _unroll_fwd(kind, batch_major, x, carry, w):
-    ys, last, kept, operands = forward_call(kind, x, carry, w, batch_major, keep=True)
-    return (ys, last), (carry, w, kept, operands)
+def _unroll_fwd(kind, batch_major, x, carry, w, m):
+    ys, last, kept, operands = forward_call(kind, x, carry, w, batch_major, keep=True, masks=m)
+    return (ys, last), (w, kept, operands, m)
 
 
 def _unroll_bwd(kind, batch_major, residuals, cotangents):
-    carry, w, kept, operands = residuals
+    w, kept, operands, m = residuals
     d_ys, d_carry = cotangents
-    return backward_call(kind, kept, operands, carry, w, d_ys, d_carry, batch_major)
+    d_x, d_carry0, d_w, d_initial = backward_call(kind, kept, operands, w, d_ys, d_carry, batch_major, masks=m)
+    return d_x, d_carry0, d_w, _no_cotangent(m, d_initial)
 
 
-unroll.defvjp(_unroll_fwd, _unroll_bwd)
+_unroll.defvjp(_unroll_fwd, _unroll_bwd)
 
 
 # A chunk's activations are kept in calls of at most this many steps, each
@@ -297,8 +341,8 @@ unroll.defvjp(_unroll_fwd, _unroll_bwd)
 PIECE_STEPS = 250
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def unroll_checkpointed(kind: str, batch_major: bool, chunk: int, x, carry: tuple, w: tuple):
+def unroll_checkpointed(kind: str, batch_major: bool, chunk: int, x, carry: tuple, w: tuple,
+                        masks: Masks | None = None):
     """:func:`unroll` keeping only the carry every ``chunk`` steps for the backward pass.
 
     The forward pass runs the kernel chunk by chunk, keeping no activations
@@ -314,41 +358,47 @@ def unroll_checkpointed(kind: str, batch_major: bool, chunk: int, x, carry: tupl
     no more memory than the rerun of any other chunk. When ``chunk`` does not
     divide T, the short chunk comes first, so that the kept one is whole.
     """
-    (ys, last), _ = _checkpointed_fwd(kind, batch_major, chunk, x, carry, w)
+    return _unroll_checkpointed(kind, batch_major, chunk, x, carry, w, masks_for(carry) if masks is None else masks)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _unroll_checkpointed(kind, batch_major, chunk, x, carry, w, m):
+    (ys, last), _ = _checkpointed_fwd(kind, batch_major, chunk, x, carry, w, m)
     return ys, last
 
 
-def _keep_chunk(kind, batch_major, x, carry, w, start: int, steps: int, ys=None):
+def _keep_chunk(kind, batch_major, x, carry, w, m, start: int, steps: int, ys=None):
     """A chunk's forward keeping its activations, in calls of at most :data:`PIECE_STEPS` steps.
 
     Returns ``(ys, carry, pieces)``: ``ys`` as given (the whole sequence's, into
     which the chunk's outputs are written) or None, the carry after the chunk,
-    and each call's ``(start, carry it started from, kept, operands)``.
+    and each call's ``(start, kept, operands)``.
     """
     size = -(-steps // -(-steps // PIECE_STEPS))  # equal pieces
     pieces = []
     for offset in range(0, steps, size):
         first, length = start + offset, min(size, steps - offset)
-        y, out, kept, operands = forward_call(
-            kind, x, carry, w, batch_major, keep=True, in_loop=True, start=first, steps=length
+        y, carry, kept, operands = forward_call(
+            kind, x, carry, w, batch_major, keep=True, in_loop=True, start=first, steps=length, masks=m
         )
-        pieces.append((first, carry, kept, operands))
+        pieces.append((first, kept, operands))
         ys = ys if ys is None else jax.lax.dynamic_update_slice_in_dim(ys, y, first, 1 if batch_major else 0)
-        carry = out
     return ys, carry, tuple(pieces)
 
 
-def _checkpointed_fwd(kind, batch_major, chunk, x, carry, w):
+def _checkpointed_fwd(kind, batch_major, chunk, x, carry, w, m):
     # Each chunk's call reads its steps of x in place and its ys are written
     # into the whole ys, in either layout: no copy of the whole sequence (its
     # size is what this saves), and no copy of x per chunk (docs/kernels.md has
-    # what the slices of x and d ys cost).
+    # what the slices of x and d ys cost). The masks are the whole sequence's:
+    # a call reads its steps of them.
     axis = 1 if batch_major else 0
     head, n, chunk = chunks.layout(x.shape[axis], chunk)
 
     def run(state, start, length):  # one chunk's forward; returns the carry it started from
         first, ys = state
-        y, carry, _, _ = forward_call(kind, x, first, w, batch_major, keep=False, in_loop=True, start=start, steps=length)
+        y, carry, _, _ = forward_call(kind, x, first, w, batch_major, keep=False, in_loop=True, start=start,
+                                      steps=length, masks=m)
         return (carry, jax.lax.dynamic_update_slice_in_dim(ys, y, start, axis)), first
 
     state = (carry, jnp.zeros(x.shape[:2] + (carry[0].shape[-1],), jnp.float32))
@@ -356,36 +406,37 @@ def _checkpointed_fwd(kind, batch_major, chunk, x, carry, w):
         state, _ = run(state, 0, head)
     # starts: the carry each of the n - 1 rerun whole chunks starts from.
     (first, ys), starts = jax.lax.scan(lambda s, k: run(s, head + k * chunk, chunk), state, jnp.arange(n - 1))
-    ys, last, pieces = _keep_chunk(kind, batch_major, x, first, w, head + (n - 1) * chunk, chunk, ys)
-    return (ys, last), (x, w, carry, starts, pieces)
+    ys, last, pieces = _keep_chunk(kind, batch_major, x, first, w, m, head + (n - 1) * chunk, chunk, ys)
+    return (ys, last), (x, w, m, carry, starts, pieces)
 
 
 def _checkpointed_bwd(kind, batch_major, chunk, residuals, cotangents):
-    x, w, carry0, starts, pieces = residuals
+    x, w, m, carry0, starts, pieces = residuals
     d_ys, d_carry = cotangents
     axis = 1 if batch_major else 0
     head, n, chunk = chunks.layout(x.shape[axis], chunk)
+    add = lambda a, b: jax.tree_util.tree_map(jnp.add, a, b)
 
     def back(state, pieces):  # the backward pass of a chunk's kept pieces, last first
-        for start, first, kept, operands in reversed(pieces):
-            d_carry, d_w, d_x = state
-            dx, d_carry, dw = backward_call(
-                kind, kept, operands, first, w, d_ys, d_carry, batch_major, in_loop=True, start=start
+        for start, kept, operands in reversed(pieces):
+            d_carry, d_w, d_x, d_initial = state
+            dx, d_carry, dw, di = backward_call(
+                kind, kept, operands, w, d_ys, d_carry, batch_major, in_loop=True, start=start, masks=m
             )
-            d_w = jax.tree_util.tree_map(jnp.add, d_w, dw)
-            state = d_carry, d_w, jax.lax.dynamic_update_slice_in_dim(d_x, dx, start, axis)
+            state = d_carry, add(d_w, dw), jax.lax.dynamic_update_slice_in_dim(d_x, dx, start, axis), add(d_initial, di)
         return state
 
     def rerun(state, start, length, first):  # rerun the chunk's forward, keeping activations, then back
-        return back(state, _keep_chunk(kind, batch_major, x, first, w, start, length)[2])
+        return back(state, _keep_chunk(kind, batch_major, x, first, w, m, start, length)[2])
 
-    state = back((d_carry, jax.tree_util.tree_map(jnp.zeros_like, w), jnp.zeros_like(x)), pieces)
+    zeros = lambda tree: jax.tree_util.tree_map(jnp.zeros_like, tree)
+    state = back((d_carry, zeros(w), jnp.zeros_like(x), zeros(m.initial)), pieces)
     step = lambda state, chunk_k: (rerun(state, head + chunk_k[0] * chunk, chunk, chunk_k[1]), None)
     state, _ = jax.lax.scan(step, state, (jnp.arange(n - 1), starts), reverse=True)
     if head:
         state = rerun(state, 0, head, carry0)
-    d_carry0, d_w, d_x = state
-    return d_x, d_carry0, d_w
+    d_carry0, d_w, d_x, d_initial = state
+    return d_x, d_carry0, d_w, _no_cotangent(m, d_initial)
 
 
-unroll_checkpointed.defvjp(_checkpointed_fwd, _checkpointed_bwd)
+_unroll_checkpointed.defvjp(_checkpointed_fwd, _checkpointed_bwd)

@@ -222,40 +222,49 @@ inline void transpose16(__m512 (&r)[16]) {
 inline __mmask16 first(int n) { return static_cast<__mmask16>((1u << n) - 1); }
 
 // Columns [0, n) of rows [0, lanes) of a row-major array (rows `ld` floats
-// apart), n, lanes <= 16: r[j] <- column j, its lanes past `lanes` zero.
-inline void gather16(const float* src, int64_t ld, int n, int lanes, __m512 (&r)[16]) {
-  for (int l = 0; l < 16; ++l) r[l] = l < lanes ? _mm512_maskz_loadu_ps(first(n), src + l * ld) : _mm512_setzero_ps();
+// apart), n, lanes <= 16: r[j] <- column j, its lanes past `lanes` zero, and
+// those of rows not in `live` (the padded steps of a batch with lengths).
+inline void gather16(const float* src, int64_t ld, int n, int lanes, __m512 (&r)[16], __mmask16 live = 0xFFFF) {
+  for (int l = 0; l < 16; ++l)
+    r[l] = l < lanes && (live >> l & 1) ? _mm512_maskz_loadu_ps(first(n), src + l * ld) : _mm512_setzero_ps();
   transpose16(r);
 }
 
-// The inverse: r[j] (lanes of column j) into columns [0, n) of rows [0, lanes).
-inline void scatter16(__m512 (&r)[16], int n, int lanes, float* dst, int64_t ld) {
+// The inverse: r[j] (lanes of column j) into columns [0, n) of rows [0, lanes), zeros into rows not in `live`.
+inline void scatter16(__m512 (&r)[16], int n, int lanes, float* dst, int64_t ld, __mmask16 live = 0xFFFF) {
   transpose16(r);
-  for (int l = 0; l < lanes; ++l) _mm512_mask_storeu_ps(dst + l * ld, first(n), r[l]);
+  for (int l = 0; l < lanes; ++l)
+    _mm512_mask_storeu_ps(dst + l * ld, first(n), live >> l & 1 ? r[l] : _mm512_setzero_ps());
 }
+
+// Which rows of each 16 a transpose takes (bit l of live[b0 / 16]: row b0 + l); null: all of them.
+inline __mmask16 rows_of(const uint16_t* live, int b0) { return live ? live[b0 / 16] : 0xFFFF; }
 
 // Columns [r0, r1) of B rows of `ld` floats into rows [r0, r1) of a (., Bp)
-// feature-major array, its padding lanes zero.
-void transpose_in(const float* src, int B, int64_t ld, float* dst, int Bp, int r0, int r1) {
+// feature-major array, its padding lanes zero, and the lanes of rows not in `live`.
+void transpose_in(const float* src, int B, int64_t ld, float* dst, int Bp, int r0, int r1,
+                  const uint16_t* live = nullptr) {
   __m512 r[16];
   for (int c0 = r0; c0 < r1; c0 += 16) {
     const int n = std::min(16, r1 - c0);
     for (int b0 = 0; b0 < Bp; b0 += 16) {
-      gather16(src + b0 * ld + c0, ld, n, std::min(16, B - b0), r);
+      gather16(src + b0 * ld + c0, ld, n, std::min(16, B - b0), r, rows_of(live, b0));
       for (int j = 0; j < n; ++j) _mm512_storeu_ps(dst + int64_t{c0 + j} * Bp + b0, r[j]);
     }
   }
 }
 
-// Rows [r0, r1) of a (., Bp) feature-major array into columns [r0, r1) of B rows of `ld` floats.
-void transpose_out(const float* src, int Bp, int r0, int r1, int B, float* dst, int64_t ld) {
+// Rows [r0, r1) of a (., Bp) feature-major array into columns [r0, r1) of B rows of `ld` floats; rows
+// not in `live` get zeros.
+void transpose_out(const float* src, int Bp, int r0, int r1, int B, float* dst, int64_t ld,
+                   const uint16_t* live = nullptr) {
   __m512 r[16];
   for (int c0 = r0; c0 < r1; c0 += 16) {
     const int n = std::min(16, r1 - c0);
     for (int b0 = 0; b0 < Bp; b0 += 16) {
       for (int j = 0; j < 16; ++j)
         r[j] = j < n ? _mm512_loadu_ps(src + int64_t{c0 + j} * Bp + b0) : _mm512_setzero_ps();
-      scatter16(r, n, std::min(16, B - b0), dst + b0 * ld + c0, ld);
+      scatter16(r, n, std::min(16, B - b0), dst + b0 * ld + c0, ld, rows_of(live, b0));
     }
   }
 }
@@ -270,6 +279,42 @@ struct Rows {
   int64_t t, b, first = 0;
   int64_t at(int step) const { return (first + step) * t; }
 };
+
+// A call's masks for the steps it runs, 16 batch rows to a word (bit l of
+// [t * blocks + b0 / 16]: row b0 + l at step t):
+//   valid: step t is within the row's length (jaxrnn.scan's `lengths`). A
+//     padded step freezes the carry and outputs zeros; its input is read as
+//     zeros, as the XLA loop replaces padding (NaN and inf included) before
+//     computing anything from it. Empty: every row runs every step.
+//   reset: the carry starts over from the scan's initial carry before step t
+//     (`resets`), only at valid steps: a padded step changes nothing, its
+//     reset flag included. Empty: no resets.
+struct Masks {
+  std::vector<uint16_t> valid, reset;
+  int blocks = 0;
+  bool lengths() const { return !valid.empty(); }
+  bool resets() const { return !reset.empty(); }
+  const uint16_t* valid_row(int t) const { return valid.empty() ? nullptr : valid.data() + int64_t{t} * blocks; }
+  __mmask16 live(int t, int b0) const { return rows_of(valid_row(t), b0); }
+  __mmask16 restarts(int t, int b0) const { return reset.empty() ? 0 : reset[int64_t{t} * blocks + b0 / 16]; }
+};
+
+// lengths: (B,) or null; resets: (T_all, B) time-major, or null. Step t of the call is step first + t of both.
+Masks masks_for(const int32_t* lengths, const uint8_t* resets, int T, int B, int64_t first) {
+  Masks m;
+  m.blocks = (B + 15) / 16;
+  auto bits = [&](auto on) {
+    std::vector<uint16_t> out(int64_t{T} * m.blocks, 0);
+    for (int t = 0; t < T; ++t)
+      for (int b = 0; b < B; ++b)
+        if (on(first + t, b)) out[int64_t{t} * m.blocks + b / 16] |= static_cast<uint16_t>(1u << (b % 16));
+    return out;
+  };
+  if (lengths) m.valid = bits([&](int64_t t, int b) { return t < lengths[b]; });
+  if (resets)
+    m.reset = bits([&](int64_t t, int b) { return resets[t * B + b] != 0 && (!lengths || t < lengths[b]); });
+  return m;
+}
 
 // ----------------------------------------------------------------- cells ----
 
@@ -301,10 +346,12 @@ struct Forward {
   const float *x, *w_i, *w_h;
   const float* bias[kSlots];  // each slot's H biases
   float* wp;                  // packed weights, see pack()
-  float *ys, *res;  // res: (T, 5H, Bp), per step LSTM i, f, g, o, c; GRU r, z, n, h W_hn + b_hn, h_{t-1}
+  float *ys, *res;  // res: (T, 5H, Bp), per step LSTM i, f, g, o, c_{t-1}; GRU r, z, n, h W_hn + b_hn, h_{t-1}
   float* operands;  // [x_t, h_{t-1}] per step, each step's matmul operand; null for inference
   float* cT;        // LSTM: (H, Bp), the running memory cell
   float* a[2];      // (K, Bp) twice: [x_t^T; h_{t-1}^T], double-buffered
+  const Masks* m;
+  const float *h_init, *c_init;  // (H, Bp): the carry a reset starts over from (c: LSTM); null without resets
 
   // Weights of units [u0, u0 + U) as a (K, G, U) block, blocks one after the
   // other; each share packs the blocks it reads. Eight blocks at a time, so
@@ -352,23 +399,28 @@ struct Forward {
       const int u = u0 + j;
       for (int s = 0; s < NB; ++s) {
         const int64_t at_u = int64_t{u} * Bp + b0 + 16 * s;
+        // A padded step (not in `live`) keeps the carry: h and c are blended with their previous values.
+        const __mmask16 live = m->live(t, b0 + 16 * s);
+        const __m512 h_prev = _mm512_loadu_ps(at + int64_t{I} * Bp + at_u);
         __m512 kept[kKept], h;
         if constexpr (std::is_same_v<Cell, Lstm>) {
           const __m512 i = sigmoid16(acc[0 * U + j][s]), f = sigmoid16(acc[1 * U + j][s]);
           const __m512 g = tanh16(acc[2 * U + j][s]), o = sigmoid16(acc[3 * U + j][s]);
-          const __m512 c = _mm512_fmadd_ps(f, _mm512_loadu_ps(cT + at_u), _mm512_mul_ps(i, g));
+          const __m512 c_prev = _mm512_loadu_ps(cT + at_u);
+          const __m512 c = _mm512_fmadd_ps(f, c_prev, _mm512_mul_ps(i, g));
           h = _mm512_mul_ps(o, tanh16(c));
-          _mm512_storeu_ps(cT + at_u, c);
-          kept[0] = i, kept[1] = f, kept[2] = g, kept[3] = o, kept[4] = c;
+          _mm512_storeu_ps(cT + at_u, _mm512_mask_blend_ps(live, c_prev, c));
+          // c_{t-1}, not c_t: the backward pass recomputes c_t from it exactly as here, and reads the
+          // carry a step started from, which for a padded or reset row is not the previous step's c_t.
+          kept[0] = i, kept[1] = f, kept[2] = g, kept[3] = o, kept[4] = c_prev;
         } else {  // h = (1 - z) n + z h_{t-1}, n = tanh(x W_in + b_in + r (h W_hn + b_hn))
           const __m512 r = sigmoid16(acc[0 * U + j][s]), z = sigmoid16(acc[1 * U + j][s]);
           const __m512 hn = acc[3 * U + j][s];
           const __m512 n = tanh16(_mm512_fmadd_ps(r, hn, acc[2 * U + j][s]));
-          const __m512 h_prev = _mm512_loadu_ps(at + int64_t{I} * Bp + at_u);
           h = _mm512_fmadd_ps(z, _mm512_sub_ps(h_prev, n), n);
           kept[0] = r, kept[1] = z, kept[2] = n, kept[3] = hn, kept[4] = h_prev;
         }
-        _mm512_storeu_ps(h_next + at_u, h);
+        _mm512_storeu_ps(h_next + at_u, _mm512_mask_blend_ps(live, h_prev, h));
         if (res) {
           float* r = res + int64_t{t} * kKept * H * Bp + at_u;
           for (int q = 0; q < kKept; ++q) _mm512_storeu_ps(r + int64_t{q} * H * Bp, kept[q]);
@@ -382,19 +434,36 @@ struct Forward {
     for_batch_tiles(Bp, [&](int b0, auto nb) { tile<U, decltype(nb)::value>(t, u0, b0, at, h_next); });
   }
 
-  // Units [ulo, uhi) of the feature-major `h` into B rows of `ld` floats.
-  void put_h(const float* h, int ulo, int uhi, float* dst, int64_t ld) const {
-    transpose_out(h, Bp, ulo, uhi, B, dst, ld);
+  // Units [ulo, uhi) of the feature-major `h` into B rows of `ld` floats, zeros for rows not in `live`.
+  void put_h(const float* h, int ulo, int uhi, float* dst, int64_t ld, const uint16_t* live = nullptr) const {
+    transpose_out(h, Bp, ulo, uhi, B, dst, ld, live);
   }
 
-  // Step t's x_t^T into `a`, rows [r0, r1); for training also x_t into its operand row.
+  // Step t's x_t^T into `a`, rows [r0, r1); for training also x_t into its operand row. A padded
+  // step's x_t is read as zeros (see Masks).
   void take_x(int t, float* a, int r0, int r1) const {
     const float* x_t = x + in.at(t) * I;
-    transpose_in(x_t, B, in.b * I, a, Bp, r0, r1);
+    const uint16_t* live = m->valid_row(t);
+    transpose_in(x_t, B, in.b * I, a, Bp, r0, r1, live);
     if (operands)
-      for (int bb = 0; bb < B; ++bb)
-        std::memcpy(operands + (out.at(t) + bb * out.b) * K + r0, x_t + bb * in.b * I + r0,
-                    sizeof(float) * (r1 - r0));
+      for (int bb = 0; bb < B; ++bb) {
+        float* to = operands + (out.at(t) + bb * out.b) * K + r0;
+        if (rows_of(live, bb / 16 * 16) >> bb % 16 & 1) std::memcpy(to, x_t + bb * in.b * I + r0, sizeof(float) * (r1 - r0));
+        else std::memset(to, 0, sizeof(float) * (r1 - r0));
+      }
+  }
+
+  // The rows that start over at step t take the initial carry (units [ulo, uhi) of h, and of the LSTM's c).
+  void restart(int t, int ulo, int uhi, float* h) const {
+    for (int b0 = 0; b0 < Bp; b0 += 16) {
+      const __mmask16 k = m->restarts(t, b0);
+      if (!k) continue;
+      for (int u = ulo; u < uhi; ++u) {
+        const int64_t at_u = int64_t{u} * Bp + b0;
+        _mm512_mask_storeu_ps(h + at_u, k, _mm512_loadu_ps(h_init + at_u));
+        if constexpr (std::is_same_v<Cell, Lstm>) _mm512_mask_storeu_ps(cT + at_u, k, _mm512_loadu_ps(c_init + at_u));
+      }
+    }
   }
 
   // Phase 0 packs the weights and takes x_0; phase t + 1 is step t. Share j of
@@ -406,6 +475,7 @@ struct Forward {
     if (p == 0) {
       pack(ulo, uhi);
       take_x(0, a[0], cols.lo, cols.hi);
+      if (m->resets()) restart(0, ulo, uhi, a[0] + int64_t{I} * Bp);
       if (operands) put_h(a[0] + int64_t{I} * Bp, ulo, uhi, operands + I, out.b * K);
       return;
     }
@@ -418,9 +488,10 @@ struct Forward {
       if (u0 + kUnits <= H) units<kUnits>(t, u0, at, h_next);
       else units<1>(t, u0, at, h_next);
     }
-    put_h(h_next, ulo, uhi, ys + out.at(t) * H, out.b * H);
+    put_h(h_next, ulo, uhi, ys + out.at(t) * H, out.b * H, m->valid_row(t));
     if (t + 1 < T) {
       take_x(t + 1, next, cols.lo, cols.hi);
+      if (m->resets()) restart(t + 1, ulo, uhi, h_next);
       if (operands) put_h(h_next, ulo, uhi, operands + out.at(t + 1) * K + I, out.b * K);
     }
   }
@@ -467,7 +538,7 @@ struct Backward {
   static constexpr int G = Cell::kGates;
   int T, B, I, H, Bp;
   Rows in, out;     // of dys; of dg and dx
-  const float *res, *c0, *dys;  // c0: LSTM, feature-major
+  const float *res, *dys;
   const float *w_i, *w_h;
   float* wp;        // [W_i; W_h] packed as (G H, kRows) blocks of rows, see pack()
   float* dg;        // 4 H per step: LSTM d(i, f, g, o) pre-activations; GRU d r, d z, d(x W_in), d(h W_hn)
@@ -477,6 +548,8 @@ struct Backward {
   float* dxt;       // (I, Bp): d x_t, feature-major, on its way out
   float* g[2];      // (4H, Bp) twice: dG_t^T, all four slots, double-buffered
   float* db;        // (4H, 16): sums of dg, each lane over its own batch rows (real ones only)
+  const Masks* m;
+  float *dh_init, *dc_init;  // (H, Bp): the initial carry's gradient from the steps that reset to it
 
   // Rows [lo, hi) of [W_i; W_h] (I + H rows of G H) as (G H, R) blocks of
   // kRows rows, so that a tile reads its block contiguously: block[k R + j] =
@@ -522,31 +595,42 @@ struct Backward {
       for (int b0 = 0; b0 < Bp; b0 += 16) {
         const int lanes = std::min(16, B - b0);
         gather16(dy + b0 * dy_ld + u0, dy_ld, n, lanes, dy_block);
+        // A padded step (not in `live`) passed its carry through and output zeros: it gets no cotangent
+        // (d ys there is dropped), and the carried one goes past it to the step before, as in the XLA loop.
+        const __mmask16 live = m->live(t, b0);
         for (int j = 0; j < n; ++j) {
           const int64_t at = int64_t{u0 + j} * Bp + b0;
-          const __m512 d_h = _mm512_add_ps(dy_block[j], _mm512_loadu_ps(dh + at));
+          const __m512 dh_carried = _mm512_loadu_ps(dh + at);
+          const __m512 d_h = _mm512_maskz_add_ps(live, dy_block[j], dh_carried);
           __m512 kept[kKept];
           for (int q = 0; q < kKept; ++q) kept[q] = _mm512_loadu_ps(r + int64_t{q} * H * Bp + at);
           __m512 d[4];  // dg's four slots
           if constexpr (std::is_same_v<Cell, Lstm>) {
-            const __m512 i = kept[0], f = kept[1], gg = kept[2], o = kept[3], tc = tanh16(kept[4]);
-            const __m512 c_prev = _mm512_loadu_ps(
-                (t > 0 ? res + (int64_t{t - 1} * kKept + 4) * H * Bp : c0) + at);
+            const __m512 i = kept[0], f = kept[1], gg = kept[2], o = kept[3], c_prev = kept[4];
+            const __m512 tc = tanh16(_mm512_fmadd_ps(f, c_prev, _mm512_mul_ps(i, gg)));  // c_t as forward made it
+            const __m512 dc_carried = _mm512_loadu_ps(dc + at);
             // d c_t = (carried d c_t) + d h_t * o * (1 - tanh(c_t)^2)
-            const __m512 d_c =
-                _mm512_fmadd_ps(_mm512_mul_ps(d_h, o), _mm512_fnmadd_ps(tc, tc, one), _mm512_loadu_ps(dc + at));
+            const __m512 d_c = _mm512_fmadd_ps(_mm512_mul_ps(d_h, o), _mm512_fnmadd_ps(tc, tc, one),
+                                               _mm512_maskz_mov_ps(live, dc_carried));
             d[0] = _mm512_mul_ps(_mm512_mul_ps(d_c, gg), _mm512_mul_ps(i, _mm512_sub_ps(one, i)));
             d[1] = _mm512_mul_ps(_mm512_mul_ps(d_c, c_prev), _mm512_mul_ps(f, _mm512_sub_ps(one, f)));
             d[2] = _mm512_mul_ps(_mm512_mul_ps(d_c, i), _mm512_fnmadd_ps(gg, gg, one));
             d[3] = _mm512_mul_ps(_mm512_mul_ps(d_h, tc), _mm512_mul_ps(o, _mm512_sub_ps(one, o)));
-            _mm512_storeu_ps(dc + at, _mm512_mul_ps(d_c, f));  // d c_{t-1}, through the forget gate
+            __m512 dc_prev = _mm512_mul_ps(d_c, f);  // d c_{t-1}, through the forget gate
+            if (m->lengths()) {  // plus what passed a padded step; d h_{t-1} starts from it (see rows)
+              dc_prev = _mm512_add_ps(dc_prev, _mm512_maskz_mov_ps(~live, dc_carried));
+              _mm512_storeu_ps(dh + at, _mm512_maskz_mov_ps(~live, dh_carried));
+            }
+            _mm512_storeu_ps(dc + at, dc_prev);
           } else {
             const __m512 rr = kept[0], z = kept[1], nn = kept[2], hn = kept[3], h_prev = kept[4];
             d[2] = _mm512_mul_ps(_mm512_mul_ps(d_h, _mm512_sub_ps(one, z)), _mm512_fnmadd_ps(nn, nn, one));
             d[1] = _mm512_mul_ps(_mm512_mul_ps(d_h, _mm512_sub_ps(h_prev, nn)), _mm512_mul_ps(z, _mm512_sub_ps(one, z)));
             d[0] = _mm512_mul_ps(_mm512_mul_ps(d[2], hn), _mm512_mul_ps(rr, _mm512_sub_ps(one, rr)));
             d[3] = _mm512_mul_ps(d[2], rr);
-            _mm512_storeu_ps(dc + at, _mm512_mul_ps(d_h, z));  // d h_{t-1} through z, added by the matmul
+            __m512 bypass = _mm512_mul_ps(d_h, z);  // d h_{t-1} through z, added by the matmul
+            if (m->lengths()) bypass = _mm512_add_ps(bypass, _mm512_maskz_mov_ps(~live, dh_carried));
+            _mm512_storeu_ps(dc + at, bypass);
           }
           for (int q = 0; q < 4; ++q) {  // the bias gradient sums the batch's rows, not the padding's
             float* sum = db + int64_t{q * H + u0 + j} * 16;
@@ -598,12 +682,16 @@ struct Backward {
       for (int s = 0; s < NB; ++s) _mm512_storeu_ps(to + int64_t{j} * Bp + b0 + 16 * s, acc[j][s]);
   }
 
-  // Rows [lo, hi) of [d x_t; d h_{t-1}], all lanes (for the GRU, d h_{t-1}
-  // starts from z d h_t, which bypasses W_h).
+  // Rows [lo, hi) of [d x_t; d h_{t-1}], all lanes. d h_{t-1} starts from
+  // what gates() left: the GRU's z d h_t, which bypasses W_h, and with lengths
+  // the cotangent that passed a padded step (the LSTM's, in dh itself).
   void rows(int lo, int hi, const float* gt, Prefetch& ahead) const {
     for (int r0 = lo; r0 < hi; r0 += kRows) {
       const bool x = r0 < I;
-      const float* from = !x && std::is_same_v<Cell, Gru> ? dc + int64_t{r0 - I} * Bp : nullptr;
+      const float* from = x ? nullptr
+                          : std::is_same_v<Cell, Gru> ? dc + int64_t{r0 - I} * Bp
+                          : m->lengths()              ? dh + int64_t{r0 - I} * Bp
+                                                      : nullptr;
       float* to = x ? dxt + int64_t{r0} * Bp : dh + int64_t{r0 - I} * Bp;
       const int(&slot)[G] = x ? Cell::kXSlot : Cell::kHSlot;
       auto run = [&](auto rows) {
@@ -620,6 +708,24 @@ struct Backward {
         case 3: run(std::integral_constant<int, 3>{}); break;
         case 2: run(std::integral_constant<int, 2>{}); break;
         default: run(std::integral_constant<int, 1>{});
+      }
+    }
+  }
+
+  // The rows that reset at step t started it from the initial carry: their d h_{t-1} (and the LSTM's
+  // d c_{t-1}), units [ulo, uhi), goes to the initial carry's gradient, and none to step t - 1.
+  void cut(int t, int ulo, int uhi) const {
+    for (int b0 = 0; b0 < Bp; b0 += 16) {
+      const __mmask16 k = m->restarts(t, b0);
+      if (!k) continue;
+      for (int u = ulo; u < uhi; ++u) {
+        const int64_t at = int64_t{u} * Bp + b0;
+        for (auto [d, init] : {std::pair{dh, dh_init}, std::pair{dc, dc_init}}) {
+          if (!init) continue;  // the GRU has no c
+          const __m512 v = _mm512_loadu_ps(d + at), sum = _mm512_loadu_ps(init + at);
+          _mm512_storeu_ps(init + at, _mm512_mask_add_ps(sum, k, sum, v));
+          _mm512_storeu_ps(d + at, _mm512_maskz_mov_ps(static_cast<__mmask16>(~k), v));
+        }
       }
     }
   }
@@ -646,13 +752,13 @@ struct Backward {
       if (t > 0) {
         for (int q = 0; q < kKept; ++q)
           ahead.add(res + ((int64_t{t - 1} * kKept + q) * H + ulo) * Bp, int64_t{uhi - ulo} * Bp);
-        if (std::is_same_v<Cell, Lstm> && t > 1)
-          ahead.add(res + ((int64_t{t - 2} * kKept + 4) * H + ulo) * Bp, int64_t{uhi - ulo} * Bp);
         ahead.add(dys + in.at(t - 1) * H + ulo, uhi - ulo, B, in.b * H);
       }
       rows(I + ulo, I + uhi, g[t & 1], ahead);
+      if (m->resets()) cut(t, ulo, uhi);
       rows(xlo, xhi, g[t & 1], ahead);
-      transpose_out(dxt, Bp, xlo, xhi, B, dx + out.at(t) * I, out.b * I);
+      // A padded step's input was read as zeros (see Masks): its gradient is zero, as the XLA loop's.
+      transpose_out(dxt, Bp, xlo, xhi, B, dx + out.at(t) * I, out.b * I, m->valid_row(t));
     }
     if (t > 0) gates(t - 1, ulo, uhi, g[(t - 1) & 1]);
     _mm_sfence();  // the streaming stores of dg, before the phase counts as done
@@ -738,41 +844,58 @@ class PackedWeights {
   Buffer buffer_;
 };
 
-// The forward loop of either cell. c0 and c_last: LSTM only (null for the GRU).
+// The forward loop of either cell. c0, c_init and c_last: LSTM only (null for the GRU); h_init and c_init:
+// the carry a reset starts over from, read only with resets.
 template <class Cell>
 void forward(ffi::ThreadPool& pool, const float* x, Shape seq, int I, int H, const float* h0, const float* c0,
-             const float* w_i, const float* w_h, const float* (&bias)[kSlots], float* ys, float* h_last,
-             float* c_last, float* res, float* operands, int64_t threads, bool pooled) {
+             const float* h_init, const float* c_init, const Masks& masks, const float* w_i, const float* w_h,
+             const float* (&bias)[kSlots], float* ys, float* h_last, float* c_last, float* res, float* operands,
+             int64_t threads, bool pooled) {
   const int Bp = round16(seq.B), K = I + H;
   PackedWeights wp(int64_t{K} * Cell::kGates * H);
   std::vector<float> a0(int64_t{K} * Bp, 0.f), a1(int64_t{K} * Bp, 0.f);
   transpose_in(h0, seq.B, H, a0.data() + int64_t{I} * Bp, Bp, 0, H);
   std::vector<float> c = c0 ? feature_major(c0, seq.B, H, Bp) : std::vector<float>();
+  std::vector<float> hi, ci;
+  if (masks.resets()) {
+    hi = feature_major(h_init, seq.B, H, Bp);
+    if (c_init) ci = feature_major(c_init, seq.B, H, Bp);
+  }
   Forward<Cell> f{seq.T, seq.B, I, H, Bp, K, seq.in, seq.out, x, w_i, w_h, {bias[0], bias[1], bias[2], bias[3]},
-                  wp.get(), ys, res, operands, c.data(), {a0.data(), a1.data()}};
+                  wp.get(), ys, res, operands, c.data(), {a0.data(), a1.data()}, &masks,
+                  hi.empty() ? nullptr : hi.data(), ci.empty() ? nullptr : ci.data()};
   const int n = threads_for(threads, H);
   run_phases(pool, pooled, int64_t{seq.T} + 1, n, [&f, n](int64_t p, int j) { f.phase(p, j, n); });
   batch_major_out((seq.T % 2 ? a1 : a0).data() + int64_t{I} * Bp, seq.B, H, Bp, h_last);
   if (c_last) batch_major_out(c.data(), seq.B, H, Bp, c_last);
 }
 
+// The backward loop of either cell. dc_last, dc0 and dc_init: LSTM only; dh_init and dc_init (the initial
+// carry's gradient from the steps that reset to it): written only with resets.
 template <class Cell>
-void backward(ffi::ThreadPool& pool, const float* res, Shape seq, int I, int H, const float* c0, const float* w_i,
-              const float* w_h, const float* dys, const float* dh_last, const float* dc_last, float* dg, float* dx,
-              float* dh0, float* dc0, float* db, int64_t threads, bool pooled) {
+void backward(ffi::ThreadPool& pool, const float* res, Shape seq, int I, int H, const float* w_i, const float* w_h,
+              const float* dys, const float* dh_last, const float* dc_last, const Masks& masks, float* dg, float* dx,
+              float* dh0, float* dc0, float* dh_init, float* dc_init, float* db, int64_t threads, bool pooled) {
   const int Bp = round16(seq.B);
   PackedWeights wp(int64_t{I + H} * Cell::kGates * H);
   std::vector<float> dh = feature_major(dh_last, seq.B, H, Bp);
   std::vector<float> dc = dc_last ? feature_major(dc_last, seq.B, H, Bp) : std::vector<float>(int64_t{H} * Bp, 0.f);
-  std::vector<float> c0t = c0 ? feature_major(c0, seq.B, H, Bp) : std::vector<float>();
+  std::vector<float> dhi, dci;
+  if (masks.resets()) {
+    dhi.assign(int64_t{H} * Bp, 0.f);
+    if (dc_init) dci.assign(int64_t{H} * Bp, 0.f);
+  }
   std::vector<float> dxt(int64_t{I} * Bp, 0.f), g0(int64_t{4} * H * Bp, 0.f), g1(int64_t{4} * H * Bp, 0.f),
       lanes(int64_t{4} * H * 16, 0.f);
-  Backward<Cell> bw{seq.T, seq.B, I, H, Bp, seq.in, seq.out, res, c0t.data(), dys, w_i, w_h, wp.get(), dg, dx,
-                    dh.data(), dc.data(), dxt.data(), {g0.data(), g1.data()}, lanes.data()};
+  Backward<Cell> bw{seq.T, seq.B, I, H, Bp, seq.in, seq.out, res, dys, w_i, w_h, wp.get(), dg, dx,
+                    dh.data(), dc.data(), dxt.data(), {g0.data(), g1.data()}, lanes.data(), &masks,
+                    dhi.empty() ? nullptr : dhi.data(), dci.empty() ? nullptr : dci.data()};
   const int n = threads_for(threads, H);
   run_phases(pool, pooled, int64_t{seq.T} + 1, n, [&bw, n](int64_t p, int j) { bw.phase(p, j, n); });
   batch_major_out(dh.data(), seq.B, H, Bp, dh0);
   if (dc0) batch_major_out(dc.data(), seq.B, H, Bp, dc0);
+  if (!dhi.empty()) batch_major_out(dhi.data(), seq.B, H, Bp, dh_init);
+  if (!dci.empty()) batch_major_out(dci.data(), seq.B, H, Bp, dc_init);
   for (int k = 0; k < 4 * H; ++k) {  // padded batch rows were never added (see gates), so all lanes count
     float sum = 0.f;
     for (int l = 0; l < 16; ++l) sum += lanes[int64_t{k} * 16 + l];
@@ -782,6 +905,7 @@ void backward(ffi::ThreadPool& pool, const float* res, Shape seq, int I, int H, 
 
 using F32 = ffi::Buffer<ffi::F32>;
 using S32 = ffi::Buffer<ffi::S32>;
+using U8 = ffi::Buffer<ffi::U8>;
 using Out = ffi::ResultBuffer<ffi::F32>;
 
 // The steps a call runs: from step *start of the whole input `seq`, as many as `out` has.
@@ -789,43 +913,56 @@ Shape steps(const F32& seq, const S32& start, Out& out, bool batch_major) {
   return sequence(seq.dimensions(), batch_major, *start.typed_data(), out->dimensions()[batch_major ? 1 : 0]);
 }
 
-ffi::Error LstmForward(ffi::ThreadPool pool, F32 x, S32 start, F32 h0, F32 c0, F32 w_i, F32 w_h, F32 b, Out ys,
-                       Out h_last, Out c_last, Out res, Out operands, int64_t threads, bool pooled, bool keep,
-                       bool batch_major) {
+// lengths (B,) and resets (T_all, B), each (0,) when not given.
+Masks masks_of(const S32& lengths, const U8& resets, const Shape& seq) {
+  return masks_for(lengths.element_count() ? lengths.typed_data() : nullptr,
+                   resets.element_count() ? resets.typed_data() : nullptr, seq.T, seq.B, seq.in.first);
+}
+
+ffi::Error LstmForward(ffi::ThreadPool pool, F32 x, S32 start, F32 h0, F32 c0, F32 h_init, F32 c_init, S32 lengths,
+                       U8 resets, F32 w_i, F32 w_h, F32 b, Out ys, Out h_last, Out c_last, Out res, Out operands,
+                       int64_t threads, bool pooled, bool keep, bool batch_major) {
   const int H = h0.dimensions()[1];
   const float* bias[kSlots] = {b.typed_data(), b.typed_data() + H, b.typed_data() + 2 * H, b.typed_data() + 3 * H};
-  forward<Lstm>(pool, x.typed_data(), steps(x, start, ys, batch_major), x.dimensions()[2], H, h0.typed_data(),
-                c0.typed_data(), w_i.typed_data(), w_h.typed_data(), bias, ys->typed_data(), h_last->typed_data(),
-                c_last->typed_data(), keep ? res->typed_data() : nullptr, keep ? operands->typed_data() : nullptr,
-                threads, pooled);
+  const Shape seq = steps(x, start, ys, batch_major);
+  forward<Lstm>(pool, x.typed_data(), seq, x.dimensions()[2], H, h0.typed_data(), c0.typed_data(),
+                h_init.typed_data(), c_init.typed_data(), masks_of(lengths, resets, seq), w_i.typed_data(),
+                w_h.typed_data(), bias, ys->typed_data(), h_last->typed_data(), c_last->typed_data(),
+                keep ? res->typed_data() : nullptr, keep ? operands->typed_data() : nullptr, threads, pooled);
   return ffi::Error::Success();
 }
 
-ffi::Error GruForward(ffi::ThreadPool pool, F32 x, S32 start, F32 h0, F32 w_i, F32 w_h, F32 b, F32 b_hn, Out ys,
-                      Out h_last, Out res, Out operands, int64_t threads, bool pooled, bool keep, bool batch_major) {
+ffi::Error GruForward(ffi::ThreadPool pool, F32 x, S32 start, F32 h0, F32 h_init, S32 lengths, U8 resets, F32 w_i,
+                      F32 w_h, F32 b, F32 b_hn, Out ys, Out h_last, Out res, Out operands, int64_t threads,
+                      bool pooled, bool keep, bool batch_major) {
   const int H = h0.dimensions()[1];
   const float* bias[kSlots] = {b.typed_data(), b.typed_data() + H, b.typed_data() + 2 * H, b_hn.typed_data()};
-  forward<Gru>(pool, x.typed_data(), steps(x, start, ys, batch_major), x.dimensions()[2], H, h0.typed_data(),
-               nullptr, w_i.typed_data(), w_h.typed_data(), bias, ys->typed_data(), h_last->typed_data(), nullptr,
-               keep ? res->typed_data() : nullptr, keep ? operands->typed_data() : nullptr, threads, pooled);
+  const Shape seq = steps(x, start, ys, batch_major);
+  forward<Gru>(pool, x.typed_data(), seq, x.dimensions()[2], H, h0.typed_data(), nullptr, h_init.typed_data(),
+               nullptr, masks_of(lengths, resets, seq), w_i.typed_data(), w_h.typed_data(), bias, ys->typed_data(),
+               h_last->typed_data(), nullptr, keep ? res->typed_data() : nullptr,
+               keep ? operands->typed_data() : nullptr, threads, pooled);
   return ffi::Error::Success();
 }
 
-ffi::Error LstmBackward(ffi::ThreadPool pool, F32 res, F32 c0, F32 w_i, F32 w_h, F32 dys, S32 start, F32 dh_last,
-                        F32 dc_last, Out dg, Out dx, Out dh0, Out dc0, Out db, int64_t threads, bool pooled,
-                        bool batch_major) {
-  backward<Lstm>(pool, res.typed_data(), steps(dys, start, dx, batch_major), w_i.dimensions()[0],
-                 dys.dimensions()[2], c0.typed_data(), w_i.typed_data(), w_h.typed_data(), dys.typed_data(),
-                 dh_last.typed_data(), dc_last.typed_data(), dg->typed_data(), dx->typed_data(), dh0->typed_data(),
-                 dc0->typed_data(), db->typed_data(), threads, pooled);
+ffi::Error LstmBackward(ffi::ThreadPool pool, F32 res, F32 w_i, F32 w_h, F32 dys, S32 start, F32 dh_last,
+                        F32 dc_last, S32 lengths, U8 resets, Out dg, Out dx, Out dh0, Out dc0, Out dh_init,
+                        Out dc_init, Out db, int64_t threads, bool pooled, bool batch_major) {
+  const Shape seq = steps(dys, start, dx, batch_major);
+  backward<Lstm>(pool, res.typed_data(), seq, w_i.dimensions()[0], dys.dimensions()[2], w_i.typed_data(),
+                 w_h.typed_data(), dys.typed_data(), dh_last.typed_data(), dc_last.typed_data(),
+                 masks_of(lengths, resets, seq), dg->typed_data(), dx->typed_data(), dh0->typed_data(),
+                 dc0->typed_data(), dh_init->typed_data(), dc_init->typed_data(), db->typed_data(), threads, pooled);
   return ffi::Error::Success();
 }
 
-ffi::Error GruBackward(ffi::ThreadPool pool, F32 res, F32 w_i, F32 w_h, F32 dys, S32 start, F32 dh_last, Out dg,
-                       Out dx, Out dh0, Out db, int64_t threads, bool pooled, bool batch_major) {
-  backward<Gru>(pool, res.typed_data(), steps(dys, start, dx, batch_major), w_i.dimensions()[0],
-                dys.dimensions()[2], nullptr, w_i.typed_data(), w_h.typed_data(), dys.typed_data(),
-                dh_last.typed_data(), nullptr, dg->typed_data(), dx->typed_data(), dh0->typed_data(), nullptr,
+ffi::Error GruBackward(ffi::ThreadPool pool, F32 res, F32 w_i, F32 w_h, F32 dys, S32 start, F32 dh_last,
+                       S32 lengths, U8 resets, Out dg, Out dx, Out dh0, Out dh_init, Out db, int64_t threads,
+                       bool pooled, bool batch_major) {
+  const Shape seq = steps(dys, start, dx, batch_major);
+  backward<Gru>(pool, res.typed_data(), seq, w_i.dimensions()[0], dys.dimensions()[2], w_i.typed_data(),
+                w_h.typed_data(), dys.typed_data(), dh_last.typed_data(), nullptr, masks_of(lengths, resets, seq),
+                dg->typed_data(), dx->typed_data(), dh0->typed_data(), nullptr, dh_init->typed_data(), nullptr,
                 db->typed_data(), threads, pooled);
   return ffi::Error::Success();
 }
@@ -839,21 +976,23 @@ extern "C" int jaxrnn_native_available() { return 1; }
 namespace {
 using F32 = ffi::Buffer<ffi::F32>;
 using S32 = ffi::Buffer<ffi::S32>;
+using U8 = ffi::Buffer<ffi::U8>;
 using Out = ffi::ResultBuffer<ffi::F32>;
 ffi::Error Unavailable() { return ffi::Error(ffi::ErrorCode::kUnimplemented, "jaxrnn's native kernels need AVX-512"); }
-ffi::Error LstmForward(ffi::ThreadPool, F32, S32, F32, F32, F32, F32, F32, Out, Out, Out, Out, Out, int64_t, bool,
-                       bool, bool) {
+ffi::Error LstmForward(ffi::ThreadPool, F32, S32, F32, F32, F32, F32, S32, U8, F32, F32, F32, Out, Out, Out, Out, Out,
+                       int64_t, bool, bool, bool) {
   return Unavailable();
 }
-ffi::Error GruForward(ffi::ThreadPool, F32, S32, F32, F32, F32, F32, F32, Out, Out, Out, Out, int64_t, bool, bool,
-                      bool) {
+ffi::Error GruForward(ffi::ThreadPool, F32, S32, F32, F32, S32, U8, F32, F32, F32, F32, Out, Out, Out, Out, int64_t,
+                      bool, bool, bool) {
   return Unavailable();
 }
-ffi::Error LstmBackward(ffi::ThreadPool, F32, F32, F32, F32, F32, S32, F32, F32, Out, Out, Out, Out, Out, int64_t,
-                        bool, bool) {
+ffi::Error LstmBackward(ffi::ThreadPool, F32, F32, F32, F32, S32, F32, F32, S32, U8, Out, Out, Out, Out, Out, Out, Out,
+                        int64_t, bool, bool) {
   return Unavailable();
 }
-ffi::Error GruBackward(ffi::ThreadPool, F32, F32, F32, F32, S32, F32, Out, Out, Out, Out, int64_t, bool, bool) {
+ffi::Error GruBackward(ffi::ThreadPool, F32, F32, F32, F32, S32, F32, S32, U8, Out, Out, Out, Out, Out, int64_t, bool,
+                       bool) {
   return Unavailable();
 }
 }  // namespace
@@ -865,15 +1004,20 @@ extern "C" int jaxrnn_native_available() { return 0; }
 // Sequence arrays (x, ys, dys, dg, dx, operands) are (T, B, .), or (B, T, .) with batch_major; x and dys
 // may hold more steps than the call runs, which starts at their step `start`.
 // kept: (T, 5H, Bp), operands: (.., I + H); both (0,) without keep (inference).
+// Masks (see Masks): lengths (B,) int32 and resets (T_all, B) uint8, time-major in either layout, each
+// (0,) when not given; the initial carry (h_init, c_init) and its gradient: (B, H) with resets, else (0,).
 using In = ffi::Buffer<ffi::F32>;
-using Step = ffi::Buffer<ffi::S32>;
+using Int = ffi::Buffer<ffi::S32>;
+using Flags = ffi::Buffer<ffi::U8>;
 using Ret = ffi::Buffer<ffi::F32>;
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_lstm_forward, LstmForward,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<In>().Arg<Step>()           // x, start
+                                  .Arg<In>().Arg<Int>()            // x, start
                                   .Arg<In>().Arg<In>()             // h0, c0
+                                  .Arg<In>().Arg<In>()             // h_init, c_init
+                                  .Arg<Int>().Arg<Flags>()         // lengths, resets
                                   .Arg<In>().Arg<In>().Arg<In>()   // w_i (I, 4H), w_h (H, 4H), b (4H,)
                                   .Ret<Ret>().Ret<Ret>().Ret<Ret>()  // ys, h_T, c_T
                                   .Ret<Ret>().Ret<Ret>()             // kept, operands
@@ -885,7 +1029,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_lstm_forward, LstmForward,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_gru_forward, GruForward,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<In>().Arg<Step>().Arg<In>() // x, start, h0
+                                  .Arg<In>().Arg<Int>()            // x, start
+                                  .Arg<In>().Arg<In>()             // h0, h_init
+                                  .Arg<Int>().Arg<Flags>()         // lengths, resets
                                   .Arg<In>().Arg<In>()             // w_i (I, 3H), w_h (H, 3H)
                                   .Arg<In>().Arg<In>()             // b (3H,), b_hn (H,)
                                   .Ret<Ret>().Ret<Ret>()           // ys, h_T
@@ -898,12 +1044,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_gru_forward, GruForward,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_lstm_backward, LstmBackward,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<In>().Arg<In>()             // kept, c0
+                                  .Arg<In>()                       // kept
                                   .Arg<In>().Arg<In>()             // w_i, w_h
-                                  .Arg<In>().Arg<Step>()           // d ys, start
+                                  .Arg<In>().Arg<Int>()            // d ys, start
                                   .Arg<In>().Arg<In>()             // d h_T, d c_T
+                                  .Arg<Int>().Arg<Flags>()         // lengths, resets
                                   .Ret<Ret>().Ret<Ret>()           // dg (.., 4H), d x (.., I)
                                   .Ret<Ret>().Ret<Ret>()           // d h0, d c0
+                                  .Ret<Ret>().Ret<Ret>()           // d h_init, d c_init
                                   .Ret<Ret>()                      // sum of dg (4H,)
                                   .Attr<int64_t>("threads")
                                   .Attr<bool>("pooled")
@@ -913,9 +1061,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_gru_backward, GruBackward,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<In>().Arg<In>().Arg<In>()   // kept, w_i, w_h
-                                  .Arg<In>().Arg<Step>().Arg<In>() // d ys, start, d h_T
+                                  .Arg<In>().Arg<Int>().Arg<In>()  // d ys, start, d h_T
+                                  .Arg<Int>().Arg<Flags>()         // lengths, resets
                                   .Ret<Ret>().Ret<Ret>()           // dg (.., 4H), d x (.., I)
-                                  .Ret<Ret>().Ret<Ret>()           // d h0, sum of dg (4H,)
+                                  .Ret<Ret>().Ret<Ret>()           // d h0, d h_init
+                                  .Ret<Ret>()                      // sum of dg (4H,)
                                   .Attr<int64_t>("threads")
                                   .Attr<bool>("pooled")
                                   .Attr<bool>("batch_major"));

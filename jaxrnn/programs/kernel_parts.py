@@ -33,7 +33,7 @@ def parts(kind: str, B: int, T: int, H: int, repeats: int) -> dict[str, float]:
     keeping = jax.jit(lambda x: native.forward_call(kind, x, carry, w, True, keep=True))
     _, _, kept, operands = keeping(x)
     d_carry = tuple(jnp.zeros_like(c) for c in carry)
-    backward = jax.jit(lambda kept, operands, d_ys: native.backward_call(kind, kept, operands, carry, w, d_ys, d_carry, True))
+    backward = jax.jit(lambda kept, operands, d_ys: native.backward_call(kind, kept, operands, w, d_ys, d_carry, True))
     dg = jax.random.normal(jax.random.key(3), (B, T, 4 * H))
     matmul = jax.jit(native.weight_gradient)
     whole = jax.jit(jax.grad(lambda w, x: native.unroll(kind, True, x, carry, w)[0].sum(), argnums=(0, 1)))
