@@ -112,12 +112,14 @@ def test_workloads_smoke(tmp_path, capsys):
     tiny = [workloads.Workload("LSTM padded", "lstm", 5, 9, 8, padded=True),
             workloads.Workload("2-layer bidirectional GRU, padded", "gru", 3, 6, 8, padded=True, layers=2,
                                bidirectional=True),
-            workloads.Workload("vanilla", "vanilla", 2, 5, 8)]
+            workloads.Workload("vanilla", "vanilla", 2, 5, 8),
+            workloads.Workload("GRU stream", "gru", 1, 4, 8, streaming=True)]
     parser = argparse.ArgumentParser()
     speed.add_arguments(parser)
     args = parser.parse_args(["--workloads", "--repeats", "1", "--block", "2", "--json", str(tmp_path / "w.json")])
     out = workloads.run(args, tiny)
-    assert [(r["name"], r["mode"]) for r in out["results"]] == [(w.name, m) for w in tiny for m in ("fwd", "fwd+bwd")]
+    modes = lambda w: ("fwd",) if w.streaming else ("fwd", "fwd+bwd")  # a stream is inference
+    assert [(r["name"], r["mode"]) for r in out["results"]] == [(w.name, m) for w in tiny for m in modes(w)]
     for r in out["results"]:
         assert set(r["ms"]) == {"jaxrnn", "flax", "torch"} and all(v > 0 for v in r["ms"].values())
         assert workloads.ratio(r, "torch") == r["ms"]["torch"] / r["ms"]["jaxrnn"]

@@ -4,11 +4,13 @@ Where :mod:`jaxrnn.programs.speed` sweeps one tuned shape over sizes, this
 times the shapes users bring: padded batches (jaxrnn ``lengths``, flax
 ``seq_lengths``, torch packed sequences), a two-layer bidirectional LSTM on a
 padded batch, batches of 1 and 8, narrow and wide hidden sizes, the vanilla
-cell. Each row is compiled and warmed up, then timed in interleaved rounds as
-``speed`` does; forward, and forward+backward of ``sum(valid outputs ** 2)``
-with respect to every parameter and the inputs. Inputs are (B, T, H) with
-input size H; a padded batch's lengths are drawn once from [T/4, T], the
-longest equal to T.
+cell, and a stream fed one step per call (inference: jaxrnn's
+:func:`jaxrnn.streaming.step`, flax's cell, torch's ``LSTMCell``). Each row
+is compiled and warmed up, then timed in interleaved rounds as ``speed``
+does; forward, and forward+backward of ``sum(valid outputs ** 2)`` with
+respect to every parameter and the inputs. Inputs are (B, T, H) with input
+size H; a padded batch's lengths are drawn once from [T/4, T], the longest
+equal to T.
 
 The run reports the environment it measured: the allocator (glibc's defaults
 unless ``--malloc-tunables``) and the instruction set (``--isa avx2`` limits
@@ -45,6 +47,7 @@ class Workload(NamedTuple):
     padded: bool = False
     layers: int = 1
     bidirectional: bool = False
+    streaming: bool = False  # T calls of one step each, B rows, forward only
 
 
 WORKLOADS = (
@@ -58,6 +61,7 @@ WORKLOADS = (
     Workload("LSTM B=32 H=64 T=200", "lstm", 32, 200, 64),
     Workload("LSTM B=32 H=1024 T=50", "lstm", 32, 50, 1024),
     Workload("vanilla B=32 T=100", "vanilla", 32, 100, 256),
+    Workload("LSTM streaming B=1, 100 one-step calls", "lstm", 1, 100, 256, streaming=True),
 )
 
 
@@ -87,7 +91,26 @@ def _jax_call(apply: Callable, params, w: Workload, with_grad: bool):
     return lambda: jax.block_until_ready(fn(params, xs))
 
 
+def _stream(step: Callable, state, w: Workload) -> Callable:
+    """A call that feeds ``w.T`` inputs of (B, H) one per ``step(state, x_t) -> state`` call, as a
+    stream of tokens arrives, and waits for the last state."""
+    xs = list(np.asarray(_inputs(w)).swapaxes(0, 1))
+
+    def run():
+        s = state
+        for x_t in xs:
+            s = step(s, x_t)
+        return jax.block_until_ready(s)
+
+    return run
+
+
 def make_jaxrnn(w: Workload, with_grad: bool):
+    if w.streaming:
+        rnn = jaxrnn.RNN(jaxrnn.CELLS[w.cell](w.H))
+        params = rnn.init(jax.random.key(0), w.H)
+        step = jax.jit(lambda s, x: jaxrnn.streaming.step(rnn, params, s, x)[0])
+        return _stream(step, jaxrnn.streaming.start(rnn, batch_size=w.B), w)
     lengths = lengths_of(w)
     lengths = None if lengths is None else jnp.asarray(lengths)
     rnn = jaxrnn.RNN(jaxrnn.CELLS[w.cell](w.H), num_layers=w.layers, bidirectional=w.bidirectional)
@@ -99,6 +122,12 @@ def make_flax(w: Workload, with_grad: bool):
     import flax.linen as nn
 
     cell = {"lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell, "vanilla": nn.SimpleCell}[w.cell]
+    if w.streaming:
+        one = cell(w.H)
+        carry = one.initialize_carry(jax.random.key(0), (w.B, w.H))
+        params = one.init(jax.random.key(0), carry, jnp.zeros((w.B, w.H)))
+        step = jax.jit(lambda s, x: one.apply(params, s, x)[0])
+        return _stream(step, carry, w)
     lengths = lengths_of(w)
     lengths = None if lengths is None else jnp.asarray(lengths)
 
@@ -119,6 +148,19 @@ def make_flax(w: Workload, with_grad: bool):
 def make_torch(w: Workload, with_grad: bool):
     import torch
 
+    if w.streaming:
+        one = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell, "vanilla": torch.nn.RNNCell}[w.cell](w.H, w.H)
+        zeros = torch.zeros(w.B, w.H)
+        start = (zeros, zeros) if w.cell == "lstm" else zeros
+        xs = [torch.from_numpy(x.copy()) for x in np.asarray(_inputs(w)).swapaxes(0, 1)]
+
+        def stream():
+            with torch.no_grad():
+                s = start
+                for x_t in xs:
+                    s = one(x_t, s)
+
+        return stream
     module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "vanilla": torch.nn.RNN}[w.cell](
         w.H, w.H, num_layers=w.layers, bidirectional=w.bidirectional, batch_first=True)
     xs = torch.from_numpy(np.array(_inputs(w))).requires_grad_(with_grad)
@@ -193,9 +235,9 @@ def table(rows: list[dict], peers) -> str:
 
 
 def plot(rows: list[dict], peers, title: str, caption: str, path) -> None:
-    """jaxrnn's speed-up over each peer per workload (forward+backward), with the 1.0x and 1.5x lines;
-    ``caption`` (the machine, the versions, the command) goes under it."""
-    rows = [r for r in rows if r["mode"] == "fwd+bwd"] or rows
+    """jaxrnn's speed-up over each peer per workload (forward+backward; a stream's forward), with the 1.0x
+    and 1.5x lines; ``caption`` (the machine, the versions, the command) goes under it."""
+    rows = [r for r in rows if r["mode"] == "fwd+bwd" or r.get("streaming")] or rows
     others = [p for p in peers if p != "jaxrnn"]
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.9))
@@ -207,7 +249,7 @@ def plot(rows: list[dict], peers, title: str, caption: str, path) -> None:
         ax.axvline(target, color="k", lw=0.8, ls="--" if target > 1 else "-")
     ax.set_yticks(y + height * (len(others) - 1) / 2, [r["name"] for r in rows], fontsize=8)
     ax.invert_yaxis()
-    ax.set(xlabel="jaxrnn's speed-up (peer's time / jaxrnn's), forward+backward", title=title)
+    ax.set(xlabel="jaxrnn's speed-up (peer's time / jaxrnn's), forward+backward (a stream: forward)", title=title)
     ax.legend(fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     fig.text(0.01, 0.01, caption, fontsize=7, color="0.3")
@@ -225,7 +267,7 @@ def run(args, workloads=WORKLOADS) -> dict:
     header = f"{jax.devices()[0].device_kind}; {env}; median of {args.repeats} interleaved rounds\n\n"
     print(header + "\n".join(table([], peers).splitlines()[:2]), flush=True)
     for w in tqdm(workloads, desc="workloads", unit="row"):
-        for with_grad in modes:
+        for with_grad in [m for m in modes if not (m and w.streaming)]:  # a stream is inference
             out["results"].append(run_workload(w, with_grad, peers, args.repeats, args.block))
             tqdm.write(table(out["results"][-1:], peers).splitlines()[-1])
             path.write_text(json.dumps(out, indent=1))
