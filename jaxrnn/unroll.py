@@ -110,7 +110,8 @@ def scan(
         carry for length 0).
       resets: (B, T) booleans (time-major: (T, B)). Where true, the carry is set
         back to ``initial_carry`` before step t consumes x_t, so independent
-        sequences packed in one row do not leak state into each other.
+        sequences packed in one row do not leak state into each other. A
+        reset at a padded step (with ``lengths``) does nothing.
       reverse: run each row backwards over its valid part; outputs are returned
         in the original order (padding stays at the end). With ``resets``,
         each packed segment is reversed on its own.
@@ -251,9 +252,6 @@ def _native(cell: Cell, params: Params, xs: Array, initial_carry, lengths, reset
                    time_major=time_major, project=False)
     lstm = cell.kind == "lstm"
     carry = tuple(prep.initial_carry) if lstm else (prep.initial_carry,)
-    T = xs.shape[0 if time_major else 1]
-    # Any length outside [0, T] means what its nearest end means (jit-traced lengths go unchecked).
-    lengths = None if lengths is None else jnp.clip(jnp.asarray(lengths), 0, T).astype(jnp.int32)
     masks = native.masks_for(carry, lengths, prep.resets)
     w = native.weights(cell, params)
     time_axis = 0 if time_major else 1
@@ -369,6 +367,10 @@ def prepare(
             resets = None if resets is None else _gather_time(resets, perm)
 
     # The reverse permutation maps padding onto itself, so ``valid`` holds in processing order too.
+    if resets is not None and valid is not None:
+        # A padded step changes nothing, its reset flag included: the carry it passes on is the one it
+        # got, and so is the carry's cotangent it sends back (never to the initial carry).
+        resets = resets & valid
     return Prepared(xp, valid, resets, initial_carry, perm, project)
 
 
@@ -383,7 +385,7 @@ def make_body(cell: Cell, params: Params, prep: Prepared):
         xp_t, valid_t, reset_t = inputs
         carry = tree_where(reset_t, initial_carry, previous) if resetting else previous
         new_carry, y_t = cell.recur(params, carry, prep.step_input(cell, params, xp_t))
-        if masked:  # a padded step changes nothing, a reset flag in the padding included
+        if masked:  # a padded step changes nothing (prepare() dropped its reset flag)
             new_carry = tree_where(valid_t, new_carry, previous)
             y_t = jnp.where(valid_t[:, None], y_t, jnp.zeros_like(y_t))
         return new_carry, y_t

@@ -169,7 +169,7 @@ MASKED = [
     ("lstm", 17, 37, 5, 33, "lengths", False, False, None),
     ("gru", 33, 37, 3, 7, "lengths", True, True, None),
     ("lstm", 3, 2, 4, 1, "lengths+resets", True, False, None),
-    ("gru", 1, 37, 2, 33, "resets", False, False, None),
+    ("gru", 1, 37, 2, 33, "lengths+resets", False, False, None),
     ("lstm", 33, 1, 3, 7, "lengths+resets", False, True, None),
     ("gru", 17, 2, 5, 1, "lengths+resets", True, False, None),
     ("lstm", 17, 37, 3, 7, "lengths+resets", True, False, 5),
@@ -185,8 +185,9 @@ def masked_setup(kind, B, T, I, H, masks, seed=0):
     rng = np.random.default_rng(seed)
     lengths = resets = None
     if "lengths" in masks:
-        lengths = rng.integers(0, T + 1, B)
-        lengths[0], lengths[-1] = T, 0
+        lengths = rng.integers(1, T, B) if T > 1 else rng.integers(0, 2, B)
+        if B > 1:  # a batch of one keeps a length strictly inside (0, T) where it can
+            lengths[0], lengths[-1] = T, 0
         xs = jnp.where((np.arange(T)[None, :] >= lengths[:, None])[..., None], jnp.nan, xs)
         lengths = jnp.asarray(lengths)
     if "resets" in masks:
@@ -206,6 +207,32 @@ def test_masks_in_the_kernel_equal_the_xla_loop(kind, B, T, I, H, masks, reverse
     got = run(kernel="native", time_major=time_major, checkpoint_every=chunk)
     assert_same_specials_and_close(got, run(kernel="xla"), what=f"{kind} {masks}: ")
     assert not np.isnan(np.asarray(got[1][1])).any(), "NaN in the padding reached the input gradient"
+
+
+# Non-finite parameters and carries meet the masks: a padded step's cotangent is 0 times whatever the step
+# computed (NaN, from an infinite weight), and must go where the loop sends it, even where a reset flag
+# sits on a padded step (it does nothing). Lengths outside [0, T] under jit mean what the loop makes of them.
+MASKED_SPECIALS = {
+    "inf-in-w_h": lambda p, c: ({**p, "w_h": p["w_h"].at[0, 0].set(INF)}, c),
+    "nan-in-w_i": lambda p, c: ({**p, "w_i": p["w_i"].at[1, 2].set(NAN)}, c),
+    "inf-in-the-initial-carry": lambda p, c: (p, jax.tree_util.tree_map(lambda v: v.at[2, 1].set(INF), c)),
+}
+
+
+@needs_kernel
+@pytest.mark.parametrize("case", MASKED_SPECIALS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_masks_with_nan_and_inf_and_odd_lengths_as_in_the_xla_loop(kind, case):
+    _, params, xs, carry, _, _ = masked_setup(kind, 17, 6, 3, 7, "lengths", seed=5)
+    params, carry = MASKED_SPECIALS[case](params, carry)
+    lengths = jnp.asarray([6, 0, -3, 9] + [1, 2, 3, 4, 5, 6, 0, 3, 2, 5, 4, 1, 6])  # traced: unchecked
+    resets = jnp.ones((17, 6), bool).at[:, 0].set(False)  # on every step, the padded ones too
+    xs = jnp.where((np.arange(6)[None, :] >= np.asarray(lengths)[:, None])[..., None], jnp.nan, jnp.nan_to_num(xs))
+    w_ys = random_inputs(jax.random.key(9), 17, 6, 7)
+    w_carry = tuple(random_inputs(k, 17, 7) for k in jax.random.split(jax.random.key(10), 2 if kind == "lstm" else 1))
+    run = lambda kernel: values_and_gradients(params, xs, carry, w_ys, w_carry, kind=kind, kernel=kernel,
+                                              lengths=lengths, resets=resets)
+    assert_same_specials_and_close(run("native"), run("xla"), what=f"{kind} {case}: ")
 
 
 @needs_kernel
@@ -285,16 +312,20 @@ def test_check_grads_on_the_native_vjp(kind):
 @needs_kernel
 @pytest.mark.parametrize("helpers", ["threads", "pool"])
 def test_native_results_do_not_depend_on_the_threads(monkeypatch, helpers):
-    cell, params, xs, carry = setup(16, 5, 4, 64)
+    cell, params, xs, carry, lengths, resets = masked_setup("lstm", 16, 5, 4, 64, "lengths+resets")
+    xs = jnp.nan_to_num(xs)
     monkeypatch.setenv("JAXRNN_NATIVE_HELPERS", helpers)
     runs = []
     for n in ("1", "2", "3"):  # 3 threads on a 2-core machine: waiting must yield, not stall
         monkeypatch.setenv("JAXRNN_NATIVE_THREADS", n)
-        grad = jax.grad(lambda p: jnp.sum(jaxrnn.scan(cell, p, xs, initial_carry=carry, kernel="native")[0] ** 2))
-        runs.append(jax.tree_util.tree_leaves(grad(params)))
-    for run in runs[1:]:
-        for a, b in zip(runs[0], run):
-            np.testing.assert_array_equal(a, b)
+        for masks in ({}, {"lengths": lengths, "resets": resets}):  # each share resets and cuts its own units
+            grad = jax.grad(lambda p, c: jnp.sum(jaxrnn.scan(cell, p, xs, initial_carry=c, kernel="native",
+                                                             **masks)[0] ** 2), argnums=(0, 1))
+            runs.append(jax.tree_util.tree_leaves(grad(params, carry)))
+    for first, *others in (runs[::2], runs[1::2]):  # unmasked, masked: each against its run on one thread
+        for run in others:
+            for a, b in zip(first, run):
+                np.testing.assert_array_equal(a, b)
 
 
 @needs_kernel

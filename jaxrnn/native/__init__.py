@@ -209,14 +209,14 @@ class Masks(NamedTuple):
     initial: tuple  # the carry a reset starts over from: (B, H) arrays like the carry; differentiable
 
 
-def masks_for(carry: tuple, lengths=None, resets=None, initial: tuple | None = None) -> Masks:
-    """:class:`Masks` for a call whose initial carry is ``carry`` (``initial`` by default, when different:
-    the checkpointed chunks start from other carries than the one a reset goes back to)."""
+def masks_for(carry: tuple, lengths=None, resets=None) -> Masks:
+    """:class:`Masks` for a sequence whose initial carry is ``carry``: what a reset goes back to, in every
+    call over its steps (the checkpointed chunks start from other carries, and reset to this one)."""
     none = jnp.zeros((0,), jnp.float32)
     return Masks(
-        jnp.zeros((0,), jnp.int32) if lengths is None else jnp.asarray(lengths, jnp.int32),
+        jnp.zeros((0,), jnp.int32) if lengths is None else jnp.asarray(lengths).astype(jnp.int32),
         jnp.zeros((0,), jnp.uint8) if resets is None else jnp.asarray(resets, jnp.uint8),
-        tuple(none for _ in carry) if resets is None else tuple(carry if initial is None else initial),
+        tuple(none for _ in carry) if resets is None else tuple(carry),
     )
 
 
@@ -289,8 +289,9 @@ def backward_call(kind, kept, operands, w, d_ys, d_carry, batch_major: bool, in_
     return d_x, d_carry0, (d_w[:I, : 3 * H], d_w_h, d_sum[: 3 * H], d_sum[3 * H :]), d_initial
 
 
-def _no_cotangent(m: Masks, d_initial: tuple) -> Masks:
-    """The masks' cotangent: zeros for the integer masks (float0, as JAX wants), ``d_initial`` for the carry."""
+def _masks_cotangent(m: Masks, d_initial: tuple) -> Masks:
+    """The cotangent of :class:`Masks`: float0 zeros for the integer masks (as JAX wants), ``d_initial`` for
+    the initial carry."""
     float0 = lambda a: np.zeros(a.shape, jax.dtypes.float0)
     return Masks(float0(m.lengths), float0(m.resets), d_initial)
 
@@ -327,7 +328,7 @@ def _unroll_bwd(kind, batch_major, residuals, cotangents):
     w, kept, operands, m = residuals
     d_ys, d_carry = cotangents
     d_x, d_carry0, d_w, d_initial = backward_call(kind, kept, operands, w, d_ys, d_carry, batch_major, masks=m)
-    return d_x, d_carry0, d_w, _no_cotangent(m, d_initial)
+    return d_x, d_carry0, d_w, _masks_cotangent(m, d_initial)
 
 
 _unroll.defvjp(_unroll_fwd, _unroll_bwd)
@@ -436,7 +437,7 @@ def _checkpointed_bwd(kind, batch_major, chunk, residuals, cotangents):
     if head:
         state = rerun(state, 0, head, carry0)
     d_carry0, d_w, d_x, d_initial = state
-    return d_x, d_carry0, d_w, _no_cotangent(m, d_initial)
+    return d_x, d_carry0, d_w, _masks_cotangent(m, d_initial)
 
 
 _unroll_checkpointed.defvjp(_checkpointed_fwd, _checkpointed_bwd)
