@@ -13,7 +13,9 @@ and cached under ``$JAXRNN_CACHE`` (default ``~/.cache/jaxrnn``). They need an
 x86-64 CPU with AVX-512 and float32; :func:`unavailable_reason` says why not
 where they cannot run, and :func:`jaxrnn.scan` then keeps to its XLA loop.
 ``JAXRNN_NATIVE=0`` turns them off; ``JAXRNN_NATIVE_THREADS`` sets their thread
-count (default: the CPUs this process may run on).
+count (default: the CPUs this process may run on); ``JAXRNN_NATIVE_HUGEPAGES=0``
+stops them from asking for transparent huge pages under their large outputs
+(see ``advise_huge_pages`` in ``rnn_cpu.cc``).
 
 Differentiable (a custom VJP: the kernel's backward loop produces the gate
 gradients ``dG`` and, from the same pass over them, the input gradients; the

@@ -44,6 +44,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -60,6 +61,8 @@ namespace ffi = xla::ffi;
 #include <functional>
 #include <thread>
 #include <type_traits>
+
+#include <sys/mman.h>
 
 namespace {
 
@@ -792,6 +795,25 @@ std::vector<float> feature_major(const float* src, int B, int H, int Bp) {
 }
 void batch_major_out(const float* src, int B, int H, int Bp, float* dst) { transpose_out(src, Bp, 0, H, B, dst, H); }
 
+// Ask for transparent huge pages under a large output buffer the call is about to write (the kept
+// activations, the matmul operands, dG). XLA allocates its temp buffer afresh on every call, and glibc
+// maps blocks over 32 MiB (a training step's temp buffer often is one) fresh from the kernel each time:
+// 4 KiB pages cost a fault each as they are first written, about 12,000 a call for an LSTM at B = 32,
+// T = 100, H = 256. Huge pages come a 2 MiB extent per fault. Only whole pages inside the buffer are
+// advised (the advice changes no contents, and does nothing where THP is "never").
+// JAXRNN_NATIVE_HUGEPAGES=0 turns it off.
+void advise_huge_pages(const void* p, int64_t bytes) {
+  static const bool on = [] {
+    const char* v = std::getenv("JAXRNN_NATIVE_HUGEPAGES");
+    return !(v && v[0] == '0');
+  }();
+  constexpr uintptr_t kHuge = uintptr_t{2} << 20, kPage = 4096;
+  if (!on || bytes < int64_t{2 * kHuge}) return;
+  const uintptr_t lo = (reinterpret_cast<uintptr_t>(p) + kPage - 1) & ~(kPage - 1);
+  const uintptr_t hi = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(kPage - 1);
+  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+}
+
 // A call's packed weights, (I+H) x G*H floats, leased from buffers kept across calls. Allocated afresh
 // they would be fresh pages on every call once they pass glibc's largest heap block (32 MiB, an LSTM at
 // H = 1024): zeroed and faulted in 4 KiB at a time, about 8,200 faults a forward call. A lease takes the
@@ -852,6 +874,8 @@ void forward(ffi::ThreadPool& pool, const float* x, Shape seq, int I, int H, con
              const float* (&bias)[kSlots], float* ys, float* h_last, float* c_last, float* res, float* operands,
              int64_t threads, bool pooled) {
   const int Bp = round16(seq.B), K = I + H;
+  if (res) advise_huge_pages(res, int64_t{seq.T} * kKept * H * Bp * 4);
+  if (operands) advise_huge_pages(operands, int64_t{seq.T} * seq.B * K * 4);
   PackedWeights wp(int64_t{K} * Cell::kGates * H);
   std::vector<float> a0(int64_t{K} * Bp, 0.f), a1(int64_t{K} * Bp, 0.f);
   transpose_in(h0, seq.B, H, a0.data() + int64_t{I} * Bp, Bp, 0, H);
@@ -877,6 +901,7 @@ void backward(ffi::ThreadPool& pool, const float* res, Shape seq, int I, int H, 
               const float* dys, const float* dh_last, const float* dc_last, const Masks& masks, float* dg, float* dx,
               float* dh0, float* dc0, float* dh_init, float* dc_init, float* db, int64_t threads, bool pooled) {
   const int Bp = round16(seq.B);
+  advise_huge_pages(dg, int64_t{seq.T} * seq.B * 4 * H * 4);
   PackedWeights wp(int64_t{I + H} * Cell::kGates * H);
   std::vector<float> dh = feature_major(dh_last, seq.B, H, Bp);
   std::vector<float> dc = dc_last ? feature_major(dc_last, seq.B, H, Bp) : std::vector<float>(int64_t{H} * Bp, 0.f);
