@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -402,22 +403,57 @@ except ValueError as err:
     assert not list(tmp_path.iterdir())  # nothing was built
 
 
-def _has_avx512() -> bool:
+def _cpu_flags() -> set:
     try:
-        return "avx512f" in open("/proc/cpuinfo").read().split()
-    except OSError:
-        return False
+        with open("/proc/cpuinfo") as f:
+            return set(next(line for line in f if line.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        return set()
 
 
-@pytest.mark.skipif(not (_has_avx512() and shutil.which(os.environ.get("CXX", "c++"))),
-                    reason="no AVX-512 CPU or no C++ compiler here: the kernel is not expected to build")
-def test_the_kernel_builds_from_source_into_the_cache(tmp_path):
-    """Where it can build, it must: a compile error would otherwise only turn the kernel off."""
-    code = "import jaxrnn; print(jaxrnn.native.unavailable_reason())"
-    env = {**os.environ, "JAXRNN_CACHE": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "None"
-    assert [p.suffix for p in tmp_path.iterdir()] == [".so"]  # one library, no temporary left behind
+# Kernel builds this CPU can run: each one must build (a compile error would otherwise only turn the
+# kernels off) and give the native build's bits.
+BUILDS = [isa for isa, needs in (("avx2", {"avx2", "fma"}), ("native", {"avx512f"})) if needs <= _cpu_flags()]
+
+
+def _bits(kind, path=None):
+    """Values and gradients of a masked reversed call (a 32-row and a 16-row tile, a unit tail) and a plain
+    one, written to ``path`` as .npz, or returned."""
+    out = {}
+    for case, (B, H, masks, reverse) in enumerate([(33, 9, "lengths+resets", True), (32, 40, "", False)]):
+        _, params, xs, carry, lengths, resets = masked_setup(kind, B, 7, 5, H, masks)
+        w_ys = random_inputs(jax.random.key(9), B, 7, H)
+        w_carry = tuple(random_inputs(k, B, H) for k in jax.random.split(jax.random.key(10), 2))
+        got = values_and_gradients(params, xs, carry, w_ys, w_carry, kind=kind, kernel="native", reverse=reverse,
+                                   lengths=lengths, resets=resets)
+        out |= {f"{case}{jax.tree_util.keystr(k)}": np.asarray(v)
+                for k, v in jax.tree_util.tree_flatten_with_path(got)[0]}
+    return np.savez(path, **out) if path else out
+
+
+@pytest.mark.skipif(not shutil.which(os.environ.get("CXX", "c++")), reason="no C++ compiler here")
+@pytest.mark.parametrize("isa", BUILDS or [pytest.param("none", marks=pytest.mark.skip(
+    reason="no AVX2 with FMA, nor AVX-512, on this CPU: the kernels are not expected to run"))])
+def test_each_build_this_cpu_runs_compiles_from_source_and_gives_the_same_bits(isa, tmp_path):
+    """One source for every vector width, and every build rounds alike: the AVX2 build (JAXRNN_NATIVE_ISA=avx2)
+    of an AVX-512 machine gives this process's bits, values and gradients, NaN at the same places.
+    ``JAXRNN_NATIVE_ISA=avx2 pytest tests/test_native.py`` runs every other test on that build."""
+    kinds = ("lstm", "gru")
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_native as t; "
+            f"from jaxrnn import native; print(native.isa(), native.unavailable_reason()); "
+            + "; ".join(f"t._bits({kind!r}, {str(tmp_path / kind)!r})" for kind in kinds if isa != "native"))
+    env = {**os.environ, "JAXRNN_CACHE": str(tmp_path / "cache"), "JAXRNN_NATIVE_ISA": isa}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    built, reason = out.stdout.split()[:2]
+    assert reason == "None" and built == ("avx2" if isa == "avx2" else native.isa())
+    assert [p.suffix for p in (tmp_path / "cache").iterdir()] == [".so"]  # one library, no temporary left behind
+    if isa != "native" and native.unavailable_reason() is None:  # the native build is this process's
+        for kind in kinds:
+            theirs, ours = np.load(tmp_path / f"{kind}.npz"), _bits(kind)
+            assert sorted(theirs) == sorted(ours)
+            for key in ours:
+                np.testing.assert_array_equal(theirs[key], ours[key], err_msg=f"{kind} {key}", strict=True)
 
 
 @needs_kernel

@@ -144,7 +144,7 @@ def test_the_environment_is_the_users_unless_asked():
     speed.add_arguments(parser)
     assert speed.environment_for(parser.parse_args([])) == {}  # glibc's allocator, the machine's ISA
     avx2 = speed.environment_for(parser.parse_args(["--isa", "avx2"]))
-    assert avx2["JAXRNN_NATIVE"] == "0" and avx2["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    assert avx2["JAXRNN_NATIVE_ISA"] == "avx2" and avx2["ONEDNN_MAX_CPU_ISA"] == "AVX2"
     assert avx2["ATEN_CPU_CAPABILITY"] == "avx2" and "--xla_cpu_max_isa=AVX2" in avx2["XLA_FLAGS"]
     tunables = speed.environment_for(parser.parse_args(["--malloc-tunables"]))
     assert tunables == ({"GLIBC_TUNABLES": speed.MALLOC_TUNABLES} if speed.sys.platform.startswith("linux") else {})

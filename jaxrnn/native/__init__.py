@@ -8,14 +8,21 @@ packed once, each step is one pass over them per core with the gates computed
 on the accumulators, and the cores meet once per step.
 
 The kernels are compiled on first use with the machine's C++ compiler
-(``$CXX``, else ``c++``; about 10 s) for this machine's CPU (``-march=native``)
-and cached under ``$JAXRNN_CACHE`` (default ``~/.cache/jaxrnn``). They need an
-x86-64 CPU with AVX-512 and float32; :func:`unavailable_reason` says why not
-where they cannot run, and :func:`jaxrnn.scan` then keeps to its XLA loop.
+(``$CXX``, else ``c++``, GCC or Clang; about 10 s) for this machine's CPU
+(``-march=native``) and cached under ``$JAXRNN_CACHE`` (default
+``~/.cache/jaxrnn``). One source serves every vector width (GCC/Clang vector
+extensions): they run on an x86-64 CPU with AVX-512, or with AVX2 and FMA, in
+float32, and :func:`isa` says which of the two they were built for.
+:func:`unavailable_reason` says why not where they cannot run (another CPU, no
+compiler), and :func:`jaxrnn.scan` then keeps to its XLA loop.
 ``JAXRNN_NATIVE=0`` turns them off; ``JAXRNN_NATIVE_THREADS`` sets their thread
 count (default: the CPUs this process may run on); ``JAXRNN_NATIVE_HUGEPAGES=0``
 stops them from asking for transparent huge pages under their large outputs
-(see ``advise_huge_pages`` in ``rnn_cpu.cc``).
+(see ``advise_huge_pages`` in ``rnn_cpu.cc``). ``JAXRNN_NATIVE_ISA`` builds
+them for less than this CPU has, to test or time those builds on it:
+``avx2`` (``-mno-avx512f``: AVX2 and FMA, as on a CPU without AVX-512) or
+``sse2`` (``-mno-avx``: no AVX, no FMA; such a build says it cannot run);
+unset or ``native``, everything this CPU has.
 
 Differentiable (a custom VJP: the kernel's backward loop produces the gate
 gradients ``dG`` and, from the same pass over them, the input gradients; the
@@ -54,7 +61,15 @@ from jaxrnn import chunks
 from jaxrnn.cells import is_stock
 
 SOURCE = Path(__file__).with_name("rnn_cpu.cc")
-FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
+# -ffp-contract=off: the kernel's FMAs are written out; no other a * b + c is fused, so that every build
+# (each vector width, each compiler) rounds alike.
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-ffp-contract=off", "-shared", "-fPIC", "-pthread")
+# JAXRNN_NATIVE_ISA: the flags that build the kernels for less than -march=native gives.
+ISA_FLAGS = {"native": (), "avx2": ("-mno-avx512f",), "sse2": ("-mno-avx",)}
+# GCC only: no if-conversion of loops for the vectoriser. GCC 12.2 at -O3, vectorising the basic blocks of
+# an if-converted loop, made `if (invariant) v = v + w` on the kernel's vectors an add masked to lane 0
+# alone (AVX-512); the kernel's vectors are explicit, and nothing in it needs loops if-converted.
+GCC_FLAGS = ("-fno-tree-loop-if-convert",)
 KINDS = ("lstm", "gru")
 
 
@@ -69,15 +84,24 @@ def threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def flags() -> tuple:
+    """The compiler flags of the build: :data:`FLAGS`, plus those of ``$JAXRNN_NATIVE_ISA`` (:data:`ISA_FLAGS`)."""
+    isa = os.environ.get("JAXRNN_NATIVE_ISA", "") or "native"
+    if isa not in ISA_FLAGS:
+        raise ValueError(f"JAXRNN_NATIVE_ISA={isa!r} is not one of {', '.join(ISA_FLAGS)}")
+    return FLAGS + ISA_FLAGS[isa]
+
+
 def _compile() -> Path:
     """Build the kernels for this machine, or reuse the build cached for the same inputs."""
     compiler = shutil.which(os.environ.get("CXX", "c++"))
     if compiler is None:
         raise RuntimeError(f"no C++ compiler found (looked for {os.environ.get('CXX', 'c++')!r})")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    build = flags() + (GCC_FLAGS if "Free Software Foundation" in version else ())
     include = jax.ffi.include_dir()
     key = hashlib.sha256(
-        "\n".join([SOURCE.read_text(), version, " ".join(FLAGS), include, jax.__version__, platform.node()]).encode()
+        "\n".join([SOURCE.read_text(), version, " ".join(build), include, jax.__version__, platform.node()]).encode()
     ).hexdigest()[:16]
     target = cache_dir() / f"rnn_cpu-{key}.so"
     if target.exists():
@@ -86,7 +110,7 @@ def _compile() -> Path:
     # Build to a temporary name and rename: concurrent processes never see half a library.
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
-    cmd = [compiler, *FLAGS, "-isystem", include, str(SOURCE), "-o", tmp]
+    cmd = [compiler, *build, "-isystem", include, str(SOURCE), "-o", tmp]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         os.unlink(tmp)
@@ -96,28 +120,44 @@ def _compile() -> Path:
 
 
 @functools.cache
-def _load() -> str | None:
-    """Compile, load and register the kernels once per process; the reason they cannot run, or None."""
+def _library() -> tuple:
+    """Compile, load and register the kernels once per process: ``(reason, isa)``, the reason they
+    cannot run or None, and the vector instruction set they were built for or None."""
     if os.environ.get("JAXRNN_NATIVE", "1") == "0":
-        return "turned off by JAXRNN_NATIVE=0"
+        return "turned off by JAXRNN_NATIVE=0", None
     if platform.machine().lower() not in ("x86_64", "amd64"):
-        return f"needs an x86-64 CPU, this is {platform.machine()}"
+        return f"needs an x86-64 CPU, this is {platform.machine()}", None
     import ctypes
 
     try:
         lib = ctypes.cdll.LoadLibrary(str(_compile()))
-    except (OSError, RuntimeError, subprocess.SubprocessError) as err:
-        return f"could not build the kernels: {err}"
+    except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as err:
+        return f"could not build the kernels: {err}", None
+    lib.jaxrnn_native_isa.restype = ctypes.c_char_p
+    isa = lib.jaxrnn_native_isa().decode()
     if not lib.jaxrnn_native_available():
-        return "needs a CPU with AVX-512 (the kernels were built without it)"
+        return (f"needs a CPU with AVX2 and FMA, or AVX-512 (the kernels were built for {isa}"
+                + (f", JAXRNN_NATIVE_ISA={os.environ['JAXRNN_NATIVE_ISA']})" if os.environ.get("JAXRNN_NATIVE_ISA")
+                   else ")"), isa)
     for name in (f"jaxrnn_{kind}_{way}" for kind in KINDS for way in ("forward", "backward")):
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
-    return None
+    return None, isa
+
+
+def _load() -> str | None:
+    """Compile, load and register the kernels once per process; the reason they cannot run, or None."""
+    return _library()[0]
 
 
 def unavailable_reason() -> str | None:
     """Why the native kernels cannot run in this process, or None when they can."""
     return _load()
+
+
+def isa() -> str | None:
+    """The vector instruction set the kernels run on, ``"avx512"`` or ``"avx2"``; None where they cannot run."""
+    reason, built = _library()
+    return None if reason else built
 
 
 # The smallest batch kernel="auto" hands to each kernel: it pads the batch to a multiple of 16, and

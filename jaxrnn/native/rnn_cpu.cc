@@ -1,4 +1,4 @@
-// jaxrnn's LSTM and GRU for x86-64 CPUs with AVX-512: the whole unroll in one XLA FFI call.
+// jaxrnn's LSTM and GRU for CPUs with vector units: the whole unroll in one XLA FFI call.
 //
 // Why a kernel: on XLA's CPU backend every step of a lax.scan is a handful of
 // separate thunks (a small matmul through Eigen, a fusion for the gates, the
@@ -9,16 +9,19 @@
 //
 // Layout. Inside the kernel everything is "feature-major": a state is stored as
 // (features, Bp) with the batch, padded to a multiple of 16, along the fast
-// axis, so one 512-bit register holds 16 batch rows of one feature. A step is
+// axis, so one logical vector `V` (16 floats: one 512-bit register with
+// AVX-512, two 256-bit ones with AVX2, see Vectors) holds 16 batch rows of one
+// feature. A step is
 //
 //     G^T (4H, Bp) = W^T (4H, I+H) . [x_t^T ; h_{t-1}^T] (I+H, Bp)
 //
 // computed in tiles of (4 slots x U units) x (16 or 32 batch rows): each
 // weight is broadcast once per tile and multiplies the one or two batch
-// registers, and the tile's accumulators hold all four gate slots of its U
+// vectors, and the tile's accumulators hold all four gate slots of its U
 // units (the GRU's 3 gates take 4 slots: h W_hn apart from x W_in), so c_t and
 // h_t are finished right there. The weights are packed once per call so that a
-// tile reads its (I+H) x G U block contiguously.
+// tile reads its (I+H) x G U block contiguously. The tile sizes follow the
+// register file (kUnits, kForwardBatch, kRows, kBackwardBatch).
 //
 // Threads. A step is split into one share of contiguous hidden units per
 // thread (c and h of a unit are only ever written by its share), and the only
@@ -36,35 +39,333 @@
 // d x_t = dG_t W_i^T, and goes straight on to its units' dG_{t-1}: one
 // exchange per step, as forward.
 //
-// Built on first use by jaxrnn/native/__init__.py with the machine's C++
-// compiler (-march=native); without AVX-512 it builds a stub that reports
-// itself unavailable and jaxrnn keeps to its XLA loop. Shared by both cells:
-// the loop, the tiles, the threads; each cell adds its slots and its
-// elementwise step (Lstm, Gru below).
+// One source for every vector width: the kernel is written on the 16-lane
+// logical vector of Vectors (GCC/Clang vector extensions), which the compiler
+// maps onto the registers of the CPU it is built for. Built on first use by
+// jaxrnn/native/__init__.py with the machine's C++ compiler (-march=native);
+// it runs (jaxrnn_native_available) where built for AVX-512 or AVX2 with FMA,
+// and jaxrnn_native_isa() names which. Shared by both cells: the loop, the
+// tiles, the threads; each cell adds its slots and its elementwise step (Lstm,
+// Gru below).
 
 #include <algorithm>
+#include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <mutex>
+#include <thread>
+#include <type_traits>
+#include <utility>
 #include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 #if defined(__AVX512F__)
-#include <immintrin.h>
-
-#include <atomic>
-#include <functional>
-#include <thread>
-#include <type_traits>
+#define JAXRNN_ISA "avx512"
+#define JAXRNN_SUPPORTED 1
+#elif defined(__AVX2__) && defined(__FMA__)
+#define JAXRNN_ISA "avx2"
+#define JAXRNN_SUPPORTED 1
+#elif defined(__AVX__)
+#define JAXRNN_ISA "avx"
+#elif defined(__SSE2__)
+#define JAXRNN_ISA "sse2"
+#elif defined(__ARM_NEON)
+#define JAXRNN_ISA "neon"
+#else
+#define JAXRNN_ISA "generic"
+#endif
+#ifndef JAXRNN_SUPPORTED
+#define JAXRNN_SUPPORTED 0
+#endif
 
 #include <sys/mman.h>
 
 namespace {
+
+// Always inlined: GCC weighs a primitive before vectorising its lanes, and left fma and exp16 out of line.
+#define JAXRNN_INLINE inline __attribute__((always_inline))
+
+// -------------------------------------------------------------- vectors ----
+//
+// The kernel's vector is V: 16 floats, 16 batch rows of one feature (the batch
+// is padded to 16, masks are 16 bits, transposes 16 x 16). It is kParts
+// machine vectors of kWidth floats (GCC/Clang vector extensions), so that each
+// operation on it is one instruction per machine register: one zmm with
+// AVX-512, two ymm with AVX (a 64-byte extension vector where the target has
+// no such registers compiles into stack traffic with GCC, hence the parts).
+// Everything below this section is written on V and its primitives.
+
+#if defined(__AVX512F__)
+constexpr int kWidth = 16;
+#elif defined(__AVX__)
+constexpr int kWidth = 8;
+#else
+constexpr int kWidth = 4;  // SSE, NEON, or whatever the compiler makes of 16-byte vectors
+#endif
+constexpr int kLanes = 16;
+constexpr int kParts = kLanes / kWidth;
+static_assert(kWidth == 4 || kWidth == 8 || kWidth == 16, "machine vectors of 4, 8 or 16 floats");
+
+typedef float Native __attribute__((vector_size(4 * kWidth)));
+typedef int32_t NativeInt __attribute__((vector_size(4 * kWidth)));
+typedef float Unaligned __attribute__((vector_size(4 * kWidth), aligned(4), may_alias));
+
+struct V {
+  Native p[kParts];
+};
+struct Mask {  // per lane: all ones (true) or zero
+  NativeInt p[kParts];
+};
+
+// Each part of a V, i in [0, kParts): r.p[i] = expression.
+#define JAXRNN_PARTS(expression)                        \
+  V r;                                                  \
+  for (int i = 0; i < kParts; ++i) r.p[i] = expression; \
+  return r
+
+JAXRNN_INLINE V zero() { JAXRNN_PARTS(Native{}); }
+// A vector of kWidth lanes x.
+template <class T, class E, size_t... J>
+JAXRNN_INLINE T all_lanes(E x, std::index_sequence<J...>) {
+  return T{((void)J, x)...};
+}
+JAXRNN_INLINE V splat(float x) {
+  const Native n = all_lanes<Native>(x, std::make_index_sequence<kWidth>{});
+  JAXRNN_PARTS(n);
+}
+JAXRNN_INLINE V load(const float* p) { JAXRNN_PARTS(Native(*reinterpret_cast<const Unaligned*>(p + i * kWidth))); }
+JAXRNN_INLINE void store(float* p, V v) {
+  for (int i = 0; i < kParts; ++i) *reinterpret_cast<Unaligned*>(p + i * kWidth) = v.p[i];
+}
+
+JAXRNN_INLINE V operator+(V a, V b) { JAXRNN_PARTS(a.p[i] + b.p[i]); }
+JAXRNN_INLINE V operator-(V a, V b) { JAXRNN_PARTS(a.p[i] - b.p[i]); }
+JAXRNN_INLINE V operator*(V a, V b) { JAXRNN_PARTS(a.p[i] * b.p[i]); }
+JAXRNN_INLINE V operator/(V a, V b) { JAXRNN_PARTS(a.p[i] / b.p[i]); }
+
+// a b + c with one rounding: an FMA instruction where the target has one (the
+// compiler makes the lanes' fmaf one vector operation), C's fmaf where it has
+// not. The lanes are written out, not looped over (as in all_lanes), so that
+// the compiler sees one vector expression, not a loop to vectorise.
+template <size_t... J>
+JAXRNN_INLINE Native fma_lanes(Native a, Native b, Native c, std::index_sequence<J...>) {
+  return Native{__builtin_fmaf(a[J], b[J], c[J])...};
+}
+JAXRNN_INLINE V fma(V a, V b, V c) { JAXRNN_PARTS(fma_lanes(a.p[i], b.p[i], c.p[i], std::make_index_sequence<kWidth>{})); }
+// c - a b with one rounding.
+JAXRNN_INLINE V fnma(V a, V b, V c) { JAXRNN_PARTS(fma_lanes(-a.p[i], b.p[i], c.p[i], std::make_index_sequence<kWidth>{})); }
+
+JAXRNN_INLINE Mask operator<(V a, V b) {
+  Mask m;
+  for (int i = 0; i < kParts; ++i) m.p[i] = a.p[i] < b.p[i];
+  return m;
+}
+JAXRNN_INLINE Mask operator>(V a, V b) { return b < a; }
+
+// Lane l is set where bit l of `bits` is (bit l of a 16-row mask word: row b0 + l).
+template <size_t... J>
+JAXRNN_INLINE NativeInt lane_bits(std::index_sequence<J...>) {
+  return NativeInt{(1 << J)...};
+}
+JAXRNN_INLINE Mask lanes(uint16_t bits) {
+  const NativeInt bit = lane_bits(std::make_index_sequence<kWidth>{});
+  Mask m;
+  for (int i = 0; i < kParts; ++i)
+    m.p[i] = (all_lanes<NativeInt>(int32_t{bits} >> (i * kWidth), std::make_index_sequence<kWidth>{}) & bit) != 0;
+  return m;
+}
+JAXRNN_INLINE uint16_t first(int n) { return static_cast<uint16_t>((1u << n) - 1); }  // lanes [0, n)
+
+// a where m is set, else b.
+JAXRNN_INLINE V select(Mask m, V a, V b) { JAXRNN_PARTS(m.p[i] ? a.p[i] : b.p[i]); }
+JAXRNN_INLINE V select(uint16_t bits, V a, V b) { return select(lanes(bits), a, b); }
+// v where bits are set, else 0.
+JAXRNN_INLINE V keep(uint16_t bits, V v) { return select(bits, v, zero()); }
+
+// Lanes [0, n) of p, zeros past them; nothing past them is read.
+JAXRNN_INLINE V load_first(const float* p, int n) {
+  if (n == kLanes) return load(p);
+  float lanes[kLanes] = {};
+  std::memcpy(lanes, p, sizeof(float) * n);
+  return load(lanes);
+}
+// v's lanes [0, n) into p; nothing past them is written.
+JAXRNN_INLINE void store_first(float* p, int n, V v) {
+  if (n == kLanes) return store(p, v);
+  float lanes[kLanes];
+  store(lanes, v);
+  std::memcpy(p, lanes, sizeof(float) * n);
+}
+// The same for n known when compiling: whole machine vectors and one narrower store, not a copy of
+// n floats (a rep movs, in the backward's packing of the weights: 2.5% of its time).
+template <int N>
+JAXRNN_INLINE void store_first(float* p, V v) {
+  for (int i = 0; i < kParts; ++i) {
+    if ((i + 1) * kWidth <= N) *reinterpret_cast<Unaligned*>(p + i * kWidth) = v.p[i];
+    else if (i * kWidth < N) std::memcpy(p + i * kWidth, &v.p[i], sizeof(float) * (N - i * kWidth));
+  }
+}
+
+// A store around the caches (p 64-byte aligned); stream_fence() orders them before what follows.
+JAXRNN_INLINE void stream(float* p, V v) {
+#if defined(__AVX512F__)
+  _mm512_stream_ps(p, v.p[0]);
+#elif defined(__AVX__)
+  for (int i = 0; i < kParts; ++i) _mm256_stream_ps(p + i * kWidth, v.p[i]);
+#elif defined(__SSE__)
+  for (int i = 0; i < kParts; ++i) _mm_stream_ps(p + i * kWidth, v.p[i]);
+#else
+  store(p, v);
+#endif
+}
+JAXRNN_INLINE void stream_fence() {
+#if defined(__SSE__)
+  _mm_sfence();
+#endif
+}
+
+// v from here on in registers: GCC would rather fold its loads into each FMA
+// that reads it (AVX2's forward tile: 12 loads for 8 FMAs, bound by the loads).
+JAXRNN_INLINE void in_registers(V& v) {
+#if defined(__AVX__)
+  for (int i = 0; i < kParts; ++i) __asm__("" : "+v"(v.p[i]));
+#else
+  (void)v;
+#endif
+}
+
+// The cache line at p into L2.
+JAXRNN_INLINE void prefetch_l2(const void* p) { __builtin_prefetch(p, 0, 2); }
+
+// Waiting a moment on another core.
+JAXRNN_INLINE void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
+// The calling thread's floating-point mode (x86: MXCSR, with its flush-to-zero
+// and denormals-are-zero bits; AArch64: FPCR), to run helpers under (Phases).
+JAXRNN_INLINE uint64_t float_mode() {
+#if defined(__x86_64__) || defined(__i386__)
+  return _mm_getcsr();
+#elif defined(__aarch64__)
+  uint64_t fpcr;
+  __asm__ __volatile__("mrs %0, fpcr" : "=r"(fpcr));
+  return fpcr;
+#else
+  return 0;
+#endif
+}
+JAXRNN_INLINE void set_float_mode(uint64_t mode) {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_setcsr(static_cast<unsigned>(mode));
+#elif defined(__aarch64__)
+  __asm__ __volatile__("msr fpcr, %0" : : "r"(mode));
+#else
+  (void)mode;
+#endif
+}
+
+// 16 x 16 transposes: r[i] <- column i of the matrix whose row j is r[j].
+// In machine vectors: a kWidth x kWidth transpose of each of the kParts^2
+// blocks, by shuffles of two vectors (each one instruction on x86: unpacks
+// within 128-bit lanes, then moves of 128-bit lanes).
+template <class P, size_t... I>
+JAXRNN_INLINE Native shuffle(Native a, Native b, std::index_sequence<I...>) {
+#if defined(__clang__) || __GNUC__ >= 12
+  return __builtin_shufflevector(a, b, P::at(I)...);
+#else  // GCC before 12
+  return __builtin_shuffle(a, b, NativeInt{P::at(I)...});
+#endif
+}
+template <class P>
+JAXRNN_INLINE Native shuffle(Native a, Native b) {
+  return shuffle<P>(a, b, std::make_index_sequence<kWidth>{});
+}
+// Within each 4 lanes k: (a[k0], b[k0], a[k1], b[k1]), k0, k1 its first two lanes (or last two: hi).
+template <int hi>
+struct Unpack32 {
+  static constexpr int at(int i) { return (i % 2 ? kWidth : 0) + i / 4 * 4 + i % 4 / 2 + 2 * hi; }
+};
+// Within each 4 lanes k: (a[k0], a[k1], b[k0], b[k1]) (or the last two of each: hi).
+template <int hi>
+struct Unpack64 {
+  static constexpr int at(int i) { return (i % 4 / 2 ? kWidth : 0) + i / 4 * 4 + i % 2 + 2 * hi; }
+};
+// 16 lanes, 128-bit blocks q: (a.q0, a.q2, b.q0, b.q2) (odd: a.q1, a.q3, b.q1, b.q3).
+template <int odd>
+struct EvenBlocks {
+  static constexpr int at(int i) { return (i / 8 ? kWidth : 0) + 4 * (i / 4 % 2 * 2 + odd) + i % 4; }
+};
+// 8 lanes: (a's half, b's half), the low halves or the high ones.
+template <int hi>
+struct Halves {
+  static constexpr int at(int i) { return (i / 4 ? kWidth : 0) + 4 * hi + i % 4; }
+};
+
+JAXRNN_INLINE void transpose_native(Native (&r)[kWidth]) {
+  Native t[kWidth];
+  for (int i = 0; i < kWidth / 2; ++i) {  // 2 x 2 blocks of floats
+    t[2 * i] = shuffle<Unpack32<0>>(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = shuffle<Unpack32<1>>(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < kWidth / 4; ++i) {  // 4 x 4: within each 128 bits, the transpose is done
+    r[4 * i] = shuffle<Unpack64<0>>(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 1] = shuffle<Unpack64<1>>(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 2] = shuffle<Unpack64<0>>(t[4 * i + 1], t[4 * i + 3]);
+    r[4 * i + 3] = shuffle<Unpack64<1>>(t[4 * i + 1], t[4 * i + 3]);
+  }
+  if constexpr (kWidth == 8) {  // 8 x 8, moving 128-bit halves
+    for (int j = 0; j < 4; ++j) {
+      t[j] = shuffle<Halves<0>>(r[j], r[4 + j]);
+      t[4 + j] = shuffle<Halves<1>>(r[j], r[4 + j]);
+    }
+    for (int j = 0; j < 8; ++j) r[j] = t[j];
+  } else if constexpr (kWidth == 16) {  // 8 x 8, then 16 x 16, moving 128-bit blocks
+    for (int i = 0; i < 2; ++i)
+      for (int j = 0; j < 4; ++j) {
+        t[8 * i + j] = shuffle<EvenBlocks<0>>(r[8 * i + j], r[8 * i + 4 + j]);
+        t[8 * i + 4 + j] = shuffle<EvenBlocks<1>>(r[8 * i + j], r[8 * i + 4 + j]);
+      }
+    for (int j = 0; j < 8; ++j) {
+      r[j] = shuffle<EvenBlocks<0>>(t[j], t[8 + j]);
+      r[8 + j] = shuffle<EvenBlocks<1>>(t[j], t[8 + j]);
+    }
+  }
+}
+
+JAXRNN_INLINE void transpose16(V (&r)[kLanes]) {
+  if constexpr (kParts == 1) {
+    Native n[kWidth];
+    for (int j = 0; j < kLanes; ++j) n[j] = r[j].p[0];
+    transpose_native(n);
+    for (int j = 0; j < kLanes; ++j) r[j].p[0] = n[j];
+  } else {
+    V out[kLanes];
+    for (int a = 0; a < kParts; ++a)  // rows [a kWidth, (a + 1) kWidth) of column block b
+      for (int b = 0; b < kParts; ++b) {
+        Native n[kWidth];
+        for (int j = 0; j < kWidth; ++j) n[j] = r[a * kWidth + j].p[b];
+        transpose_native(n);
+        for (int j = 0; j < kWidth; ++j) out[b * kWidth + j].p[a] = n[j];
+      }
+    for (int j = 0; j < kLanes; ++j) r[j] = out[j];
+  }
+}
 
 // ---------------------------------------------------------------- math ----
 
@@ -72,38 +373,58 @@ namespace {
 // polynomial for 2^f (relative error about 2e-7). x is first clamped to
 // [-88, 89], which keeps n finite (at x = +-inf, t - n would be inf - inf):
 // below -88 exp is 0 or a denormal, which XLA's CPU code (and this kernel,
-// run under the caller's MXCSR, see Phases) flushes to 0 anyway; from 88.73 on
-// the result overflows to +inf, as exp does, so that sigmoid(-inf) is exactly
-// 0, as in XLA, and its derivative s (1 - s) too. The clamp keeps NaN: x86
-// min/max return their SECOND operand when either is NaN, so x goes second.
-inline __m512 exp16(__m512 x) {
-  x = _mm512_max_ps(_mm512_set1_ps(-88.f), _mm512_min_ps(_mm512_set1_ps(89.f), x));
-  const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.4426950408889634f));
-  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(t, n);
-  __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
-  return _mm512_scalef_ps(p, n);
+// run under the caller's floating-point mode, see Phases) flushes to 0 anyway;
+// from 88.73 on the result overflows to +inf, as exp does, so that
+// sigmoid(-inf) is exactly 0, as in XLA, and its derivative s (1 - s) too. The
+// clamp keeps NaN (comparisons with NaN are false), and NaN gives NaN.
+//
+// n is rounded to nearest (even) by adding 1.5 * 2^23 + 254, which leaves
+// n + 254 in the sum's low mantissa bits (`rounded`, an even offset keeps ties
+// to even), and 2^n is made from exponent bits in two factors, 2^(n >> 1)
+// 2^(n - (n >> 1)): with n in [-127, 128] each is a normal float, and p 2^n is
+// rounded once, by the second product. Their exponent fields are the low 9
+// bits of rounded >> 1 (n >> 1, plus 127) and of rounded - (rounded >> 1) (the
+// rest, plus 127): 1.5 * 2^23 and half of it have none.
+// Built with -ffp-contract=off (FLAGS in __init__.py), as everywhere here: so
+// these are, bit for bit, the values of the AVX-512 roundscale/scalef version
+// this replaced (fused, x log2 e would not be rounded before + magic and - n).
+JAXRNN_INLINE V exp16(V x) {
+  const V lo = splat(-88.f), hi = splat(89.f);
+  x = select(x < lo, lo, x);
+  x = select(x > hi, hi, x);
+  const V t = x * splat(1.4426950408889634f);
+  const V magic = splat(12583166.f);  // 1.5 * 2^23 + 254
+  const V rounded = t + magic;
+  const V n = rounded - magic;
+  const V f = t - n;
+  V p = splat(1.535336188319500e-4f);
+  p = fma(p, f, splat(1.339887440266574e-3f));
+  p = fma(p, f, splat(9.618437357674640e-3f));
+  p = fma(p, f, splat(5.550332471162809e-2f));
+  p = fma(p, f, splat(2.402264791363012e-1f));
+  p = fma(p, f, splat(6.931472028550421e-1f));
+  p = fma(p, f, splat(1.f));
+  V half, rest;
+  for (int i = 0; i < kParts; ++i) {
+    const NativeInt bits = reinterpret_cast<NativeInt>(rounded.p[i]), halved = bits >> 1;
+    half.p[i] = reinterpret_cast<Native>(halved << 23);
+    rest.p[i] = reinterpret_cast<Native>((bits - halved) << 23);
+  }
+  return p * half * rest;
 }
 
-inline __m512 sigmoid16(__m512 x) {
-  const __m512 one = _mm512_set1_ps(1.f);
-  return _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+JAXRNN_INLINE V sigmoid16(V x) {
+  const V one = splat(1.f);
+  return one / (one + exp16(zero() - x));
 }
 
 // tanh(x) = 1 - 2 / (exp(2x) + 1): exact limits at both ends (+-1 at +-inf,
 // as XLA's), NaN at NaN, no cancellation trouble at float32 tolerance.
-inline __m512 tanh16(__m512 x) {
-  const __m512 one = _mm512_set1_ps(1.f);
-  const __m512 e = exp16(_mm512_add_ps(x, x));
-  return _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.f), _mm512_add_ps(e, one)));
+JAXRNN_INLINE V tanh16(V x) {
+  const V one = splat(1.f);
+  const V e = exp16(x + x);
+  return one - splat(2.f) / (e + one);
 }
-
 // ------------------------------------------------------------- threads ----
 
 // The work of one call as a sequence of phases (a step, say), each split into
@@ -113,14 +434,15 @@ inline __m512 tanh16(__m512 x) {
 // (XLA's thread pool busy with other work), costs parallelism, never a stall,
 // and the calling thread alone finishes the call if need be.
 //
-// Every task runs under the calling thread's MXCSR (`csr`): XLA runs its CPU
-// code with denormals flushed (FTZ and DAZ), and a helper from elsewhere that
-// did not would make, say, a denormal x_t times an infinite weight inf where
-// XLA's loop gives NaN (0 * inf), and results depend on which thread ran a task.
+// Every task runs under the calling thread's floating-point mode (`mode`, x86's
+// MXCSR): XLA runs its CPU code with denormals flushed (FTZ and DAZ), and a
+// helper from elsewhere that did not would make, say, a denormal x_t times an
+// infinite weight inf where XLA's loop gives NaN (0 * inf), and results depend
+// on which thread ran a task.
 struct Phases {
   int64_t phases;
   int shares;
-  unsigned csr;
+  uint64_t mode;
   std::function<void(int64_t, int)> task;  // task(phase, share)
   std::atomic<int64_t> next{0}, done{0};
 
@@ -128,21 +450,21 @@ struct Phases {
   // yield the core, so that more threads than free cores slow down, not stall.
   void wait_for(int64_t count) {
     for (int spins = 0; done.load(std::memory_order_acquire) < count; ++spins) {
-      if (spins < 4096) _mm_pause();
+      if (spins < 4096) cpu_relax();
       else std::this_thread::yield();
     }
   }
 
   void work() {
-    const unsigned own = _mm_getcsr();
-    _mm_setcsr(csr);
+    const uint64_t own = float_mode();
+    set_float_mode(mode);
     const int64_t total = phases * shares;
     for (int64_t k; (k = next.fetch_add(1, std::memory_order_relaxed)) < total;) {
       wait_for(k / shares * shares);  // all of the previous phase
       task(k / shares, static_cast<int>(k % shares));
       done.fetch_add(1, std::memory_order_acq_rel);
     }
-    _mm_setcsr(own);  // a pool thread goes back to its own mode
+    set_float_mode(own);  // a pool thread goes back to its own mode
   }
 };
 
@@ -155,7 +477,7 @@ void run_phases(ffi::ThreadPool& pool, bool pooled, int64_t phases, int shares,
   auto state = std::make_shared<Phases>();
   state->phases = phases;
   state->shares = shares;
-  state->csr = _mm_getcsr();
+  state->mode = float_mode();
   state->task = std::move(task);
   std::vector<std::thread> own;
   for (int i = 1; i < shares; ++i) {
@@ -175,12 +497,38 @@ inline Range share(int groups, int tid, int n) {
   return {static_cast<int>(int64_t{groups} * tid / n), static_cast<int>(int64_t{groups} * (tid + 1) / n)};
 }
 
-// Batch tiles: 32 rows (two registers) while they last, then 16.
-template <typename F>
+// Register tiles, from the register file. A forward tile keeps 4 slots x U
+// units x NB batch vectors of accumulators, of which each pass over the weights
+// (x_t's, then h_{t-1}'s) updates the G slots its gate blocks add into; a
+// backward tile R rows x NB. With AVX-512, 32 registers, a vector each: U = 2,
+// NB = 2 forward, R = 8, NB = 2 backward, 16 registers of accumulators. With
+// AVX2, 16 registers, two a vector: NB = 1, and forward as many units as keep
+// a pass's accumulators in 12 registers (the LSTM 1, the GRU 2), backward R =
+// 4 (5 and 6 measured the same); larger tiles spill accumulators, which
+// measured up to 1.5 times slower.
+constexpr bool kWideRegisters = kWidth == 16;
+constexpr int kForwardBatch = kWideRegisters ? 2 : 1;  // batch vectors per forward tile: 32 rows, or 16
+template <int G>
+constexpr int kForwardUnits = kWideRegisters ? 2 : std::max(1, 12 / (G * kParts * kForwardBatch));
+constexpr int kRows = kWideRegisters ? 8 : 4;           // rows per backward tile
+constexpr int kBackwardBatch = kWideRegisters ? 2 : 1;  // batch vectors per backward tile
+
+// Batch tiles: 16 NB rows while they last, then 16.
+template <int NB, typename F>
 void for_batch_tiles(int Bp, F&& f) {
+  static_assert(NB == 1 || NB == 2);
   int b = 0;
-  for (; b + 32 <= Bp; b += 32) f(b, std::integral_constant<int, 2>{});
-  if (b < Bp) f(b, std::integral_constant<int, 1>{});
+  if constexpr (NB == 2)
+    for (; b + 32 <= Bp; b += 32) f(b, std::integral_constant<int, 2>{});
+  for (; b < Bp; b += 16) f(b, std::integral_constant<int, 1>{});
+}
+
+// f(std::integral_constant<int, r>{}) for r in [1, R]: a tile's rows as a compile-time count.
+template <int R = kRows, typename F>
+void with_rows(int r, F&& f) {
+  if constexpr (R > 1)
+    if (r < R) return with_rows<R - 1>(r, f);
+  f(std::integral_constant<int, R>{});
 }
 
 inline int round16(int b) { return (b + 15) / 16 * 16; }
@@ -188,71 +536,38 @@ inline int round16(int b) { return (b + 15) / 16 * 16; }
 // --------------------------------------------------------- transposes ----
 //
 // Between the kernel's feature-major states and the row-major (batch rows)
-// arrays of its callers, 16 x 16 blocks at a time through registers: a column
-// of a row-major array is 16 floats `ld` apart, and reading or writing those
-// one float at a time cost more than the step's elementwise math.
-
-// r[i] <- column i of the 16 x 16 matrix whose row j is r[j].
-inline void transpose16(__m512 (&r)[16]) {
-  __m512 t[16];
-  for (int i = 0; i < 8; ++i) {  // 2 x 2 blocks of floats
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  auto lo64 = [](__m512 a, __m512 b) {
-    return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
-  };
-  auto hi64 = [](__m512 a, __m512 b) {
-    return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
-  };
-  for (int i = 0; i < 4; ++i) {  // 4 x 4
-    r[4 * i] = lo64(t[4 * i], t[4 * i + 2]);
-    r[4 * i + 1] = hi64(t[4 * i], t[4 * i + 2]);
-    r[4 * i + 2] = lo64(t[4 * i + 1], t[4 * i + 3]);
-    r[4 * i + 3] = hi64(t[4 * i + 1], t[4 * i + 3]);
-  }
-  for (int i = 0; i < 2; ++i)  // 8 x 8, moving 128-bit lanes
-    for (int j = 0; j < 4; ++j) {
-      t[8 * i + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + 4 + j], 0x88);
-      t[8 * i + 4 + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + 4 + j], 0xdd);
-    }
-  for (int j = 0; j < 8; ++j) {  // 16 x 16
-    r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
-    r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xdd);
-  }
-}
-
-inline __mmask16 first(int n) { return static_cast<__mmask16>((1u << n) - 1); }
+// arrays of its callers, 16 x 16 blocks at a time through registers
+// (transpose16): a column of a row-major array is 16 floats `ld` apart, and
+// reading or writing those one float at a time cost more than the step's
+// elementwise math.
 
 // Columns [0, n) of rows [0, lanes) of a row-major array (rows `ld` floats
 // apart), n, lanes <= 16: r[j] <- column j, its lanes past `lanes` zero, and
 // those of rows not in `live` (the padded steps of a batch with lengths).
-inline void gather16(const float* src, int64_t ld, int n, int lanes, __m512 (&r)[16], __mmask16 live = 0xFFFF) {
-  for (int l = 0; l < 16; ++l)
-    r[l] = l < lanes && (live >> l & 1) ? _mm512_maskz_loadu_ps(first(n), src + l * ld) : _mm512_setzero_ps();
+inline void gather16(const float* src, int64_t ld, int n, int lanes, V (&r)[16], uint16_t live = 0xFFFF) {
+  for (int l = 0; l < 16; ++l) r[l] = l < lanes && (live >> l & 1) ? load_first(src + l * ld, n) : zero();
   transpose16(r);
 }
 
 // The inverse: r[j] (lanes of column j) into columns [0, n) of rows [0, lanes), zeros into rows not in `live`.
-inline void scatter16(__m512 (&r)[16], int n, int lanes, float* dst, int64_t ld, __mmask16 live = 0xFFFF) {
+inline void scatter16(V (&r)[16], int n, int lanes, float* dst, int64_t ld, uint16_t live = 0xFFFF) {
   transpose16(r);
-  for (int l = 0; l < lanes; ++l)
-    _mm512_mask_storeu_ps(dst + l * ld, first(n), live >> l & 1 ? r[l] : _mm512_setzero_ps());
+  for (int l = 0; l < lanes; ++l) store_first(dst + l * ld, n, live >> l & 1 ? r[l] : zero());
 }
 
 // Which rows of each 16 a transpose takes (bit l of live[b0 / 16]: row b0 + l); null: all of them.
-inline __mmask16 rows_of(const uint16_t* live, int b0) { return live ? live[b0 / 16] : 0xFFFF; }
+inline uint16_t rows_of(const uint16_t* live, int b0) { return live ? live[b0 / 16] : 0xFFFF; }
 
 // Columns [r0, r1) of B rows of `ld` floats into rows [r0, r1) of a (., Bp)
 // feature-major array, its padding lanes zero, and the lanes of rows not in `live`.
 void transpose_in(const float* src, int B, int64_t ld, float* dst, int Bp, int r0, int r1,
                   const uint16_t* live = nullptr) {
-  __m512 r[16];
+  V r[16];
   for (int c0 = r0; c0 < r1; c0 += 16) {
     const int n = std::min(16, r1 - c0);
     for (int b0 = 0; b0 < Bp; b0 += 16) {
       gather16(src + b0 * ld + c0, ld, n, std::min(16, B - b0), r, rows_of(live, b0));
-      for (int j = 0; j < n; ++j) _mm512_storeu_ps(dst + int64_t{c0 + j} * Bp + b0, r[j]);
+      for (int j = 0; j < n; ++j) store(dst + int64_t{c0 + j} * Bp + b0, r[j]);
     }
   }
 }
@@ -261,12 +576,12 @@ void transpose_in(const float* src, int B, int64_t ld, float* dst, int Bp, int r
 // not in `live` get zeros.
 void transpose_out(const float* src, int Bp, int r0, int r1, int B, float* dst, int64_t ld,
                    const uint16_t* live = nullptr) {
-  __m512 r[16];
+  V r[16];
   for (int c0 = r0; c0 < r1; c0 += 16) {
     const int n = std::min(16, r1 - c0);
     for (int b0 = 0; b0 < Bp; b0 += 16) {
       for (int j = 0; j < 16; ++j)
-        r[j] = j < n ? _mm512_loadu_ps(src + int64_t{c0 + j} * Bp + b0) : _mm512_setzero_ps();
+        r[j] = j < n ? load(src + int64_t{c0 + j} * Bp + b0) : zero();
       scatter16(r, n, std::min(16, B - b0), dst + b0 * ld + c0, ld, rows_of(live, b0));
     }
   }
@@ -298,8 +613,8 @@ struct Masks {
   bool lengths() const { return !valid.empty(); }
   bool resets() const { return !reset.empty(); }
   const uint16_t* valid_row(int t) const { return valid.empty() ? nullptr : valid.data() + int64_t{t} * blocks; }
-  __mmask16 live(int t, int b0) const { return rows_of(valid_row(t), b0); }
-  __mmask16 restarts(int t, int b0) const { return reset.empty() ? 0 : reset[int64_t{t} * blocks + b0 / 16]; }
+  uint16_t live(int t, int b0) const { return rows_of(valid_row(t), b0); }
+  uint16_t restarts(int t, int b0) const { return reset.empty() ? 0 : reset[int64_t{t} * blocks + b0 / 16]; }
 };
 
 // lengths: (B,) or null; resets: (T_all, B) time-major, or null. Step t of the call is step first + t of both.
@@ -339,11 +654,10 @@ constexpr int kKept = 5;   // H-row blocks kept per step for the backward pass, 
 
 // --------------------------------------------------------------- forward ----
 
-constexpr int kUnits = 2;  // units per forward tile: 4 slots x 2 units x 2 registers = 16 accumulators
-
 template <class Cell>
 struct Forward {
   static constexpr int G = Cell::kGates;
+  static constexpr int kUnits = kForwardUnits<G>;  // units per tile
   int T, B, I, H, Bp, K;  // K = I + H
   Rows in, out;           // of x; of ys and operands
   const float *x, *w_i, *w_h;
@@ -377,24 +691,26 @@ struct Forward {
 
   // acc[slot[g] * U + j] += w[k, g, j] * col[k] for k in [k0, k1).
   template <int U, int NB>
-  static void accumulate(__m512 (&acc)[kSlots * U][NB], const float* w, const float* col, int Bp, int k0, int k1,
+  static void accumulate(V (&acc)[kSlots * U][NB], const float* w, const float* col, int Bp, int k0, int k1,
                          const int (&slot)[G]) {
     for (int k = k0; k < k1; ++k) {
-      __m512 v[NB];
-      for (int s = 0; s < NB; ++s) v[s] = _mm512_loadu_ps(col + int64_t{k} * Bp + 16 * s);
+      V v[NB];
+      for (int s = 0; s < NB; ++s) v[s] = load(col + int64_t{k} * Bp + 16 * s);
+      if constexpr (!kWideRegisters)
+        for (int s = 0; s < NB; ++s) in_registers(v[s]);
 #pragma GCC unroll 16
       for (int c = 0; c < G * U; ++c) {
-        const __m512 wc = _mm512_set1_ps(w[k * G * U + c]);
-        for (int s = 0; s < NB; ++s) acc[slot[c / U] * U + c % U][s] = _mm512_fmadd_ps(wc, v[s], acc[slot[c / U] * U + c % U][s]);
+        const V wc = splat(w[k * G * U + c]);
+        for (int s = 0; s < NB; ++s) acc[slot[c / U] * U + c % U][s] = fma(wc, v[s], acc[slot[c / U] * U + c % U][s]);
       }
     }
   }
 
   template <int U, int NB>
   void tile(int t, int u0, int b0, const float* at, float* h_next) const {
-    __m512 acc[kSlots * U][NB];
+    V acc[kSlots * U][NB];
     for (int c = 0; c < kSlots * U; ++c)
-      for (int s = 0; s < NB; ++s) acc[c][s] = _mm512_set1_ps(bias[c / U][u0 + c % U]);
+      for (int s = 0; s < NB; ++s) acc[c][s] = splat(bias[c / U][u0 + c % U]);
     const float* w = wp + int64_t{u0} * G * K;
     accumulate<U, NB>(acc, w, at + b0, Bp, 0, I, Cell::kXSlot);
     accumulate<U, NB>(acc, w, at + b0, Bp, I, K, Cell::kHSlot);
@@ -403,30 +719,30 @@ struct Forward {
       for (int s = 0; s < NB; ++s) {
         const int64_t at_u = int64_t{u} * Bp + b0 + 16 * s;
         // A padded step (not in `live`) keeps the carry: h and c are blended with their previous values.
-        const __mmask16 live = m->live(t, b0 + 16 * s);
-        const __m512 h_prev = _mm512_loadu_ps(at + int64_t{I} * Bp + at_u);
-        __m512 kept[kKept], h;
+        const uint16_t live = m->live(t, b0 + 16 * s);
+        const V h_prev = load(at + int64_t{I} * Bp + at_u);
+        V kept[kKept], h;
         if constexpr (std::is_same_v<Cell, Lstm>) {
-          const __m512 i = sigmoid16(acc[0 * U + j][s]), f = sigmoid16(acc[1 * U + j][s]);
-          const __m512 g = tanh16(acc[2 * U + j][s]), o = sigmoid16(acc[3 * U + j][s]);
-          const __m512 c_prev = _mm512_loadu_ps(cT + at_u);
-          const __m512 c = _mm512_fmadd_ps(f, c_prev, _mm512_mul_ps(i, g));
-          h = _mm512_mul_ps(o, tanh16(c));
-          _mm512_storeu_ps(cT + at_u, _mm512_mask_blend_ps(live, c_prev, c));
+          const V i = sigmoid16(acc[0 * U + j][s]), f = sigmoid16(acc[1 * U + j][s]);
+          const V g = tanh16(acc[2 * U + j][s]), o = sigmoid16(acc[3 * U + j][s]);
+          const V c_prev = load(cT + at_u);
+          const V c = fma(f, c_prev, i * g);
+          h = o * tanh16(c);
+          store(cT + at_u, select(live, c, c_prev));
           // c_{t-1}, not c_t: the backward pass recomputes c_t from it exactly as here, and reads the
           // carry a step started from, which for a padded or reset row is not the previous step's c_t.
           kept[0] = i, kept[1] = f, kept[2] = g, kept[3] = o, kept[4] = c_prev;
         } else {  // h = (1 - z) n + z h_{t-1}, n = tanh(x W_in + b_in + r (h W_hn + b_hn))
-          const __m512 r = sigmoid16(acc[0 * U + j][s]), z = sigmoid16(acc[1 * U + j][s]);
-          const __m512 hn = acc[3 * U + j][s];
-          const __m512 n = tanh16(_mm512_fmadd_ps(r, hn, acc[2 * U + j][s]));
-          h = _mm512_fmadd_ps(z, _mm512_sub_ps(h_prev, n), n);
+          const V r = sigmoid16(acc[0 * U + j][s]), z = sigmoid16(acc[1 * U + j][s]);
+          const V hn = acc[3 * U + j][s];
+          const V n = tanh16(fma(r, hn, acc[2 * U + j][s]));
+          h = fma(z, h_prev - n, n);
           kept[0] = r, kept[1] = z, kept[2] = n, kept[3] = hn, kept[4] = h_prev;
         }
-        _mm512_storeu_ps(h_next + at_u, _mm512_mask_blend_ps(live, h_prev, h));
+        store(h_next + at_u, select(live, h, h_prev));
         if (res) {
           float* r = res + int64_t{t} * kKept * H * Bp + at_u;
-          for (int q = 0; q < kKept; ++q) _mm512_storeu_ps(r + int64_t{q} * H * Bp, kept[q]);
+          for (int q = 0; q < kKept; ++q) store(r + int64_t{q} * H * Bp, kept[q]);
         }
       }
     }
@@ -434,7 +750,7 @@ struct Forward {
 
   template <int U>
   void units(int t, int u0, const float* at, float* h_next) const {
-    for_batch_tiles(Bp, [&](int b0, auto nb) { tile<U, decltype(nb)::value>(t, u0, b0, at, h_next); });
+    for_batch_tiles<kForwardBatch>(Bp, [&](int b0, auto nb) { tile<U, decltype(nb)::value>(t, u0, b0, at, h_next); });
   }
 
   // Units [ulo, uhi) of the feature-major `h` into B rows of `ld` floats, zeros for rows not in `live`.
@@ -459,12 +775,12 @@ struct Forward {
   // The rows that start over at step t take the initial carry (units [ulo, uhi) of h, and of the LSTM's c).
   void restart(int t, int ulo, int uhi, float* h) const {
     for (int b0 = 0; b0 < Bp; b0 += 16) {
-      const __mmask16 k = m->restarts(t, b0);
+      const uint16_t k = m->restarts(t, b0);
       if (!k) continue;
       for (int u = ulo; u < uhi; ++u) {
         const int64_t at_u = int64_t{u} * Bp + b0;
-        _mm512_mask_storeu_ps(h + at_u, k, _mm512_loadu_ps(h_init + at_u));
-        if constexpr (std::is_same_v<Cell, Lstm>) _mm512_mask_storeu_ps(cT + at_u, k, _mm512_loadu_ps(c_init + at_u));
+        store(h + at_u, select(k, load(h_init + at_u), load(h + at_u)));
+        if constexpr (std::is_same_v<Cell, Lstm>) store(cT + at_u, select(k, load(c_init + at_u), load(cT + at_u)));
       }
     }
   }
@@ -526,15 +842,13 @@ struct Prefetch {
   void next() {
     if (i == n) return;
     const Span& s = spans[i];
-    _mm_prefetch(s.p + row * s.stride + 64 * line, _MM_HINT_T1);
+    prefetch_l2(s.p + row * s.stride + 64 * line);
     if (++line < s.lines) return;
     line = 0;
     if (++row < s.rows) return;
     row = 0, ++i;
   }
 };
-
-constexpr int kRows = 8;  // rows per backward tile: 8 x 2 registers = 16 accumulators
 
 template <class Cell>
 struct Backward {
@@ -564,14 +878,15 @@ struct Backward {
       const float* row[kRows];
       for (int j = 0; j < R; ++j) row[j] = r0 + j < I ? w_i + int64_t{r0 + j} * GH : w_h + int64_t{r0 + j - I} * GH;
       float* block = wp + int64_t{r0} * GH;
-      __m512 v[16];
+      V v[16];
       for (int k0 = 0; k0 < GH; k0 += 16) {
         const int n = std::min(16, GH - k0);
-        for (int j = 0; j < 16; ++j) v[j] = j < R ? _mm512_maskz_loadu_ps(first(n), row[j] + k0) : _mm512_setzero_ps();
+        for (int j = 0; j < 16; ++j) v[j] = j < R ? load_first(row[j] + k0, n) : zero();
         transpose16(v);  // v[i]'s first R lanes: the R rows' weight k0 + i
-        for (int i = 0; i < n; ++i)
-          _mm256_mask_storeu_ps(block + int64_t{k0 + i} * R, static_cast<__mmask8>((1u << R) - 1),
-                                _mm512_castps512_ps256(v[i]));
+        if (R == kRows)
+          for (int i = 0; i < n; ++i) store_first<kRows>(block + int64_t{k0 + i} * R, v[i]);
+        else
+          for (int i = 0; i < n; ++i) store_first(block + int64_t{k0 + i} * R, R, v[i]);
       }
     }
   }
@@ -587,12 +902,20 @@ struct Backward {
   // weight are NaN): they stay out of the bias gradient, the one sum across
   // lanes; everything else reads them lane by lane and never writes them out.
   void gates(int t, int ulo, int uhi, float* gt) const {
+    if (m->lengths()) gates<true>(t, ulo, uhi, gt);
+    else gates<false>(t, ulo, uhi, gt);
+  }
+  // With `lengths` a compile-time constant: GCC 12 at -O3, if-converting the
+  // loop over units for the vectoriser, turned `if (m->lengths()) v = v + w`
+  // into an add masked to lane 0 alone (AVX-512; the GRU's gradients with lengths).
+  template <bool lengths>
+  void gates(int t, int ulo, int uhi, float* gt) const {
     const float* r = res + int64_t{t} * kKept * H * Bp;
     const float* dy = dys + in.at(t) * H;
     float* to = dg + out.at(t) * 4 * H;
     const int64_t dy_ld = in.b * H, to_ld = out.b * 4 * H;
-    const __m512 one = _mm512_set1_ps(1.f);
-    __m512 dy_block[16], dg_block[4][16] = {};  // [unit], [slot][unit]: 16 lanes each
+    const V one = splat(1.f);
+    V dy_block[16], dg_block[4][16] = {};  // [unit], [slot][unit]: 16 lanes each
     for (int u0 = ulo; u0 < uhi; u0 += 16) {
       const int n = std::min(16, uhi - u0);
       for (int b0 = 0; b0 < Bp; b0 += 16) {
@@ -600,46 +923,45 @@ struct Backward {
         gather16(dy + b0 * dy_ld + u0, dy_ld, n, lanes, dy_block);
         // A padded step (not in `live`) passed its carry through and output zeros: it gets no cotangent
         // (d ys there is dropped), and the carried one goes past it to the step before, as in the XLA loop.
-        const __mmask16 live = m->live(t, b0);
+        const uint16_t live = m->live(t, b0), padded = static_cast<uint16_t>(~live);
         for (int j = 0; j < n; ++j) {
           const int64_t at = int64_t{u0 + j} * Bp + b0;
-          const __m512 dh_carried = _mm512_loadu_ps(dh + at);
-          const __m512 d_h = _mm512_maskz_add_ps(live, dy_block[j], dh_carried);
-          __m512 kept[kKept];
-          for (int q = 0; q < kKept; ++q) kept[q] = _mm512_loadu_ps(r + int64_t{q} * H * Bp + at);
-          __m512 d[4];  // dg's four slots
+          const V dh_carried = load(dh + at);
+          const V d_h = keep(live, dy_block[j] + dh_carried);
+          V kept[kKept];
+          for (int q = 0; q < kKept; ++q) kept[q] = load(r + int64_t{q} * H * Bp + at);
+          V d[4];  // dg's four slots
           if constexpr (std::is_same_v<Cell, Lstm>) {
-            const __m512 i = kept[0], f = kept[1], gg = kept[2], o = kept[3], c_prev = kept[4];
-            const __m512 tc = tanh16(_mm512_fmadd_ps(f, c_prev, _mm512_mul_ps(i, gg)));  // c_t as forward made it
-            const __m512 dc_carried = _mm512_loadu_ps(dc + at);
+            const V i = kept[0], f = kept[1], gg = kept[2], o = kept[3], c_prev = kept[4];
+            const V tc = tanh16(fma(f, c_prev, i * gg));  // c_t as forward made it
+            const V dc_carried = load(dc + at);
             // d c_t = (carried d c_t) + d h_t * o * (1 - tanh(c_t)^2)
-            const __m512 d_c = _mm512_fmadd_ps(_mm512_mul_ps(d_h, o), _mm512_fnmadd_ps(tc, tc, one),
-                                               _mm512_maskz_mov_ps(live, dc_carried));
-            d[0] = _mm512_mul_ps(_mm512_mul_ps(d_c, gg), _mm512_mul_ps(i, _mm512_sub_ps(one, i)));
-            d[1] = _mm512_mul_ps(_mm512_mul_ps(d_c, c_prev), _mm512_mul_ps(f, _mm512_sub_ps(one, f)));
-            d[2] = _mm512_mul_ps(_mm512_mul_ps(d_c, i), _mm512_fnmadd_ps(gg, gg, one));
-            d[3] = _mm512_mul_ps(_mm512_mul_ps(d_h, tc), _mm512_mul_ps(o, _mm512_sub_ps(one, o)));
-            __m512 dc_prev = _mm512_mul_ps(d_c, f);  // d c_{t-1}, through the forget gate
-            if (m->lengths()) {  // plus what passed a padded step; d h_{t-1} starts from it (see rows)
-              dc_prev = _mm512_add_ps(dc_prev, _mm512_maskz_mov_ps(~live, dc_carried));
-              _mm512_storeu_ps(dh + at, _mm512_maskz_mov_ps(~live, dh_carried));
+            const V d_c = fma(d_h * o, fnma(tc, tc, one), keep(live, dc_carried));
+            d[0] = (d_c * gg) * (i * (one - i));
+            d[1] = (d_c * c_prev) * (f * (one - f));
+            d[2] = (d_c * i) * fnma(gg, gg, one);
+            d[3] = (d_h * tc) * (o * (one - o));
+            V dc_prev = d_c * f;  // d c_{t-1}, through the forget gate
+            if constexpr (lengths) {  // plus what passed a padded step; d h_{t-1} starts from it (see rows)
+              dc_prev = dc_prev + keep(padded, dc_carried);
+              store(dh + at, keep(padded, dh_carried));
             }
-            _mm512_storeu_ps(dc + at, dc_prev);
+            store(dc + at, dc_prev);
           } else {
-            const __m512 rr = kept[0], z = kept[1], nn = kept[2], hn = kept[3], h_prev = kept[4];
-            d[2] = _mm512_mul_ps(_mm512_mul_ps(d_h, _mm512_sub_ps(one, z)), _mm512_fnmadd_ps(nn, nn, one));
-            d[1] = _mm512_mul_ps(_mm512_mul_ps(d_h, _mm512_sub_ps(h_prev, nn)), _mm512_mul_ps(z, _mm512_sub_ps(one, z)));
-            d[0] = _mm512_mul_ps(_mm512_mul_ps(d[2], hn), _mm512_mul_ps(rr, _mm512_sub_ps(one, rr)));
-            d[3] = _mm512_mul_ps(d[2], rr);
-            __m512 bypass = _mm512_mul_ps(d_h, z);  // d h_{t-1} through z, added by the matmul
-            if (m->lengths()) bypass = _mm512_add_ps(bypass, _mm512_maskz_mov_ps(~live, dh_carried));
-            _mm512_storeu_ps(dc + at, bypass);
+            const V rr = kept[0], z = kept[1], nn = kept[2], hn = kept[3], h_prev = kept[4];
+            d[2] = (d_h * (one - z)) * fnma(nn, nn, one);
+            d[1] = (d_h * (h_prev - nn)) * (z * (one - z));
+            d[0] = (d[2] * hn) * (rr * (one - rr));
+            d[3] = d[2] * rr;
+            V bypass = d_h * z;  // d h_{t-1} through z, added by the matmul
+            if constexpr (lengths) bypass = bypass + keep(padded, dh_carried);
+            store(dc + at, bypass);
           }
           for (int q = 0; q < 4; ++q) {  // the bias gradient sums the batch's rows, not the padding's
             float* sum = db + int64_t{q * H + u0 + j} * 16;
-            const __m512 so_far = _mm512_loadu_ps(sum);
-            _mm512_storeu_ps(sum, _mm512_mask_add_ps(so_far, first(lanes), so_far, d[q]));
-            _mm512_storeu_ps(gt + int64_t{q * H} * Bp + at, d[q]);
+            const V so_far = load(sum);
+            store(sum, select(first(lanes), so_far + d[q], so_far));
+            store(gt + int64_t{q * H} * Bp + at, d[q]);
             dg_block[q][j] = d[q];
           }
         }
@@ -647,7 +969,7 @@ struct Backward {
           float* o = to + b0 * to_ld + q * H + u0;
           if (n == 16 && reinterpret_cast<uintptr_t>(o) % 64 == 0 && to_ld % 16 == 0) {
             transpose16(dg_block[q]);
-            for (int l = 0; l < lanes; ++l) _mm512_stream_ps(o + l * to_ld, dg_block[q][l]);
+            for (int l = 0; l < lanes; ++l) stream(o + l * to_ld, dg_block[q][l]);
           } else {
             scatter16(dg_block[q], n, lanes, o, to_ld);
           }
@@ -663,26 +985,25 @@ struct Backward {
   template <int R, int NB>
   void tile(int r0, int b0, const int (&slot)[G], const float* gt, const float* from, float* to,
             Prefetch& ahead) const {
-    __m512 acc[R][NB];
+    V acc[R][NB];
     for (int j = 0; j < R; ++j)
-      for (int s = 0; s < NB; ++s)
-        acc[j][s] = from ? _mm512_loadu_ps(from + int64_t{j} * Bp + b0 + 16 * s) : _mm512_setzero_ps();
+      for (int s = 0; s < NB; ++s) acc[j][s] = from ? load(from + int64_t{j} * Bp + b0 + 16 * s) : zero();
     for (int gate = 0; gate < G; ++gate) {
       const float* w = wp + (int64_t{r0} * G + int64_t{gate} * R) * H;
       const float* col = gt + int64_t{slot[gate]} * H * Bp + b0;
       for (int k = 0; k < H; ++k) {
-        __m512 v[NB];
-        for (int s = 0; s < NB; ++s) v[s] = _mm512_loadu_ps(col + int64_t{k} * Bp + 16 * s);
+        V v[NB];
+        for (int s = 0; s < NB; ++s) v[s] = load(col + int64_t{k} * Bp + 16 * s);
         if (k % 4 == 3) ahead.next();
-#pragma GCC unroll 8
+#pragma GCC unroll 16
         for (int j = 0; j < R; ++j) {
-          const __m512 wj = _mm512_set1_ps(w[k * R + j]);
-          for (int s = 0; s < NB; ++s) acc[j][s] = _mm512_fmadd_ps(wj, v[s], acc[j][s]);
+          const V wj = splat(w[k * R + j]);
+          for (int s = 0; s < NB; ++s) acc[j][s] = fma(wj, v[s], acc[j][s]);
         }
       }
     }
     for (int j = 0; j < R; ++j)
-      for (int s = 0; s < NB; ++s) _mm512_storeu_ps(to + int64_t{j} * Bp + b0 + 16 * s, acc[j][s]);
+      for (int s = 0; s < NB; ++s) store(to + int64_t{j} * Bp + b0 + 16 * s, acc[j][s]);
   }
 
   // Rows [lo, hi) of [d x_t; d h_{t-1}], all lanes. d h_{t-1} starts from
@@ -698,20 +1019,11 @@ struct Backward {
       float* to = x ? dxt + int64_t{r0} * Bp : dh + int64_t{r0 - I} * Bp;
       const int(&slot)[G] = x ? Cell::kXSlot : Cell::kHSlot;
       auto run = [&](auto rows) {
-        for_batch_tiles(Bp, [&](int b0, auto nb) {
+        for_batch_tiles<kBackwardBatch>(Bp, [&](int b0, auto nb) {
           tile<decltype(rows)::value, decltype(nb)::value>(r0, b0, slot, gt, from, to, ahead);
         });
       };
-      switch (std::min(kRows, hi - r0)) {
-        case 8: run(std::integral_constant<int, 8>{}); break;
-        case 7: run(std::integral_constant<int, 7>{}); break;
-        case 6: run(std::integral_constant<int, 6>{}); break;
-        case 5: run(std::integral_constant<int, 5>{}); break;
-        case 4: run(std::integral_constant<int, 4>{}); break;
-        case 3: run(std::integral_constant<int, 3>{}); break;
-        case 2: run(std::integral_constant<int, 2>{}); break;
-        default: run(std::integral_constant<int, 1>{});
-      }
+      with_rows(std::min(kRows, hi - r0), run);
     }
   }
 
@@ -719,15 +1031,15 @@ struct Backward {
   // d c_{t-1}), units [ulo, uhi), goes to the initial carry's gradient, and none to step t - 1.
   void cut(int t, int ulo, int uhi) const {
     for (int b0 = 0; b0 < Bp; b0 += 16) {
-      const __mmask16 k = m->restarts(t, b0);
+      const uint16_t k = m->restarts(t, b0);
       if (!k) continue;
       for (int u = ulo; u < uhi; ++u) {
         const int64_t at = int64_t{u} * Bp + b0;
         for (auto [d, init] : {std::pair{dh, dh_init}, std::pair{dc, dc_init}}) {
           if (!init) continue;  // the GRU has no c
-          const __m512 v = _mm512_loadu_ps(d + at), sum = _mm512_loadu_ps(init + at);
-          _mm512_storeu_ps(init + at, _mm512_mask_add_ps(sum, k, sum, v));
-          _mm512_storeu_ps(d + at, _mm512_maskz_mov_ps(static_cast<__mmask16>(~k), v));
+          const V v = load(d + at), sum = load(init + at);
+          store(init + at, select(k, sum + v, sum));
+          store(d + at, keep(static_cast<uint16_t>(~k), v));
         }
       }
     }
@@ -764,7 +1076,7 @@ struct Backward {
       transpose_out(dxt, Bp, xlo, xhi, B, dx + out.at(t) * I, out.b * I, m->valid_row(t));
     }
     if (t > 0) gates(t - 1, ulo, uhi, g[(t - 1) & 1]);
-    _mm_sfence();  // the streaming stores of dg, before the phase counts as done
+    stream_fence();  // the streaming stores of dg, before the phase counts as done
   }
 };
 
@@ -994,37 +1306,13 @@ ffi::Error GruBackward(ffi::ThreadPool pool, F32 res, F32 w_i, F32 w_h, F32 dys,
 
 }  // namespace
 
-extern "C" int jaxrnn_native_available() { return 1; }
+// Whether the kernels run here: built for AVX-512, or AVX2 with FMA. Built for
+// anything else (SSE, NEON, ...) they compile from the same source, untested
+// and without FMA instructions where the target has none, and say they do not.
+extern "C" int jaxrnn_native_available() { return JAXRNN_SUPPORTED; }
 
-#else  // no AVX-512: stubs, so that the library still loads and says why.
-
-namespace {
-using F32 = ffi::Buffer<ffi::F32>;
-using S32 = ffi::Buffer<ffi::S32>;
-using U8 = ffi::Buffer<ffi::U8>;
-using Out = ffi::ResultBuffer<ffi::F32>;
-ffi::Error Unavailable() { return ffi::Error(ffi::ErrorCode::kUnimplemented, "jaxrnn's native kernels need AVX-512"); }
-ffi::Error LstmForward(ffi::ThreadPool, F32, S32, F32, F32, F32, F32, S32, U8, F32, F32, F32, Out, Out, Out, Out, Out,
-                       int64_t, bool, bool, bool) {
-  return Unavailable();
-}
-ffi::Error GruForward(ffi::ThreadPool, F32, S32, F32, F32, S32, U8, F32, F32, F32, F32, Out, Out, Out, Out, int64_t,
-                      bool, bool, bool) {
-  return Unavailable();
-}
-ffi::Error LstmBackward(ffi::ThreadPool, F32, F32, F32, F32, S32, F32, F32, S32, U8, Out, Out, Out, Out, Out, Out, Out,
-                        int64_t, bool, bool) {
-  return Unavailable();
-}
-ffi::Error GruBackward(ffi::ThreadPool, F32, F32, F32, F32, S32, F32, S32, U8, Out, Out, Out, Out, Out, int64_t, bool,
-                       bool) {
-  return Unavailable();
-}
-}  // namespace
-
-extern "C" int jaxrnn_native_available() { return 0; }
-
-#endif
+// The vector instruction set the kernels were built for: "avx512", "avx2", "avx", "sse2", "neon" or "generic".
+extern "C" const char* jaxrnn_native_isa() { return JAXRNN_ISA; }
 
 // Sequence arrays (x, ys, dys, dg, dx, operands) are (T, B, .), or (B, T, .) with batch_major; x and dys
 // may hold more steps than the call runs, which starts at their step `start`.

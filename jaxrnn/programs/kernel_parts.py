@@ -8,7 +8,7 @@ needs, the backward (the kernel's reverse loop, which also gives ``d x``, then
 the weight gradients as one matmul), that matmul alone, and the whole
 ``jax.grad`` of a sum of the outputs. The backward loop's own time is the
 backward less the matmul. Batch-major, as ``jaxrnn.scan`` calls it; B=32,
-H=I=256 by default. Needs the native kernels (an x86-64 CPU with AVX-512).
+H=I=256 by default. Needs the native kernels (an x86-64 CPU with AVX-512, or AVX2 and FMA).
 """
 
 from __future__ import annotations

@@ -45,7 +45,8 @@ so a steady loop of calls faults no pages at all, as a long training run with a
 caching allocator would. The setting applies to every peer in the process and
 the JSON records it; docs/performance.md has what it changes. ``--isa avx2``
 restarts with XLA, oneDNN and torch's ATen limited to AVX2 and jaxrnn's native
-kernels off (they need AVX-512): what a CPU without AVX-512 gets.
+kernels built for AVX2 (``JAXRNN_NATIVE_ISA=avx2``): what a CPU without AVX-512
+gets.
 ``--workloads`` times the shapes users bring instead of the size sweep
 (:mod:`jaxrnn.programs.workloads`).
 """
@@ -410,7 +411,7 @@ def environment() -> str:
     native = jaxrnn.native.unavailable_reason()
     allocator = f"GLIBC_TUNABLES={tunables}" if tunables else "glibc defaults"
     isa = f"{isa}-limited (XLA, oneDNN, MKL, ATen)" if isa else "the machine's own"
-    kernels = "on" if native is None else f"off ({native})"
+    kernels = f"on ({jaxrnn.native.isa()})" if native is None else f"off ({native})"
     return f"allocator: {allocator}; ISA: {isa}; jaxrnn native kernels: {kernels}"
 
 
@@ -509,7 +510,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--malloc-tunables", action="store_true",
                    help=f"restart with GLIBC_TUNABLES={MALLOC_TUNABLES} (Linux; glibc's defaults otherwise)")
     p.add_argument("--isa", choices=("native", "avx2"), default="native",
-                   help="avx2: restart with XLA, oneDNN, MKL and ATen limited to AVX2 and jaxrnn's native kernels off")
+                   help="avx2: restart with XLA, oneDNN, MKL, ATen and jaxrnn's native kernels limited to AVX2")
     p.add_argument("--workloads", action="store_true",
                    help="time the workload table (padded, bidirectional, small and large batches) against flax "
                         "and torch instead of the size sweep")
@@ -519,9 +520,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 MALLOC_TUNABLES = ("glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
                    "glibc.malloc.trim_threshold=17179869184")
 
-# What --isa avx2 sets: each library's own switch, and jaxrnn's kernels off (they are AVX-512 only).
+# What --isa avx2 sets: each library's own switch, jaxrnn's kernels built for AVX2 among them.
 AVX2_ENVIRONMENT = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
-                    "JAXRNN_NATIVE": "0"}
+                    "JAXRNN_NATIVE_ISA": "avx2"}
 
 
 def environment_for(args) -> dict[str, str]:

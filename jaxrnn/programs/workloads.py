@@ -14,8 +14,8 @@ equal to T.
 
 The run reports the environment it measured: the allocator (glibc's defaults
 unless ``--malloc-tunables``) and the instruction set (``--isa avx2`` limits
-XLA, oneDNN, MKL and torch's ATen to AVX2 and turns off jaxrnn's native kernels,
-which need AVX-512: what a CPU without AVX-512 gets).
+XLA, oneDNN, MKL, torch's ATen and jaxrnn's native kernels to AVX2: what a CPU
+without AVX-512 gets).
 """
 
 from __future__ import annotations
