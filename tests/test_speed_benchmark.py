@@ -125,7 +125,20 @@ def test_workloads_smoke(tmp_path, capsys):
         assert workloads.ratio(r, "torch") == r["ms"]["torch"] / r["ms"]["jaxrnn"]
     assert json.loads((tmp_path / "w.json").read_text())["environment"].startswith("allocator: ")
     assert (tmp_path / "w.png").stat().st_size > 0
-    assert "| LSTM padded | fwd+bwd |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| LSTM padded | fwd+bwd |" in printed and "GFLOP/s (of GEMM)" in printed and out["gemm_gflops"] > 0
+
+
+def test_a_rows_matmul_flops_count_its_valid_steps_layers_and_directions():
+    from jaxrnn.programs import workloads
+
+    w = workloads.Workload("2-layer bidirectional LSTM", "lstm", 2, 3, 4, layers=2, bidirectional=True)
+    # per batch row and step, 2 (I + H) 4H per direction: layer 1 reads x (I = 4), layer 2 both directions (I = 8)
+    per_step = 2 * (4 + 4) * 16 * 2 + 2 * (8 + 4) * 16 * 2
+    assert workloads.matmul_flops(w, with_grad=False) == 2 * 3 * per_step
+    assert workloads.matmul_flops(w, with_grad=True) == 3 * 2 * 3 * per_step  # + input/carry and weight gradients
+    gru = workloads.Workload("GRU, padded", "gru", 5, 8, 4, padded=True)
+    assert workloads.matmul_flops(gru, False) == workloads.lengths_of(gru).sum() * 2 * (4 + 4) * 3 * 4
 
 
 def test_padded_workloads_draw_lengths_up_to_T_and_every_peer_sees_them():

@@ -187,6 +187,30 @@ def make_torch(w: Workload, with_grad: bool):
 
 MAKERS = {"jaxrnn": make_jaxrnn, "flax": make_flax, "torch": make_torch}
 
+GATES = {"lstm": 4, "gru": 3, "vanilla": 1}
+
+
+def matmul_flops(w: Workload, with_grad: bool) -> float:
+    """The FLOPs of a row's matmuls over its valid steps: ``2 (I + H) G H`` per batch row, step, layer and
+    direction forward (G gates), three times that forward+backward (the input and carry gradients, the
+    weight gradients). The elementwise work is left out, and so are padded steps: what any implementation
+    must compute, so that a rate from it compares with a matmul's."""
+    lengths = lengths_of(w)
+    steps = w.B * w.T if lengths is None else int(lengths.sum())
+    directions = 2 if w.bidirectional else 1
+    inputs = [w.H] + [directions * w.H] * (w.layers - 1)
+    per_step = sum(2 * (i + w.H) * GATES[w.cell] * w.H * directions for i in inputs)
+    return steps * per_step * (3 if with_grad else 1)
+
+
+def gemm_gflops(n: int = 1024, repeats: int = 9) -> float:
+    """This process's float32 matmul rate (XLA's ``jnp.dot`` of two n x n matrices, the median of
+    ``repeats`` calls) in GFLOP/s: the reference for a row's share of what the machine's matmuls reach."""
+    a = jax.random.normal(jax.random.key(0), (n, n))
+    dot = jax.jit(jnp.dot)
+    ms = speed.interleaved_ms({"dot": lambda: jax.block_until_ready(dot(a, a))}, repeats, settle=True)["dot"]
+    return 2 * n**3 / ms / 1e6
+
 
 def faults_per_call(call: Callable, calls: int = 3) -> float | None:
     """Minor page faults per call: pages the allocator handed back fresh, each zeroed and mapped by the
@@ -214,7 +238,8 @@ def run_workload(w: Workload, with_grad: bool, peers, repeats: int, block: int) 
         calls[name] = call
     ms = speed.interleaved_ms(calls, repeats, timed=block - 1, settle=True)
     faults = {name: faults_per_call(call) for name, call in calls.items()}
-    return {**w._asdict(), "mode": "fwd+bwd" if with_grad else "fwd", "ms": ms, "faults": faults, "missing": missing}
+    return {**w._asdict(), "mode": "fwd+bwd" if with_grad else "fwd", "ms": ms, "faults": faults, "missing": missing,
+            "matmul_flops": matmul_flops(w, with_grad)}
 
 
 def ratio(row: dict, peer: str) -> float:
@@ -223,13 +248,21 @@ def ratio(row: dict, peer: str) -> float:
     return ms[peer] / ms["jaxrnn"] if "jaxrnn" in ms and peer in ms else float("nan")
 
 
-def table(rows: list[dict], peers) -> str:
+def gflops(row: dict) -> float:
+    """jaxrnn's rate on a row's matmul FLOPs (:func:`matmul_flops`), GFLOP/s."""
+    return row["matmul_flops"] / row["ms"]["jaxrnn"] / 1e6
+
+
+def table(rows: list[dict], peers, gemm: float) -> str:
+    """The rows as markdown; ``gemm``: this process's matmul rate (:func:`gemm_gflops`), which each row's
+    jaxrnn rate is shown as a share of."""
     others = [p for p in peers if p != "jaxrnn"]
     header = ["workload", "mode", *[f"{p} ms" for p in peers], *[f"x {p}" for p in others],
-              "jaxrnn page faults / call"]
+              "jaxrnn GFLOP/s (of GEMM)", "jaxrnn page faults / call"]
     faults = lambda r: r.get("faults", {}).get("jaxrnn")
     body = [[r["name"], r["mode"], *[f"{r['ms'][p]:.2f}" if p in r["ms"] else "-" for p in peers],
-             *[f"{ratio(r, p):.2f}x" for p in others], "-" if faults(r) is None else f"{faults(r):,.0f}"]
+             *[f"{ratio(r, p):.2f}x" for p in others], f"{gflops(r):.0f} ({gflops(r) / gemm:.0%})",
+             "-" if faults(r) is None else f"{faults(r):,.0f}"]
             for r in rows]
     return markdown_table(header, body, align="ll" + "r" * (len(header) - 2))
 
@@ -264,18 +297,20 @@ def run(args, workloads=WORKLOADS) -> dict:
         raise arguments.UsageError("--peers: --workloads compares jaxrnn with the others; include jaxrnn")
     env = speed.environment()
     out, path = speed.start_record("workloads", args, environment=env)
-    header = f"{jax.devices()[0].device_kind}; {env}; median of {args.repeats} interleaved rounds\n\n"
-    print(header + "\n".join(table([], peers).splitlines()[:2]), flush=True)
+    out["gemm_gflops"] = gemm = gemm_gflops()
+    header = (f"{jax.devices()[0].device_kind}; {env}; median of {args.repeats} interleaved rounds; "
+              f"float32 matmul (XLA, 1024 x 1024): {gemm:.0f} GFLOP/s\n\n")
+    print(header + "\n".join(table([], peers, gemm).splitlines()[:2]), flush=True)
     for w in tqdm(workloads, desc="workloads", unit="row"):
         for with_grad in [m for m in modes if not (m and w.streaming)]:  # a stream is inference
             out["results"].append(run_workload(w, with_grad, peers, args.repeats, args.block))
-            tqdm.write(table(out["results"][-1:], peers).splitlines()[-1])
+            tqdm.write(table(out["results"][-1:], peers, gemm).splitlines()[-1])
             path.write_text(json.dumps(out, indent=1))
     machine, versions = out["machine"], out["versions"]
     caption = (f"{machine['processor']}, {machine['cpus']} CPUs; jax {versions['jax']}, "
                f"flax {versions['flax']}, torch {versions['torch']}; "
                f"{' '.join(['jaxrnn speed', *(a for a in sys.argv[1:] if a != 'speed')])}")
     plot(out["results"], peers, env.split("; jaxrnn")[0], caption, path.with_suffix(".png"))
-    print("\n" + header + table(out["results"], peers))
+    print("\n" + header + table(out["results"], peers, gemm))
     print(f"wrote {path} and {path.with_suffix('.png')}")
     return out
