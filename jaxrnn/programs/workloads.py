@@ -187,29 +187,17 @@ def make_torch(w: Workload, with_grad: bool):
 
 MAKERS = {"jaxrnn": make_jaxrnn, "flax": make_flax, "torch": make_torch}
 
-GATES = {"lstm": 4, "gru": 3, "vanilla": 1}
-
-
 def matmul_flops(w: Workload, with_grad: bool) -> float:
     """The FLOPs of a row's matmuls over its valid steps: ``2 (I + H) G H`` per batch row, step, layer and
     direction forward (G gates), three times that forward+backward (the input and carry gradients, the
     weight gradients). The elementwise work is left out, and so are padded steps: what any implementation
-    must compute, so that a rate from it compares with a matmul's."""
+    must compute, so that a rate from it compares with a matmul's (as :func:`jaxrnn.programs.speed.flops`)."""
     lengths = lengths_of(w)
     steps = w.B * w.T if lengths is None else int(lengths.sum())
     directions = 2 if w.bidirectional else 1
     inputs = [w.H] + [directions * w.H] * (w.layers - 1)
-    per_step = sum(2 * (i + w.H) * GATES[w.cell] * w.H * directions for i in inputs)
+    per_step = sum(2 * (i + w.H) * speed.GATES[w.cell] * w.H * directions for i in inputs)
     return steps * per_step * (3 if with_grad else 1)
-
-
-def gemm_gflops(n: int = 1024, repeats: int = 9) -> float:
-    """This process's float32 matmul rate (XLA's ``jnp.dot`` of two n x n matrices, the median of
-    ``repeats`` calls) in GFLOP/s: the reference for a row's share of what the machine's matmuls reach."""
-    a = jax.random.normal(jax.random.key(0), (n, n))
-    dot = jax.jit(jnp.dot)
-    ms = speed.interleaved_ms({"dot": lambda: jax.block_until_ready(dot(a, a))}, repeats, settle=True)["dot"]
-    return 2 * n**3 / ms / 1e6
 
 
 def faults_per_call(call: Callable, calls: int = 3) -> float | None:
@@ -248,20 +236,18 @@ def ratio(row: dict, peer: str) -> float:
     return ms[peer] / ms["jaxrnn"] if "jaxrnn" in ms and peer in ms else float("nan")
 
 
-def gflops(row: dict) -> float:
-    """jaxrnn's rate on a row's matmul FLOPs (:func:`matmul_flops`), GFLOP/s."""
-    return row["matmul_flops"] / row["ms"]["jaxrnn"] / 1e6
-
-
-def table(rows: list[dict], peers, gemm: float) -> str:
-    """The rows as markdown; ``gemm``: this process's matmul rate (:func:`gemm_gflops`), which each row's
-    jaxrnn rate is shown as a share of."""
+def table(rows: list[dict], peers, peak: float) -> str:
+    """The rows as markdown, with jaxrnn's and torch's rates on each row's matmul FLOPs
+    (:func:`matmul_flops`) as shares of ``peak``, the process's float32 GEMM rate in FLOP/s
+    (:func:`jaxrnn.programs.speed.gemm_peak`)."""
     others = [p for p in peers if p != "jaxrnn"]
+    rated = [p for p in ("jaxrnn", "torch") if p in peers]
     header = ["workload", "mode", *[f"{p} ms" for p in peers], *[f"x {p}" for p in others],
-              "jaxrnn GFLOP/s (of GEMM)", "jaxrnn page faults / call"]
+              *[f"{p} % GEMM peak" for p in rated], "jaxrnn page faults / call"]
     faults = lambda r: r.get("faults", {}).get("jaxrnn")
+    share = lambda r, p: f"{r['matmul_flops'] / (r['ms'][p] / 1e3) / peak:.0%}" if p in r["ms"] else "-"
     body = [[r["name"], r["mode"], *[f"{r['ms'][p]:.2f}" if p in r["ms"] else "-" for p in peers],
-             *[f"{ratio(r, p):.2f}x" for p in others], f"{gflops(r):.0f} ({gflops(r) / gemm:.0%})",
+             *[f"{ratio(r, p):.2f}x" for p in others], *[share(r, p) for p in rated],
              "-" if faults(r) is None else f"{faults(r):,.0f}"]
             for r in rows]
     return markdown_table(header, body, align="ll" + "r" * (len(header) - 2))
@@ -297,20 +283,21 @@ def run(args, workloads=WORKLOADS) -> dict:
         raise arguments.UsageError("--peers: --workloads compares jaxrnn with the others; include jaxrnn")
     env = speed.environment()
     out, path = speed.start_record("workloads", args, environment=env)
-    out["gemm_gflops"] = gemm = gemm_gflops()
-    header = (f"{jax.devices()[0].device_kind}; {env}; median of {args.repeats} interleaved rounds; "
-              f"float32 matmul (XLA, 1024 x 1024): {gemm:.0f} GFLOP/s\n\n")
-    print(header + "\n".join(table([], peers, gemm).splitlines()[:2]), flush=True)
+    peak = speed.gemm_peak()
+    out["gemm_peak_gflops"] = peak / 1e9
+    header = (f"{jax.devices()[0].device_kind}; {env}; float32 GEMM peak: {peak / 1e9:.0f} GFLOP/s; "
+              f"median of {args.repeats} interleaved rounds\n\n")
+    print(header + "\n".join(table([], peers, peak).splitlines()[:2]), flush=True)
     for w in tqdm(workloads, desc="workloads", unit="row"):
         for with_grad in [m for m in modes if not (m and w.streaming)]:  # a stream is inference
             out["results"].append(run_workload(w, with_grad, peers, args.repeats, args.block))
-            tqdm.write(table(out["results"][-1:], peers, gemm).splitlines()[-1])
+            tqdm.write(table(out["results"][-1:], peers, peak).splitlines()[-1])
             path.write_text(json.dumps(out, indent=1))
     machine, versions = out["machine"], out["versions"]
     caption = (f"{machine['processor']}, {machine['cpus']} CPUs; jax {versions['jax']}, "
                f"flax {versions['flax']}, torch {versions['torch']}; "
                f"{' '.join(['jaxrnn speed', *(a for a in sys.argv[1:] if a != 'speed')])}")
     plot(out["results"], peers, env.split("; jaxrnn")[0], caption, path.with_suffix(".png"))
-    print("\n" + header + table(out["results"], peers, gemm))
+    print("\n" + header + table(out["results"], peers, peak))
     print(f"wrote {path} and {path.with_suffix('.png')}")
     return out
