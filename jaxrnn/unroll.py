@@ -151,7 +151,9 @@ def scan(
         and ``reverse`` included; with ``checkpoint_every``, one call per
         chunk; an error says which condition fails).
         ``"xla"``: the ``lax.scan`` loop. ``"auto"`` (default): native
-        wherever it can run, else the loop. The kernel is differentiable
+        wherever it can run and the call is large enough
+        (:data:`jaxrnn.native.AUTO`; an unbatched sequence keeps to the loop,
+        which ``jax.vmap`` batches), else the loop. The kernel is differentiable
         once; for higher derivatives (or forward mode) pass ``"xla"``.
         Same values either way (to float rounding).
 
@@ -161,10 +163,12 @@ def scan(
     """
     xs = jnp.asarray(xs)
     if xs.ndim == 2:  # one unbatched sequence: run it as a batch of one
+        # On "auto", the loop, whatever the length: under jax.vmap, the usual way to batch such calls, the
+        # kernels would run once per member (their FFI call batches sequentially), where the loop batches.
         ys, carry = scan(
             cell, params, xs[None], **batch_of_one(cell, xs, initial_carry=initial_carry, lengths=lengths, resets=resets),
             reverse=reverse, unroll=unroll, backward=backward, checkpoint_every=checkpoint_every,
-            projection=projection, kernel=kernel,
+            projection=projection, kernel="xla" if kernel == "auto" else kernel,
         )
         return ys[0], jax.tree_util.tree_map(lambda v: v[0], carry)
     if xs.ndim != 3:

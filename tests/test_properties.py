@@ -40,7 +40,7 @@ CI, SLOW = settings.get_profile("jaxrnn-ci"), settings.get_profile("jaxrnn-slow"
 
 # ------------------------------------------------------------------ native against the XLA loop ----
 
-# (B, T, I, H): batches the kernels take (jaxrnn.native.MIN_BATCH), padded ones (17, 33 rows) among
+# (B, T, I, H): batches the kernels take (jaxrnn.native.AUTO), padded ones (17, 33 rows) among
 # them; odd H (one-unit tail tiles; 33 runs on two threads); T from 1 to 12.
 NATIVE_SHAPES = {
     "lstm": [(8, 5, 3, 7), (17, 12, 1, 33), (33, 3, 8, 1), (16, 1, 2, 17)],

@@ -5,6 +5,7 @@ import json
 import jax.numpy as jnp
 import pytest
 
+import jaxrnn
 from jaxrnn.programs import speed
 
 
@@ -95,12 +96,17 @@ def test_variants_time_every_combination_against_the_peers(tmp_path, capsys):
     out = tmp_path / "variants.json"
     variants.main(["--cells", "gru", "--batch", "2", "--hidden", "4", "--lengths", "3", "--mode", "fwd+bwd",
                    "--unroll", "1", "2", "--projection", "hoisted", "per_step", "--step-vjp", "cell", "autodiff",
-                   "--kernel", "xla", "native", "--peers", "flax", "--repeats", "1", "--block", "2", "--json", str(out)])
+                   "--kernel", "xla", "native", "native-small", "native-wide", "--peers", "flax", "--repeats", "1",
+                   "--block", "2", "--json", str(out)])
     (row,) = json.loads(out.read_text())["results"]
+    native_runs = jaxrnn.native.unavailable_reason() is None  # each layout forced, whatever the batch
     names = {f"unroll={u} {p} fused{s}" for u in (1, 2) for p in ("hoisted", "per_step") for s in ("", " autodiff-step")}
-    assert set(row["ms"]) == names | {"flax"}
-    assert row["missing"] == {"native": "the batch (2) is below 16"}  # said, not dropped
-    assert capsys.readouterr().out.count("**unroll=") >= 1  # the fastest variant is marked
+    assert set(row["ms"]) == names | {"flax"} | ({"native-small", "native-wide"} if native_runs else set())
+    reason = jaxrnn.native.unavailable_reason()
+    assert row["missing"] == {  # said, not dropped
+        "native": "the call (2 rows, 3 steps) is smaller than kernel='auto' takes: at least 16 rows",
+        **({} if native_runs else {"native-small": reason, "native-wide": reason})}
+    assert "| **" in capsys.readouterr().out  # the fastest variant is marked
 
 
 def test_workloads_smoke(tmp_path, capsys):

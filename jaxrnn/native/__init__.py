@@ -5,7 +5,10 @@ for an LSTM of batch 32 and hidden size 256 the bare matmuls of such a loop
 already take longer than torch's whole oneDNN LSTM (README, Performance).
 ``rnn_cpu.cc`` runs the whole unroll in one call instead: the weights are
 packed once, each step is one pass over them per core with the gates computed
-on the accumulators, and the cores meet once per step.
+on the accumulators, and the cores meet once per step. A call runs in one of
+two layouts, which give the same bits: the vector lanes along batch rows
+(``"wide"``, the batch padded to 16) or, for a few rows, along hidden units
+(``"small"``); :func:`layout_for` picks one by the batch.
 
 The kernels are compiled on first use with the machine's C++ compiler
 (``$CXX``, else ``c++``, GCC or Clang; about 10 s) for this machine's CPU
@@ -160,13 +163,27 @@ def isa() -> str | None:
     return None if reason else built
 
 
-# The smallest batch kernel="auto" hands to each kernel: it pads the batch to a multiple of 16, and
-# below these the XLA loop measured as fast or faster (docs/kernels.md, "Where the kernels are taken").
-# kernel="native" runs any batch.
-MIN_BATCH = {"lstm": 8, "gru": 16}
+# The calls kernel="auto" hands to each kernel: (batch, steps) pairs, a call of at least that many rows and
+# steps for any pair; below them the XLA loop measured as fast or faster (docs/kernels.md, "Where the
+# kernels are taken"). The LSTM's kernels, in the small layout, beat the loop from a batch of 1, but below
+# 32 steps a few rows do not earn back a call's fixed cost (packing the weights, waking a helper thread).
+# The GRU's loop is about as fast as its kernels below 16 rows. kernel="native" runs any call.
+AUTO = {"lstm": ((8, 1), (1, 32)), "gru": ((16, 1),)}
 
 
-def unsupported(cell, params, batch: int, dtype, *, steps: int = 1, backward: str = "fused",
+# The kernels' two layouts (rnn_cpu.cc): "wide", the vector lanes along batch rows (the batch padded to a
+# multiple of 16), and "small", the lanes along hidden units (no padding), for batches up to these, where it
+# measured faster than the wide one (docs/kernels.md, "Where the kernels are taken"). Both give the same bits.
+SMALL_BATCH = {"lstm": 12, "gru": 12}
+
+
+def layout_for(kind: str, batch: int) -> str:
+    """The layout a kernel call of this batch runs in: ``"small"`` from 1 row up to ``SMALL_BATCH[kind]``,
+    else ``"wide"`` (an empty batch too)."""
+    return "small" if 1 <= batch <= SMALL_BATCH[kind] else "wide"
+
+
+def unsupported(cell, params, batch: int, dtype, *, steps: int, backward: str = "fused",
                 forced: bool = False) -> str | None:
     """Why :func:`jaxrnn.scan` cannot run this call natively, or None when it can.
 
@@ -174,8 +191,8 @@ def unsupported(cell, params, batch: int, dtype, *, steps: int = 1, backward: st
     :func:`jaxrnn.gru` made it (never a cell whose functions were replaced:
     see :func:`jaxrnn.cells.is_stock`), in float32 on the CPU backend, with
     the fused backward; ``lengths``, ``resets`` and ``reverse`` included.
-    Unless ``forced`` (``kernel="native"``), a batch below
-    ``MIN_BATCH[cell.kind]`` is left to the XLA loop too.
+    Unless ``forced`` (``kernel="native"``), a call smaller than every
+    (batch, steps) pair of ``AUTO[cell.kind]`` is left to the XLA loop too.
     """
     if not is_stock(cell):  # first: a replaced function may break any check below (cell.option, say)
         return ("the cell's functions were replaced (jaxrnn.cells.is_stock is false); the kernels compute "
@@ -192,9 +209,11 @@ def unsupported(cell, params, batch: int, dtype, *, steps: int = 1, backward: st
             lambda: "the inputs, parameters or cell dtype are not all float32",
         ),
         (lambda: backward == "fused", lambda: f"backward={backward!r} asks for JAX's own derivative of the loop"),
-        (lambda: forced or batch >= MIN_BATCH[cell.kind],
-         lambda: f"the batch ({batch}) is below {MIN_BATCH[cell.kind]}"),
         (lambda: steps > 0, lambda: "the sequence is empty"),
+        (lambda: forced or any(batch >= b and steps >= t for b, t in AUTO[cell.kind]),
+         lambda: f"the call ({batch} rows, {steps} steps) is smaller than kernel='auto' takes: at least "
+                 + ", or at least ".join(f"{b} rows" if t == 1 else f"{t} steps" if b == 1 else f"{b} rows and {t} steps"
+                                         for b, t in AUTO[cell.kind])),
     )
     for ok, reason in checks:
         if not ok():
@@ -277,12 +296,15 @@ def forward_call(kind, x, carry, w, batch_major: bool, keep: bool, in_loop: bool
     B, H = carry[0].shape
     T = x.shape[1 if batch_major else 0] if steps is None else steps
     rows = _rows(batch_major, B, T)
-    kept = (_f32(T, 5 * H, -(-B // 16) * 16), _f32(*rows, x.shape[-1] + H)) if keep else (_f32(0), _f32(0))
+    small = layout_for(kind, B) == "small"
+    # The kept activations in the layout's own order: the backward call tells the layout from their rank.
+    activations = _f32(T, B, 5, H) if small else _f32(T, 5 * H, -(-B // 16) * 16)
+    kept = (activations, _f32(*rows, x.shape[-1] + H)) if keep else (_f32(0), _f32(0))
     outs = (_f32(*rows, H), *(_f32(B, H) for _ in carry), *kept)
     call = jax.ffi.ffi_call(f"jaxrnn_{kind}_forward", outs, vmap_method="sequential")
     ys, *rest = call(
         x, jnp.asarray(start, jnp.int32), *carry, *m.initial, m.lengths, m.resets, *w,
-        threads=np.int64(threads()), pooled=pooled(in_loop), keep=keep, batch_major=batch_major,
+        threads=np.int64(threads()), pooled=pooled(in_loop), keep=keep, batch_major=batch_major, small=small,
     )
     return ys, tuple(rest[: len(carry)]), *rest[len(carry) :]
 
@@ -304,7 +326,8 @@ def backward_call(kind, kept, operands, w, d_ys, d_carry, batch_major: bool, in_
 
     The raw call under :func:`unroll`'s derivative, public as :func:`forward_call` is.
 
-    The steps are those of ``kept``, from step ``start`` of ``d_ys`` (read in place).
+    The steps are those of ``kept``, from step ``start`` of ``d_ys`` (read in place), in the layout
+    the forward call kept them in (:func:`layout_for`).
     Returns ``(d_x, d_carry0, d_w, d_initial)``: ``d_w`` matches ``w``, ``d_initial``
     the masks' ``initial`` (the gradient that the steps which reset send to it).
     """
@@ -318,7 +341,7 @@ def backward_call(kind, kept, operands, w, d_ys, d_carry, batch_major: bool, in_
     call = jax.ffi.ffi_call(f"jaxrnn_{kind}_backward", outs, vmap_method="sequential")
     dg, d_x, *rest, d_sum = call(
         kept, w_i, w_h, d_ys, jnp.asarray(start, jnp.int32), *d_carry, m.lengths, m.resets,
-        threads=np.int64(threads()), pooled=pooled(in_loop), batch_major=batch_major,
+        threads=np.int64(threads()), pooled=pooled(in_loop), batch_major=batch_major, small=kept.ndim == 4,
     )
     d_carry0, d_initial = tuple(rest[: len(d_carry)]), tuple(rest[len(d_carry) :])
     d_w = weight_gradient(operands, dg)

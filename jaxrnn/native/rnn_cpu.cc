@@ -23,6 +23,12 @@
 // tile reads its (I+H) x G U block contiguously. The tile sizes follow the
 // register file (kUnits, kForwardBatch, kRows, kBackwardBatch).
 //
+// That layout is "wide". Batches of a few rows, where most of its 16 lanes
+// would be padding, run in a second one, "small" (ForwardSmall,
+// BackwardSmall): lanes along hidden units, states row-major (B, H). Both give
+// the same bits (see "small batches"); Python picks one by the batch
+// (layout_for in __init__.py) and the backward call takes the forward's.
+//
 // Threads. A step is split into one share of contiguous hidden units per
 // thread (c and h of a unit are only ever written by its share), and the only
 // exchange is h_t, which every share of the next step reads: the shares of
@@ -615,6 +621,9 @@ struct Masks {
   const uint16_t* valid_row(int t) const { return valid.empty() ? nullptr : valid.data() + int64_t{t} * blocks; }
   uint16_t live(int t, int b0) const { return rows_of(valid_row(t), b0); }
   uint16_t restarts(int t, int b0) const { return reset.empty() ? 0 : reset[int64_t{t} * blocks + b0 / 16]; }
+  // The same for one row b, as all 16 lanes or none: the small layout's vectors are one row's units.
+  uint16_t live_row(int t, int b) const { return live(t, b) >> b % 16 & 1 ? 0xFFFF : 0; }
+  uint16_t restarts_row(int t, int b) const { return restarts(t, b) >> b % 16 & 1 ? 0xFFFF : 0; }
 };
 
 // lengths: (B,) or null; resets: (T_all, B) time-major, or null. Step t of the call is step first + t of both.
@@ -652,7 +661,78 @@ struct Gru {
 constexpr int kSlots = 4;  // per unit, both cells
 constexpr int kKept = 5;   // H-row blocks kept per step for the backward pass, both cells
 
+// The elementwise step on 16 lanes, the same in both layouts (lanes: batch rows in the wide one, units
+// in the small one), so that both give the same bits. From the four slots' pre-activations `s`: h_t,
+// c_t into `c` (LSTM), and what the backward pass keeps.
+template <class Cell>
+JAXRNN_INLINE V cell_step(const V (&s)[kSlots], V h_prev, V c_prev, V& c, V (&kept)[kKept]) {
+  if constexpr (std::is_same_v<Cell, Lstm>) {
+    const V i = sigmoid16(s[0]), f = sigmoid16(s[1]);
+    const V g = tanh16(s[2]), o = sigmoid16(s[3]);
+    c = fma(f, c_prev, i * g);
+    // c_{t-1}, not c_t: the backward pass recomputes c_t from it exactly as here, and reads the
+    // carry a step started from, which for a padded or reset row is not the previous step's c_t.
+    kept[0] = i, kept[1] = f, kept[2] = g, kept[3] = o, kept[4] = c_prev;
+    return o * tanh16(c);
+  } else {  // h = (1 - z) n + z h_{t-1}, n = tanh(x W_in + b_in + r (h W_hn + b_hn))
+    const V r = sigmoid16(s[0]), z = sigmoid16(s[1]);
+    const V hn = s[3];
+    const V n = tanh16(fma(r, hn, s[2]));
+    kept[0] = r, kept[1] = z, kept[2] = n, kept[3] = hn, kept[4] = h_prev;
+    return fma(z, h_prev - n, n);
+  }
+}
+
+// Its derivative, the same in both layouts: from d ys (`dy`), the carried d h_t and d c_t (LSTM) and the
+// kept activations, dG's four slots `d`, and the parts of d h_{t-1} and d c_{t-1} that do not go through
+// the matmul (see Backward::rows): the LSTM's d c_{t-1} into `dc`, and with lengths what passed a padded
+// step into `dh`; the GRU's z d h_t (plus, with lengths, the same) into `dc`. `live`: the lanes whose step is
+// valid. A padded step passed its carry through and output zeros: it gets no cotangent (d ys there is
+// dropped), and the carried one goes past it to the step before, as in the XLA loop.
+template <class Cell, bool lengths>
+JAXRNN_INLINE void cell_grads(const V (&kept)[kKept], V dy, uint16_t live, V& dh, V& dc, V (&d)[4]) {
+  const V one = splat(1.f);
+  const uint16_t padded = static_cast<uint16_t>(~live);
+  const V dh_carried = dh;
+  const V d_h = keep(live, dy + dh_carried);
+  if constexpr (std::is_same_v<Cell, Lstm>) {
+    const V i = kept[0], f = kept[1], gg = kept[2], o = kept[3], c_prev = kept[4];
+    const V tc = tanh16(fma(f, c_prev, i * gg));  // c_t as forward made it
+    const V dc_carried = dc;
+    // d c_t = (carried d c_t) + d h_t * o * (1 - tanh(c_t)^2)
+    const V d_c = fma(d_h * o, fnma(tc, tc, one), keep(live, dc_carried));
+    d[0] = (d_c * gg) * (i * (one - i));
+    d[1] = (d_c * c_prev) * (f * (one - f));
+    d[2] = (d_c * i) * fnma(gg, gg, one);
+    d[3] = (d_h * tc) * (o * (one - o));
+    dc = d_c * f;  // d c_{t-1}, through the forget gate
+    if constexpr (lengths) {  // plus what passed a padded step; d h_{t-1} starts from it (see rows)
+      dc = dc + keep(padded, dc_carried);
+      dh = keep(padded, dh_carried);
+    }
+  } else {
+    const V rr = kept[0], z = kept[1], nn = kept[2], hn = kept[3], h_prev = kept[4];
+    d[2] = (d_h * (one - z)) * fnma(nn, nn, one);
+    d[1] = (d_h * (h_prev - nn)) * (z * (one - z));
+    d[0] = (d[2] * hn) * (rr * (one - rr));
+    d[3] = d[2] * rr;
+    dc = d_h * z;  // d h_{t-1} through z, added by the matmul
+    if constexpr (lengths) dc = dc + keep(padded, dh_carried);
+  }
+}
+
 // --------------------------------------------------------------- forward ----
+
+// Columns [r0, r1) of B rows (`ld` floats apart) into those of B rows at dst (`to_ld` apart); rows not in
+// `live` (bit b % 16 of live[b / 16]; null: all) get zeros.
+inline void copy_rows(const float* src, int64_t ld, int B, const uint16_t* live, int r0, int r1, float* dst,
+                      int64_t to_ld) {
+  for (int b = 0; b < B; ++b) {
+    float* to = dst + b * to_ld + r0;
+    if (rows_of(live, b / 16 * 16) >> b % 16 & 1) std::memcpy(to, src + b * ld + r0, sizeof(float) * (r1 - r0));
+    else std::memset(to, 0, sizeof(float) * (r1 - r0));
+  }
+}
 
 template <class Cell>
 struct Forward {
@@ -721,24 +801,11 @@ struct Forward {
         // A padded step (not in `live`) keeps the carry: h and c are blended with their previous values.
         const uint16_t live = m->live(t, b0 + 16 * s);
         const V h_prev = load(at + int64_t{I} * Bp + at_u);
-        V kept[kKept], h;
-        if constexpr (std::is_same_v<Cell, Lstm>) {
-          const V i = sigmoid16(acc[0 * U + j][s]), f = sigmoid16(acc[1 * U + j][s]);
-          const V g = tanh16(acc[2 * U + j][s]), o = sigmoid16(acc[3 * U + j][s]);
-          const V c_prev = load(cT + at_u);
-          const V c = fma(f, c_prev, i * g);
-          h = o * tanh16(c);
-          store(cT + at_u, select(live, c, c_prev));
-          // c_{t-1}, not c_t: the backward pass recomputes c_t from it exactly as here, and reads the
-          // carry a step started from, which for a padded or reset row is not the previous step's c_t.
-          kept[0] = i, kept[1] = f, kept[2] = g, kept[3] = o, kept[4] = c_prev;
-        } else {  // h = (1 - z) n + z h_{t-1}, n = tanh(x W_in + b_in + r (h W_hn + b_hn))
-          const V r = sigmoid16(acc[0 * U + j][s]), z = sigmoid16(acc[1 * U + j][s]);
-          const V hn = acc[3 * U + j][s];
-          const V n = tanh16(fma(r, hn, acc[2 * U + j][s]));
-          h = fma(z, h_prev - n, n);
-          kept[0] = r, kept[1] = z, kept[2] = n, kept[3] = hn, kept[4] = h_prev;
-        }
+        const V c_prev = std::is_same_v<Cell, Lstm> ? load(cT + at_u) : zero();
+        const V slots[kSlots] = {acc[0 * U + j][s], acc[1 * U + j][s], acc[2 * U + j][s], acc[3 * U + j][s]};
+        V kept[kKept], c;
+        const V h = cell_step<Cell>(slots, h_prev, c_prev, c, kept);
+        if constexpr (std::is_same_v<Cell, Lstm>) store(cT + at_u, select(live, c, c_prev));
         store(h_next + at_u, select(live, h, h_prev));
         if (res) {
           float* r = res + int64_t{t} * kKept * H * Bp + at_u;
@@ -764,12 +831,7 @@ struct Forward {
     const float* x_t = x + in.at(t) * I;
     const uint16_t* live = m->valid_row(t);
     transpose_in(x_t, B, in.b * I, a, Bp, r0, r1, live);
-    if (operands)
-      for (int bb = 0; bb < B; ++bb) {
-        float* to = operands + (out.at(t) + bb * out.b) * K + r0;
-        if (rows_of(live, bb / 16 * 16) >> bb % 16 & 1) std::memcpy(to, x_t + bb * in.b * I + r0, sizeof(float) * (r1 - r0));
-        else std::memset(to, 0, sizeof(float) * (r1 - r0));
-      }
+    if (operands) copy_rows(x_t, in.b * I, B, live, r0, r1, operands + out.at(t) * K, out.b * K);
   }
 
   // The rows that start over at step t take the initial carry (units [ulo, uhi) of h, and of the LSTM's c).
@@ -850,6 +912,28 @@ struct Prefetch {
   }
 };
 
+// Row r of [W_i; W_h], rows of GH floats.
+inline const float* weight_row(const float* w_i, const float* w_h, int I, int GH, int r) {
+  return r < I ? w_i + int64_t{r} * GH : w_h + int64_t{r - I} * GH;
+}
+
+// R <= 16 rows of GH weights as a (GH, stride) block, stride R or 16: block[k stride + j] = row j's k-th
+// weight (zeros in lanes [R, 16) with stride 16), 16 k at a time through a register transpose.
+inline void pack_rows(const float* const* row, int R, int GH, float* block, int stride) {
+  V v[16];
+  for (int k0 = 0; k0 < GH; k0 += 16) {
+    const int n = std::min(16, GH - k0);
+    for (int j = 0; j < 16; ++j) v[j] = j < R ? load_first(row[j] + k0, n) : zero();
+    transpose16(v);  // v[i]'s first R lanes: the R rows' weight k0 + i
+    if (stride == 16)
+      for (int i = 0; i < n; ++i) store(block + int64_t{k0 + i} * 16, v[i]);
+    else if (R == kRows)
+      for (int i = 0; i < n; ++i) store_first<kRows>(block + int64_t{k0 + i} * R, v[i]);
+    else
+      for (int i = 0; i < n; ++i) store_first(block + int64_t{k0 + i} * R, R, v[i]);
+  }
+}
+
 template <class Cell>
 struct Backward {
   static constexpr int G = Cell::kGates;
@@ -869,25 +953,13 @@ struct Backward {
   float *dh_init, *dc_init;  // (H, Bp): the initial carry's gradient from the steps that reset to it
 
   // Rows [lo, hi) of [W_i; W_h] (I + H rows of G H) as (G H, R) blocks of
-  // kRows rows, so that a tile reads its block contiguously: block[k R + j] =
-  // row j's k-th weight, 16 k at a time through a register transpose.
+  // kRows rows, so that a tile reads its block contiguously (pack_rows).
   void pack(int lo, int hi) const {
-    const int GH = G * H;
     for (int r0 = lo; r0 < hi; r0 += kRows) {
       const int R = std::min(kRows, hi - r0);
       const float* row[kRows];
-      for (int j = 0; j < R; ++j) row[j] = r0 + j < I ? w_i + int64_t{r0 + j} * GH : w_h + int64_t{r0 + j - I} * GH;
-      float* block = wp + int64_t{r0} * GH;
-      V v[16];
-      for (int k0 = 0; k0 < GH; k0 += 16) {
-        const int n = std::min(16, GH - k0);
-        for (int j = 0; j < 16; ++j) v[j] = j < R ? load_first(row[j] + k0, n) : zero();
-        transpose16(v);  // v[i]'s first R lanes: the R rows' weight k0 + i
-        if (R == kRows)
-          for (int i = 0; i < n; ++i) store_first<kRows>(block + int64_t{k0 + i} * R, v[i]);
-        else
-          for (int i = 0; i < n; ++i) store_first(block + int64_t{k0 + i} * R, R, v[i]);
-      }
+      for (int j = 0; j < R; ++j) row[j] = weight_row(w_i, w_h, I, G * H, r0 + j);
+      pack_rows(row, R, G * H, wp + int64_t{r0} * G * H, R);
     }
   }
 
@@ -914,49 +986,21 @@ struct Backward {
     const float* dy = dys + in.at(t) * H;
     float* to = dg + out.at(t) * 4 * H;
     const int64_t dy_ld = in.b * H, to_ld = out.b * 4 * H;
-    const V one = splat(1.f);
     V dy_block[16], dg_block[4][16] = {};  // [unit], [slot][unit]: 16 lanes each
     for (int u0 = ulo; u0 < uhi; u0 += 16) {
       const int n = std::min(16, uhi - u0);
       for (int b0 = 0; b0 < Bp; b0 += 16) {
         const int lanes = std::min(16, B - b0);
         gather16(dy + b0 * dy_ld + u0, dy_ld, n, lanes, dy_block);
-        // A padded step (not in `live`) passed its carry through and output zeros: it gets no cotangent
-        // (d ys there is dropped), and the carried one goes past it to the step before, as in the XLA loop.
-        const uint16_t live = m->live(t, b0), padded = static_cast<uint16_t>(~live);
+        const uint16_t live = m->live(t, b0);
         for (int j = 0; j < n; ++j) {
           const int64_t at = int64_t{u0 + j} * Bp + b0;
-          const V dh_carried = load(dh + at);
-          const V d_h = keep(live, dy_block[j] + dh_carried);
           V kept[kKept];
           for (int q = 0; q < kKept; ++q) kept[q] = load(r + int64_t{q} * H * Bp + at);
-          V d[4];  // dg's four slots
-          if constexpr (std::is_same_v<Cell, Lstm>) {
-            const V i = kept[0], f = kept[1], gg = kept[2], o = kept[3], c_prev = kept[4];
-            const V tc = tanh16(fma(f, c_prev, i * gg));  // c_t as forward made it
-            const V dc_carried = load(dc + at);
-            // d c_t = (carried d c_t) + d h_t * o * (1 - tanh(c_t)^2)
-            const V d_c = fma(d_h * o, fnma(tc, tc, one), keep(live, dc_carried));
-            d[0] = (d_c * gg) * (i * (one - i));
-            d[1] = (d_c * c_prev) * (f * (one - f));
-            d[2] = (d_c * i) * fnma(gg, gg, one);
-            d[3] = (d_h * tc) * (o * (one - o));
-            V dc_prev = d_c * f;  // d c_{t-1}, through the forget gate
-            if constexpr (lengths) {  // plus what passed a padded step; d h_{t-1} starts from it (see rows)
-              dc_prev = dc_prev + keep(padded, dc_carried);
-              store(dh + at, keep(padded, dh_carried));
-            }
-            store(dc + at, dc_prev);
-          } else {
-            const V rr = kept[0], z = kept[1], nn = kept[2], hn = kept[3], h_prev = kept[4];
-            d[2] = (d_h * (one - z)) * fnma(nn, nn, one);
-            d[1] = (d_h * (h_prev - nn)) * (z * (one - z));
-            d[0] = (d[2] * hn) * (rr * (one - rr));
-            d[3] = d[2] * rr;
-            V bypass = d_h * z;  // d h_{t-1} through z, added by the matmul
-            if constexpr (lengths) bypass = bypass + keep(padded, dh_carried);
-            store(dc + at, bypass);
-          }
+          V d[4], d_h = load(dh + at), d_c = std::is_same_v<Cell, Lstm> ? load(dc + at) : zero();
+          cell_grads<Cell, lengths>(kept, dy_block[j], live, d_h, d_c, d);
+          if constexpr (std::is_same_v<Cell, Lstm> && lengths) store(dh + at, d_h);
+          store(dc + at, d_c);
           for (int q = 0; q < 4; ++q) {  // the bias gradient sums the batch's rows, not the padding's
             float* sum = db + int64_t{q * H + u0 + j} * 16;
             const V so_far = load(sum);
@@ -1077,6 +1121,361 @@ struct Backward {
     }
     if (t > 0) gates(t - 1, ulo, uhi, g[(t - 1) & 1]);
     stream_fence();  // the streaming stores of dg, before the phase counts as done
+  }
+};
+
+// -------------------------------------------------------- small batches ----
+//
+// A second layout for a few batch rows (B = 1 to 12: layout_for in __init__.py), where the wide one's
+// 16 lanes of batch rows are mostly padding (a batch of one uses one lane in 16). Its lanes run along
+// hidden units instead: states are row-major (B, H), and a step is one GEMV-like pass over the weights,
+// packed as 16 units of each gate per operand element, in which each weight vector loaded feeds one FMA
+// per batch row (the row's operand element broadcast). The backward pass runs its lanes along the rows
+// of [W_i; W_h]: d x_t and d h_{t-1} are vectors over those rows, and dG_t's elements are broadcast.
+//
+// It gives the wide layout's bits, so that either may run any batch: every output float is the same FMA
+// chain in the same order (forward: its bias, x_t's elements k = 0..I-1, then h_{t-1}'s; backward: its
+// start, then gate by gate k = 0..H-1), fma(a, b, c) rounds a b + c once whichever factor is broadcast,
+// the elementwise steps are the same functions (cell_step, cell_grads), and the bias gradient adds row b
+// into lane b % 16, step after step, and sums the 16 lanes in the wide layout's order.
+// With so few rows a step is bound by reading the weights (an LSTM of H = 256 reads 2 MiB of them a
+// step, more than a core's L2), so the forward computes the x_t part of every chain a chunk of steps
+// ahead (x_part) and the backward d x_t a chunk of steps behind (x_rows), reading W_i once a chunk, and
+// W_h alone stays in L2 from step to step: a chain stopped and resumed through memory is the same chain.
+// Threads split units (forward) and rows of [W_i; W_h] (backward) in 16s, and meet once per step, as there.
+
+// Batch rows per forward tile (4 slots of accumulators each), and per backward tile, which also takes
+// kSmallBlocks 16-row blocks of [W_i; W_h]: with AVX-512 24 and 16 registers of accumulators (6 forward
+// rows ran a batch of 8 in 0.65x the time of 4; 10 backward rows spilled), with AVX2 8 and 8 (a V is two).
+constexpr int kSmallRows = kWideRegisters ? 6 : 1;
+constexpr int kSmallBackRows = kWideRegisters ? 8 : 4;
+constexpr int kSmallBlocks = kWideRegisters ? 2 : 1;
+
+// f(b0, std::integral_constant<int, r>{}) for each tile of r <= R rows of B, r as a compile-time count.
+template <int R, typename F>
+void for_row_tiles(int B, F&& f) {
+  for (int b0 = 0; b0 < B; b0 += R) with_rows<R>(std::min(R, B - b0), [&](auto rows) { f(b0, rows); });
+}
+
+// The steps of a chunk (x_part, x_rows): about 64 rows of x, or of dG.
+inline int x_chunk(int B) { return std::max(1, 64 / B); }
+
+template <class Cell>
+struct ForwardSmall {
+  static constexpr int G = Cell::kGates;
+  int T, B, I, H, K;  // K = I + H
+  Rows in, out;       // of x; of ys and operands
+  const float *x, *w_i, *w_h;
+  const float* bias[kSlots];
+  float* wp;        // (H / 16 groups, K, G, 16): group g's units of each gate, per operand element
+  float *ys, *res;  // res: (T, B, 5, H), per row what Forward keeps
+  float* operands;  // as Forward's
+  float* cT;        // LSTM: (B, H)
+  float* h[2];      // (B, H) twice: h_{t-1} and h_t, double-buffered
+  float* xw;        // (x_chunk(B) B rows, groups, 4 slots, 16): the slots' bias + x_t W_i, see x_part
+  const float* zeros;  // I zeros: a padded step's x_t (see Masks)
+  const Masks* m;
+  const float *h_init, *c_init;  // (B, H): the carry a reset starts over from; null without resets
+
+  static int groups(int H) { return (H + 15) / 16; }
+
+  // Groups [glo, ghi); each share packs those it reads, a weight row at a time across all of them, so
+  // that each cache line of a row is read once.
+  void pack(int glo, int ghi) const {
+    for (int k = 0; k < K; ++k) {
+      const float* row = weight_row(w_i, w_h, I, G * H, k);
+      for (int gi = glo; gi < ghi; ++gi) {
+        const int u0 = 16 * gi, n = std::min(16, H - u0);
+        float* to = wp + (int64_t{gi} * K + k) * G * 16;
+        for (int g = 0; g < G; ++g) store(to + 16 * g, load_first(row + g * H + u0, n));
+      }
+    }
+  }
+
+  // acc[slot[g]][r] += rows[r][k] w[k, g] for k in [0, n).
+  template <int NB>
+  static void accumulate(V (&acc)[kSlots][NB], const float* w, const float* const (&rows)[NB], int n,
+                         const int (&slot)[G]) {
+    for (int k = 0; k < n; ++k) {  // unrolled whole inside, or the accumulators live on the stack
+      V wk[G];
+#pragma GCC unroll 4
+      for (int g = 0; g < G; ++g) wk[g] = load(w + (int64_t{k} * G + g) * 16);
+#pragma GCC unroll 8
+      for (int r = 0; r < NB; ++r) {
+        const V xr = splat(rows[r][k]);
+#pragma GCC unroll 4
+        for (int g = 0; g < G; ++g) acc[slot[g]][r] = fma(xr, wk[g], acc[slot[g]][r]);
+      }
+    }
+  }
+
+  // The first part of every slot's FMA chain, its bias then x_t's elements, for group gi and the chunk's
+  // rows [i0, i0 + NB) (row i: step t0 + i / B, batch row i % B); tile() goes on from there.
+  template <int NB>
+  void x_tile(int t0, int gi, int i0) const {
+    const int u0 = 16 * gi, n = std::min(16, H - u0);
+    V acc[kSlots][NB];
+    for (int q = 0; q < kSlots; ++q) {
+      const V b = load_first(bias[q] + u0, n);
+      for (int r = 0; r < NB; ++r) acc[q][r] = b;
+    }
+    const float* rows[NB];
+    for (int r = 0; r < NB; ++r) {
+      const int t = t0 + (i0 + r) / B, b = (i0 + r) % B;
+      rows[r] = m->live_row(t, b) ? x + (in.at(t) + b * in.b) * I : zeros;
+    }
+    accumulate<NB>(acc, wp + int64_t{gi} * K * G * 16, rows, I, Cell::kXSlot);
+    for (int r = 0; r < NB; ++r)
+      for (int q = 0; q < kSlots; ++q) store(xw + ((int64_t{i0 + r} * groups(H) + gi) * kSlots + q) * 16, acc[q][r]);
+  }
+
+  void x_part(int t0, int glo, int ghi) const {
+    const int rows = std::min(x_chunk(B), T - t0) * B;
+    for (int gi = glo; gi < ghi; ++gi)
+      for_row_tiles<kSmallRows>(rows, [&](int i0, auto nb) { x_tile<decltype(nb)::value>(t0, gi, i0); });
+  }
+
+  // Group gi's units for rows [b0, b0 + NB) at step t: x_part's sums, then h_{t-1}'s elements.
+  template <int NB>
+  void tile(int t, int gi, int b0, const float* h_prev, float* h_next) const {
+    const int u0 = 16 * gi, n = std::min(16, H - u0);
+    const int64_t i0 = int64_t{t % x_chunk(B)} * B + b0;  // the chunk's row
+    V acc[kSlots][NB];
+    for (int r = 0; r < NB; ++r)
+      for (int q = 0; q < kSlots; ++q) acc[q][r] = load(xw + (((i0 + r) * groups(H) + gi) * kSlots + q) * 16);
+    const float* rows[NB];
+    for (int r = 0; r < NB; ++r) rows[r] = h_prev + int64_t{b0 + r} * H;
+    accumulate<NB>(acc, wp + (int64_t{gi} * K + I) * G * 16, rows, H, Cell::kHSlot);
+    for (int r = 0; r < NB; ++r) {
+      const int b = b0 + r;
+      const uint16_t live = m->live_row(t, b);  // a padded step keeps the carry
+      const V hp = load_first(h_prev + int64_t{b} * H + u0, n);
+      const V c_prev = std::is_same_v<Cell, Lstm> ? load_first(cT + int64_t{b} * H + u0, n) : zero();
+      const V slots[kSlots] = {acc[0][r], acc[1][r], acc[2][r], acc[3][r]};
+      V kept[kKept], c;
+      const V h = cell_step<Cell>(slots, hp, c_prev, c, kept);
+      if constexpr (std::is_same_v<Cell, Lstm>) store_first(cT + int64_t{b} * H + u0, n, select(live, c, c_prev));
+      store_first(h_next + int64_t{b} * H + u0, n, select(live, h, hp));
+      if (res) {
+        float* to = res + (int64_t{t} * B + b) * kKept * H + u0;
+        for (int q = 0; q < kKept; ++q) store_first(to + int64_t{q} * H, n, kept[q]);
+      }
+    }
+  }
+
+  // The rows that start over at step t take the initial carry (units [ulo, uhi) of h and of c).
+  void restart(int t, int ulo, int uhi, float* hs) const {
+    for (int b = 0; b < B; ++b) {
+      if (!m->restarts_row(t, b)) continue;
+      std::memcpy(hs + int64_t{b} * H + ulo, h_init + int64_t{b} * H + ulo, sizeof(float) * (uhi - ulo));
+      if constexpr (std::is_same_v<Cell, Lstm>)
+        std::memcpy(cT + int64_t{b} * H + ulo, c_init + int64_t{b} * H + ulo, sizeof(float) * (uhi - ulo));
+    }
+  }
+
+  // Step t's operands [x_t, h_{t-1}] (training), columns [r0, r1) of x_t and units [ulo, uhi) of h_{t-1}.
+  void put_operands(int t, int r0, int r1, int ulo, int uhi, const float* hs) const {
+    float* to = operands + out.at(t) * K;
+    copy_rows(x + in.at(t) * I, in.b * I, B, m->valid_row(t), r0, r1, to, out.b * K);
+    copy_rows(hs, H, B, nullptr, ulo, uhi, to + I, out.b * K);
+  }
+
+  // As Forward::phase, with shares of 16-unit groups; each share computes its groups' x_part a chunk
+  // of steps ahead.
+  void phase(int64_t p, int j, int n) const {
+    const Range mine = share(groups(H), j, n), cols = share(I, j, n);
+    const int ulo = std::min(H, 16 * mine.lo), uhi = std::min(H, 16 * mine.hi);
+    if (p == 0) {
+      pack(mine.lo, mine.hi);
+      if (m->resets()) restart(0, ulo, uhi, h[0]);
+      if (operands) put_operands(0, cols.lo, cols.hi, ulo, uhi, h[0]);
+      return;
+    }
+    const int t = static_cast<int>(p - 1);
+    const float* h_prev = h[t & 1];
+    float* h_next = h[(t + 1) & 1];
+    if (t % x_chunk(B) == 0) x_part(t, mine.lo, mine.hi);
+    for (int gi = mine.lo; gi < mine.hi; ++gi)
+      for_row_tiles<kSmallRows>(B, [&](int b0, auto nb) { tile<decltype(nb)::value>(t, gi, b0, h_prev, h_next); });
+    copy_rows(h_next, H, B, m->valid_row(t), ulo, uhi, ys + out.at(t) * H, out.b * H);
+    if (t + 1 < T) {
+      if (m->resets()) restart(t + 1, ulo, uhi, h_next);
+      if (operands) put_operands(t + 1, cols.lo, cols.hi, ulo, uhi, h_next);
+    }
+  }
+};
+
+template <class Cell>
+struct BackwardSmall {
+  static constexpr int G = Cell::kGates;
+  int T, B, I, H;
+  Rows in, out;  // of dys; of dg and dx
+  const float *res, *dys;
+  const float *w_i, *w_h;
+  float* wp;        // [W_i; W_h] as (G H, 16) blocks of 16 rows (pack_rows): W_i's, then W_h's (block())
+  float *dg, *dx;   // as Backward's
+  float *dh, *dc;   // (B, H), as Backward's
+  float* g[2];      // (B, 4H) twice: dG_t's rows, double-buffered
+  float* db;        // (16, 4H): lane l sums dG of the rows b with b % 16 = l, as Backward's lanes
+  const Masks* m;
+  float *dh_init, *dc_init;  // (B, H), as Backward's
+
+  int x_blocks() const { return (I + 15) / 16; }
+  float* block(int i) const { return wp + int64_t{i} * 16 * G * H; }  // i: W_i's [0, x_blocks()), then W_h's
+
+  // Rows [r0, r1) of [W_i; W_h], from a block's first row, into blocks i0, i0 + 1, ...
+  void pack(int r0, int r1, int i0) const {
+    for (int r = r0, i = i0; r < r1; r += 16, ++i) {
+      const int R = std::min(16, r1 - r);
+      const float* row[16];
+      for (int j = 0; j < R; ++j) row[j] = weight_row(w_i, w_h, I, G * H, r + j);
+      pack_rows(row, R, G * H, block(i), 16);
+    }
+  }
+
+  // As Backward::gates, a row at a time (no transposes: d ys and dg rows are the vectors' layout).
+  void gates(int t, int ulo, int uhi, float* gt) const {
+    if (m->lengths()) gates<true>(t, ulo, uhi, gt);
+    else gates<false>(t, ulo, uhi, gt);
+  }
+  template <bool lengths>
+  void gates(int t, int ulo, int uhi, float* gt) const {
+    for (int b = 0; b < B; ++b) {
+      const uint16_t live = m->live_row(t, b);
+      const float* kept_b = res + (int64_t{t} * B + b) * kKept * H;
+      const float* dy = dys + (in.at(t) + b * in.b) * H;
+      float* to = dg + (out.at(t) + b * out.b) * 4 * H;
+      float* sums = db + int64_t{b % 16} * 4 * H;
+      float* gb = gt + int64_t{b} * 4 * H;
+      for (int u0 = ulo; u0 < uhi; u0 += 16) {
+        const int n = std::min(16, uhi - u0);
+        const int64_t at = int64_t{b} * H + u0;
+        V kept[kKept];
+        for (int q = 0; q < kKept; ++q) kept[q] = load_first(kept_b + int64_t{q} * H + u0, n);
+        V d[4], d_h = load_first(dh + at, n), d_c = std::is_same_v<Cell, Lstm> ? load_first(dc + at, n) : zero();
+        cell_grads<Cell, lengths>(kept, load_first(dy + u0, n), live, d_h, d_c, d);
+        if constexpr (std::is_same_v<Cell, Lstm> && lengths) store_first(dh + at, n, d_h);
+        store_first(dc + at, n, d_c);
+        for (int q = 0; q < 4; ++q) {
+          const int64_t k = int64_t{q} * H + u0;
+          store_first(sums + k, n, load_first(sums + k, n) + d[q]);
+          store_first(gb + k, n, d[q]);
+          store_first(to + k, n, d[q]);
+        }
+      }
+    }
+  }
+
+  // acc[q][r] += [W_i; W_h] rows of block i + q times the dG row rows[r]: gate block k of a W_i row
+  // multiplies dG's slot kXSlot[k], of a W_h row kHSlot[k] (`slot`), in Backward::tile's order.
+  template <int NR, int NB>
+  void tile(int i, const float* const (&rows)[NB], const int (&slot)[G], V (&acc)[NR][NB]) const {
+    const int64_t block_floats = int64_t{16} * G * H;
+    for (int gate = 0; gate < G; ++gate) {
+      const float* w = block(i) + int64_t{gate} * H * 16;
+      const int64_t col = int64_t{slot[gate]} * H;
+      for (int k = 0; k < H; ++k) {
+        V wk[NR];
+        for (int q = 0; q < NR; ++q) wk[q] = load(w + q * block_floats + int64_t{k} * 16);
+#pragma GCC unroll 8
+        for (int r = 0; r < NB; ++r) {
+          const V d = splat(rows[r][col + k]);
+          for (int q = 0; q < NR; ++q) acc[q][r] = fma(wk[q], d, acc[q][r]);
+        }
+      }
+    }
+  }
+
+  // f(i, std::integral_constant<int, NR>{}) for blocks [lo, hi), kSmallBlocks at a time.
+  template <typename F>
+  static void for_blocks(int lo, int hi, F&& f) {
+    for (int i = lo; i < hi; i += kSmallBlocks)
+      with_rows<kSmallBlocks>(std::min(kSmallBlocks, hi - i), [&](auto nr) { f(i, nr); });
+  }
+
+  // Blocks [lo, hi) of d h_{t-1}'s rows (units), from dG_t (`gt`): as Backward::rows, starting from what
+  // gates() left.
+  void h_rows(int lo, int hi, const float* gt) const {
+    const float* from = std::is_same_v<Cell, Gru> ? dc : m->lengths() ? dh : nullptr;
+    for_blocks(lo, hi, [&](int i, auto blocks) {
+      constexpr int NR = decltype(blocks)::value;
+      for_row_tiles<kSmallBackRows>(B, [&](int b0, auto nb) {
+        constexpr int NB = decltype(nb)::value;
+        V acc[NR][NB];
+        const float* rows[NB];
+        for (int r = 0; r < NB; ++r) rows[r] = gt + int64_t{b0 + r} * 4 * H;
+        for (int q = 0; q < NR; ++q) {
+          const int u0 = 16 * (i + q), n = std::min(16, H - u0);
+          for (int r = 0; r < NB; ++r) acc[q][r] = from ? load_first(from + int64_t{b0 + r} * H + u0, n) : zero();
+        }
+        tile<NR, NB>(x_blocks() + i, rows, Cell::kHSlot, acc);
+        for (int q = 0; q < NR; ++q) {
+          const int u0 = 16 * (i + q), n = std::min(16, H - u0);
+          for (int r = 0; r < NB; ++r) store_first(dh + int64_t{b0 + r} * H + u0, n, acc[q][r]);
+        }
+      });
+    });
+  }
+
+  // Blocks [lo, hi) of d x_s's rows for the steps s in [t0, t1), from their dG rows in dg: a chunk of
+  // steps at a time (x_chunk), which reads W_i once per chunk. Zero at padded steps, as Backward's.
+  void x_rows(int t0, int t1, int lo, int hi) const {
+    const int n_rows = (t1 - t0) * B;  // row i: step t0 + i / B, batch row i % B
+    for_blocks(lo, hi, [&](int i, auto blocks) {
+      constexpr int NR = decltype(blocks)::value;
+      for_row_tiles<kSmallBackRows>(n_rows, [&](int i0, auto nb) {
+        constexpr int NB = decltype(nb)::value;
+        V acc[NR][NB];
+        const float* rows[NB];
+        float* to[NB];
+        uint16_t live[NB];
+        for (int r = 0; r < NB; ++r) {
+          const int t = t0 + (i0 + r) / B, b = (i0 + r) % B;
+          rows[r] = dg + (out.at(t) + b * out.b) * 4 * H;
+          to[r] = dx + (out.at(t) + b * out.b) * I;
+          live[r] = m->live_row(t, b);
+          for (int q = 0; q < NR; ++q) acc[q][r] = zero();
+        }
+        tile<NR, NB>(i, rows, Cell::kXSlot, acc);
+        for (int q = 0; q < NR; ++q) {
+          const int r0 = 16 * (i + q), n = std::min(16, I - r0);
+          for (int r = 0; r < NB; ++r) store_first(to[r] + r0, n, keep(live[r], acc[q][r]));
+        }
+      });
+    });
+  }
+
+  // As Backward::cut.
+  void cut(int t, int ulo, int uhi) const {
+    for (int b = 0; b < B; ++b) {
+      if (!m->restarts_row(t, b)) continue;
+      for (int u0 = ulo; u0 < uhi; u0 += 16) {
+        const int n = std::min(16, uhi - u0);
+        const int64_t at = int64_t{b} * H + u0;
+        for (auto [d, init] : {std::pair{dh, dh_init}, std::pair{dc, dc_init}}) {
+          if (!init) continue;  // the GRU has no c
+          store_first(init + at, n, load_first(init + at, n) + load_first(d + at, n));
+          store_first(d + at, n, zero());
+        }
+      }
+    }
+  }
+
+  // As Backward::phase, with shares of 16-unit blocks of W_h's rows and of W_i's.
+  void phase(int64_t p, int j, int n) const {
+    const Range mine = share((H + 15) / 16, j, n), xs = share(x_blocks(), j, n);
+    const int ulo = std::min(H, 16 * mine.lo), uhi = std::min(H, 16 * mine.hi);
+    const int t = T - static_cast<int>(p);
+    if (p == 0) {
+      pack(16 * xs.lo, std::min(I, 16 * xs.hi), xs.lo);
+      pack(I + ulo, I + uhi, x_blocks() + mine.lo);
+    } else {
+      h_rows(mine.lo, mine.hi, g[t & 1]);
+      if (m->resets()) cut(t, ulo, uhi);
+      // d x_s for a chunk of steps once all their dG are out (every share's, from earlier phases).
+      if (t % x_chunk(B) == 0) x_rows(t, std::min(T, t + x_chunk(B)), xs.lo, xs.hi);
+    }
+    if (t > 0) gates(t - 1, ulo, uhi, g[(t - 1) & 1]);
   }
 };
 
@@ -1208,6 +1607,16 @@ void forward(ffi::ThreadPool& pool, const float* x, Shape seq, int I, int H, con
 
 // The backward loop of either cell. dc_last, dc0 and dc_init: LSTM only; dh_init and dc_init (the initial
 // carry's gradient from the steps that reset to it): written only with resets.
+// The bias gradient from its per-lane sums: out[k] = the sum of element k's 16 lanes, lane 0 first, each
+// at lanes[k * k_stride + l * lane_stride]. Both layouts sum here, so that they sum in one order.
+void sum_lanes(const float* lanes, int n, int64_t k_stride, int64_t lane_stride, float* out) {
+  for (int k = 0; k < n; ++k) {
+    float sum = 0.f;
+    for (int l = 0; l < 16; ++l) sum += lanes[k * k_stride + l * lane_stride];
+    out[k] = sum;
+  }
+}
+
 template <class Cell>
 void backward(ffi::ThreadPool& pool, const float* res, Shape seq, int I, int H, const float* w_i, const float* w_h,
               const float* dys, const float* dh_last, const float* dc_last, const Masks& masks, float* dg, float* dx,
@@ -1233,11 +1642,59 @@ void backward(ffi::ThreadPool& pool, const float* res, Shape seq, int I, int H, 
   if (dc0) batch_major_out(dc.data(), seq.B, H, Bp, dc0);
   if (!dhi.empty()) batch_major_out(dhi.data(), seq.B, H, Bp, dh_init);
   if (!dci.empty()) batch_major_out(dci.data(), seq.B, H, Bp, dc_init);
-  for (int k = 0; k < 4 * H; ++k) {  // padded batch rows were never added (see gates), so all lanes count
-    float sum = 0.f;
-    for (int l = 0; l < 16; ++l) sum += lanes[int64_t{k} * 16 + l];
-    db[k] = sum;
+  sum_lanes(lanes.data(), 4 * H, 16, 1, db);  // padded batch rows were never added (see gates): all lanes count
+}
+
+// forward() and backward() in the small layout (ForwardSmall), with the same arguments; the kept
+// activations are (T, B, 5, H).
+template <class Cell>
+void forward_small(ffi::ThreadPool& pool, const float* x, Shape seq, int I, int H, const float* h0,
+                   const float* c0, const float* h_init, const float* c_init, const Masks& masks, const float* w_i,
+                   const float* w_h, const float* (&bias)[kSlots], float* ys, float* h_last, float* c_last,
+                   float* res, float* operands, int64_t threads, bool pooled) {
+  const int B = seq.B, K = I + H, groups = ForwardSmall<Cell>::groups(H);
+  if (res) advise_huge_pages(res, int64_t{seq.T} * kKept * H * B * 4);
+  if (operands) advise_huge_pages(operands, int64_t{seq.T} * B * K * 4);
+  PackedWeights wp(int64_t{groups} * 16 * K * Cell::kGates);
+  std::vector<float> h0s(h0, h0 + int64_t{B} * H), h1s(int64_t{B} * H, 0.f), zeros(I, 0.f);
+  std::vector<float> xw(int64_t{x_chunk(B)} * B * groups * kSlots * 16);
+  std::vector<float> c = c0 ? std::vector<float>(c0, c0 + int64_t{B} * H) : std::vector<float>();
+  ForwardSmall<Cell> f{seq.T, B, I, H, K, seq.in, seq.out, x, w_i, w_h, {bias[0], bias[1], bias[2], bias[3]},
+                       wp.get(), ys, res, operands, c.data(), {h0s.data(), h1s.data()}, xw.data(), zeros.data(),
+                       &masks, masks.resets() ? h_init : nullptr, masks.resets() ? c_init : nullptr};
+  const int n = threads_for(threads, H);
+  run_phases(pool, pooled, int64_t{seq.T} + 1, n, [&f, n](int64_t p, int j) { f.phase(p, j, n); });
+  std::memcpy(h_last, (seq.T % 2 ? h1s : h0s).data(), sizeof(float) * B * H);
+  if (c_last) std::memcpy(c_last, c.data(), sizeof(float) * B * H);
+}
+
+template <class Cell>
+void backward_small(ffi::ThreadPool& pool, const float* res, Shape seq, int I, int H, const float* w_i,
+                    const float* w_h, const float* dys, const float* dh_last, const float* dc_last,
+                    const Masks& masks, float* dg, float* dx, float* dh0, float* dc0, float* dh_init,
+                    float* dc_init, float* db, int64_t threads, bool pooled) {
+  const int B = seq.B;
+  const int64_t BH = int64_t{B} * H;
+  advise_huge_pages(dg, int64_t{seq.T} * B * 4 * H * 4);
+  PackedWeights wp(int64_t{(I + 15) / 16 + (H + 15) / 16} * 16 * Cell::kGates * H);
+  std::vector<float> dh(dh_last, dh_last + BH);
+  std::vector<float> dc = dc_last ? std::vector<float>(dc_last, dc_last + BH) : std::vector<float>(BH, 0.f);
+  std::vector<float> dhi, dci;
+  if (masks.resets()) {
+    dhi.assign(BH, 0.f);
+    if (dc_init) dci.assign(BH, 0.f);
   }
+  std::vector<float> g0(4 * BH, 0.f), g1(4 * BH, 0.f), lanes(int64_t{16} * 4 * H, 0.f);
+  BackwardSmall<Cell> bw{seq.T, B, I, H, seq.in, seq.out, res, dys, w_i, w_h, wp.get(), dg, dx,
+                         dh.data(), dc.data(), {g0.data(), g1.data()}, lanes.data(), &masks,
+                         dhi.empty() ? nullptr : dhi.data(), dci.empty() ? nullptr : dci.data()};
+  const int n = threads_for(threads, H);
+  run_phases(pool, pooled, int64_t{seq.T} + 1, n, [&bw, n](int64_t p, int j) { bw.phase(p, j, n); });
+  std::memcpy(dh0, dh.data(), sizeof(float) * BH);
+  if (dc0) std::memcpy(dc0, dc.data(), sizeof(float) * BH);
+  if (!dhi.empty()) std::memcpy(dh_init, dhi.data(), sizeof(float) * BH);
+  if (!dci.empty()) std::memcpy(dc_init, dci.data(), sizeof(float) * BH);
+  sum_lanes(lanes.data(), 4 * H, 1, 4 * H, db);
 }
 
 using F32 = ffi::Buffer<ffi::F32>;
@@ -1258,49 +1715,53 @@ Masks masks_of(const S32& lengths, const U8& resets, const Shape& seq) {
 
 ffi::Error LstmForward(ffi::ThreadPool pool, F32 x, S32 start, F32 h0, F32 c0, F32 h_init, F32 c_init, S32 lengths,
                        U8 resets, F32 w_i, F32 w_h, F32 b, Out ys, Out h_last, Out c_last, Out res, Out operands,
-                       int64_t threads, bool pooled, bool keep, bool batch_major) {
+                       int64_t threads, bool pooled, bool keep, bool batch_major, bool small) {
   const int H = h0.dimensions()[1];
   const float* bias[kSlots] = {b.typed_data(), b.typed_data() + H, b.typed_data() + 2 * H, b.typed_data() + 3 * H};
   const Shape seq = steps(x, start, ys, batch_major);
-  forward<Lstm>(pool, x.typed_data(), seq, x.dimensions()[2], H, h0.typed_data(), c0.typed_data(),
-                h_init.typed_data(), c_init.typed_data(), masks_of(lengths, resets, seq), w_i.typed_data(),
-                w_h.typed_data(), bias, ys->typed_data(), h_last->typed_data(), c_last->typed_data(),
-                keep ? res->typed_data() : nullptr, keep ? operands->typed_data() : nullptr, threads, pooled);
+  const auto run = small ? forward_small<Lstm> : forward<Lstm>;
+  run(pool, x.typed_data(), seq, x.dimensions()[2], H, h0.typed_data(), c0.typed_data(),
+      h_init.typed_data(), c_init.typed_data(), masks_of(lengths, resets, seq), w_i.typed_data(),
+      w_h.typed_data(), bias, ys->typed_data(), h_last->typed_data(), c_last->typed_data(),
+      keep ? res->typed_data() : nullptr, keep ? operands->typed_data() : nullptr, threads, pooled);
   return ffi::Error::Success();
 }
 
 ffi::Error GruForward(ffi::ThreadPool pool, F32 x, S32 start, F32 h0, F32 h_init, S32 lengths, U8 resets, F32 w_i,
                       F32 w_h, F32 b, F32 b_hn, Out ys, Out h_last, Out res, Out operands, int64_t threads,
-                      bool pooled, bool keep, bool batch_major) {
+                      bool pooled, bool keep, bool batch_major, bool small) {
   const int H = h0.dimensions()[1];
   const float* bias[kSlots] = {b.typed_data(), b.typed_data() + H, b.typed_data() + 2 * H, b_hn.typed_data()};
   const Shape seq = steps(x, start, ys, batch_major);
-  forward<Gru>(pool, x.typed_data(), seq, x.dimensions()[2], H, h0.typed_data(), nullptr, h_init.typed_data(),
-               nullptr, masks_of(lengths, resets, seq), w_i.typed_data(), w_h.typed_data(), bias, ys->typed_data(),
-               h_last->typed_data(), nullptr, keep ? res->typed_data() : nullptr,
-               keep ? operands->typed_data() : nullptr, threads, pooled);
+  const auto run = small ? forward_small<Gru> : forward<Gru>;
+  run(pool, x.typed_data(), seq, x.dimensions()[2], H, h0.typed_data(), nullptr, h_init.typed_data(),
+      nullptr, masks_of(lengths, resets, seq), w_i.typed_data(), w_h.typed_data(), bias, ys->typed_data(),
+      h_last->typed_data(), nullptr, keep ? res->typed_data() : nullptr,
+      keep ? operands->typed_data() : nullptr, threads, pooled);
   return ffi::Error::Success();
 }
 
 ffi::Error LstmBackward(ffi::ThreadPool pool, F32 res, F32 w_i, F32 w_h, F32 dys, S32 start, F32 dh_last,
                         F32 dc_last, S32 lengths, U8 resets, Out dg, Out dx, Out dh0, Out dc0, Out dh_init,
-                        Out dc_init, Out db, int64_t threads, bool pooled, bool batch_major) {
+                        Out dc_init, Out db, int64_t threads, bool pooled, bool batch_major, bool small) {
   const Shape seq = steps(dys, start, dx, batch_major);
-  backward<Lstm>(pool, res.typed_data(), seq, w_i.dimensions()[0], dys.dimensions()[2], w_i.typed_data(),
-                 w_h.typed_data(), dys.typed_data(), dh_last.typed_data(), dc_last.typed_data(),
-                 masks_of(lengths, resets, seq), dg->typed_data(), dx->typed_data(), dh0->typed_data(),
-                 dc0->typed_data(), dh_init->typed_data(), dc_init->typed_data(), db->typed_data(), threads, pooled);
+  const auto run = small ? backward_small<Lstm> : backward<Lstm>;
+  run(pool, res.typed_data(), seq, w_i.dimensions()[0], dys.dimensions()[2], w_i.typed_data(),
+      w_h.typed_data(), dys.typed_data(), dh_last.typed_data(), dc_last.typed_data(),
+      masks_of(lengths, resets, seq), dg->typed_data(), dx->typed_data(), dh0->typed_data(),
+      dc0->typed_data(), dh_init->typed_data(), dc_init->typed_data(), db->typed_data(), threads, pooled);
   return ffi::Error::Success();
 }
 
 ffi::Error GruBackward(ffi::ThreadPool pool, F32 res, F32 w_i, F32 w_h, F32 dys, S32 start, F32 dh_last,
                        S32 lengths, U8 resets, Out dg, Out dx, Out dh0, Out dh_init, Out db, int64_t threads,
-                       bool pooled, bool batch_major) {
+                       bool pooled, bool batch_major, bool small) {
   const Shape seq = steps(dys, start, dx, batch_major);
-  backward<Gru>(pool, res.typed_data(), seq, w_i.dimensions()[0], dys.dimensions()[2], w_i.typed_data(),
-                w_h.typed_data(), dys.typed_data(), dh_last.typed_data(), nullptr, masks_of(lengths, resets, seq),
-                dg->typed_data(), dx->typed_data(), dh0->typed_data(), nullptr, dh_init->typed_data(), nullptr,
-                db->typed_data(), threads, pooled);
+  const auto run = small ? backward_small<Gru> : backward<Gru>;
+  run(pool, res.typed_data(), seq, w_i.dimensions()[0], dys.dimensions()[2], w_i.typed_data(),
+      w_h.typed_data(), dys.typed_data(), dh_last.typed_data(), nullptr, masks_of(lengths, resets, seq),
+      dg->typed_data(), dx->typed_data(), dh0->typed_data(), nullptr, dh_init->typed_data(), nullptr,
+      db->typed_data(), threads, pooled);
   return ffi::Error::Success();
 }
 
@@ -1316,7 +1777,8 @@ extern "C" const char* jaxrnn_native_isa() { return JAXRNN_ISA; }
 
 // Sequence arrays (x, ys, dys, dg, dx, operands) are (T, B, .), or (B, T, .) with batch_major; x and dys
 // may hold more steps than the call runs, which starts at their step `start`.
-// kept: (T, 5H, Bp), operands: (.., I + H); both (0,) without keep (inference).
+// kept: (T, 5H, Bp), or (T, B, 5, H) with `small` (the small-batch layout, which the backward call of a
+// forward call's kept activations must be given too); operands: (.., I + H); both (0,) without keep (inference).
 // Masks (see Masks): lengths (B,) int32 and resets (T_all, B) uint8, time-major in either layout, each
 // (0,) when not given; the initial carry (h_init, c_init) and its gradient: (B, H) with resets, else (0,).
 using In = ffi::Buffer<ffi::F32>;
@@ -1337,7 +1799,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_lstm_forward, LstmForward,
                                   .Attr<int64_t>("threads")
                                   .Attr<bool>("pooled")
                                   .Attr<bool>("keep")
-                                  .Attr<bool>("batch_major"));
+                                  .Attr<bool>("batch_major")
+                                  .Attr<bool>("small"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_gru_forward, GruForward,
                               ffi::Ffi::Bind()
@@ -1352,7 +1815,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_gru_forward, GruForward,
                                   .Attr<int64_t>("threads")
                                   .Attr<bool>("pooled")
                                   .Attr<bool>("keep")
-                                  .Attr<bool>("batch_major"));
+                                  .Attr<bool>("batch_major")
+                                  .Attr<bool>("small"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_lstm_backward, LstmBackward,
                               ffi::Ffi::Bind()
@@ -1368,7 +1832,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_lstm_backward, LstmBackward,
                                   .Ret<Ret>()                      // sum of dg (4H,)
                                   .Attr<int64_t>("threads")
                                   .Attr<bool>("pooled")
-                                  .Attr<bool>("batch_major"));
+                                  .Attr<bool>("batch_major")
+                                  .Attr<bool>("small"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_gru_backward, GruBackward,
                               ffi::Ffi::Bind()
@@ -1381,4 +1846,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_gru_backward, GruBackward,
                                   .Ret<Ret>()                      // sum of dg (4H,)
                                   .Attr<int64_t>("threads")
                                   .Attr<bool>("pooled")
-                                  .Attr<bool>("batch_major"));
+                                  .Attr<bool>("batch_major")
+                                  .Attr<bool>("small"));

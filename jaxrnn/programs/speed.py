@@ -242,10 +242,15 @@ def gemm_peak(n: int | None = None, repeats: int = 5) -> float:
     return 2 * n**3 / median_seconds(jax.jit(lambda x: x @ x), a, repeats=repeats)
 
 
+def step_flops(kind: str, I: int, H: int, with_grad: bool) -> int:
+    """Matmul FLOPs of one batch row's step: ``[x_t, h_(t-1)] [W_i; W_h]``, ``2 (I + H) G H`` for G gates;
+    the backward pass costs two more of those (the input and carry gradients, the weight gradients)."""
+    return 2 * (I + H) * GATES[kind] * H * (3 if with_grad else 1)
+
+
 def flops(kind: str, B: int, T: int, H: int, with_grad: bool) -> float:
-    """Matmul FLOPs of the RNN (input size H): x W_i and h W_h per step; backward costs two more."""
-    forward = 2 * B * T * (2 * H) * GATES[kind] * H
-    return forward * (3 if with_grad else 1)
+    """Matmul FLOPs of the RNN (input size H) over B rows and T steps (:func:`step_flops`)."""
+    return B * T * step_flops(kind, H, H, with_grad)
 
 
 def interleaved_ms(calls: dict[str, Callable], repeats: int, timed: int = 1, settle: bool = False) -> dict[str, float]:

@@ -37,13 +37,32 @@ def variant_makers(unrolls, projections, backwards, step_vjps=("cell",), kernels
     } if "xla" in kernels else {}
     if "native" in kernels:
         makers["native"] = _make_native
+    for layout in ("small", "wide"):
+        if f"native-{layout}" in kernels:
+            makers[f"native-{layout}"] = functools.partial(_make_native_layout, layout)
     return makers
 
 
 def _make_native(kind, B, T, H, with_grad):
     cell = jaxrnn.CELLS[kind](H)
-    reason = jaxrnn.native.unsupported(cell, cell.init(jax.random.key(0), H), B, "float32")
+    reason = jaxrnn.native.unsupported(cell, cell.init(jax.random.key(0), H), B, "float32", steps=T)
     return speed.make_jaxrnn(kind, B, T, H, with_grad, kernel="native") if reason is None else reason
+
+
+def _make_native_layout(layout, kind, B, T, H, with_grad):
+    """The kernels in one layout whatever the batch (kernel="native", any batch): compiled here, while
+    ``SMALL_BATCH`` asks for it, since the layout is chosen when a call is traced."""
+    cell = jaxrnn.CELLS[kind](H)
+    reason = jaxrnn.native.unsupported(cell, cell.init(jax.random.key(0), H), B, "float32", steps=T, forced=True)
+    if reason is not None:
+        return reason
+    fn, args = speed.make_jaxrnn(kind, B, T, H, with_grad, kernel="native")
+    saved = jaxrnn.native.SMALL_BATCH
+    jaxrnn.native.SMALL_BATCH = {k: (1 << 30 if layout == "small" else 0) for k in saved}
+    try:
+        return fn.lower(*args).compile(), args
+    finally:
+        jaxrnn.native.SMALL_BATCH = saved
 
 
 def table(results: list[dict], variants: list[str], peers: list[str]) -> str:
@@ -95,9 +114,10 @@ def main(argv=None) -> None:
     p.add_argument("--step-vjp", nargs="+", choices=("cell", "autodiff"), default=["cell"],
                    help="the fused backward's per-step derivative: the cell's own StepVJP, or jax.vjp of its "
                         "elementwise part (differs for the GRU, which keeps its activations)")
-    p.add_argument("--kernel", nargs="+", choices=("xla", "native"), default=["xla"],
+    p.add_argument("--kernel", nargs="+", choices=("xla", "native", "native-small", "native-wide"), default=["xla"],
                    help="xla: the lax.scan loop, one variant per combination above; native: jaxrnn.native's "
-                        "one-call LSTM (reported missing, with the reason, where it cannot run)")
+                        "one-call LSTM (reported missing, with the reason, where it cannot run); native-small, "
+                        "native-wide: the kernels in that layout (jaxrnn.native.layout_for), on any batch")
     p.add_argument("--peers", nargs="+", choices=speed.PEERS, default=["flax", "torch"])
     p.add_argument("--repeats", type=arguments.positive_int, default=7)
     p.add_argument("--block", type=arguments.int_at_least(2), default=3)

@@ -188,16 +188,14 @@ def make_torch(w: Workload, with_grad: bool):
 MAKERS = {"jaxrnn": make_jaxrnn, "flax": make_flax, "torch": make_torch}
 
 def matmul_flops(w: Workload, with_grad: bool) -> float:
-    """The FLOPs of a row's matmuls over its valid steps: ``2 (I + H) G H`` per batch row, step, layer and
-    direction forward (G gates), three times that forward+backward (the input and carry gradients, the
-    weight gradients). The elementwise work is left out, and so are padded steps: what any implementation
-    must compute, so that a rate from it compares with a matmul's (as :func:`jaxrnn.programs.speed.flops`)."""
+    """The FLOPs of a row's matmuls over its valid steps (:func:`jaxrnn.programs.speed.step_flops` per batch
+    row, step, layer and direction). The elementwise work is left out, and so are padded steps: what any
+    implementation must compute, so that a rate from it compares with a matmul's."""
     lengths = lengths_of(w)
     steps = w.B * w.T if lengths is None else int(lengths.sum())
     directions = 2 if w.bidirectional else 1
     inputs = [w.H] + [directions * w.H] * (w.layers - 1)
-    per_step = sum(2 * (i + w.H) * speed.GATES[w.cell] * w.H * directions for i in inputs)
-    return steps * per_step * (3 if with_grad else 1)
+    return steps * directions * sum(speed.step_flops(w.cell, i, w.H, with_grad) for i in inputs)
 
 
 def faults_per_call(call: Callable, calls: int = 3) -> float | None:
@@ -241,7 +239,7 @@ def table(rows: list[dict], peers, peak: float) -> str:
     (:func:`matmul_flops`) as shares of ``peak``, the process's float32 GEMM rate in FLOP/s
     (:func:`jaxrnn.programs.speed.gemm_peak`)."""
     others = [p for p in peers if p != "jaxrnn"]
-    rated = [p for p in ("jaxrnn", "torch") if p in peers]
+    rated = [p for p in speed.PEAK_COLUMNS if p in peers]
     header = ["workload", "mode", *[f"{p} ms" for p in peers], *[f"x {p}" for p in others],
               *[f"{p} % GEMM peak" for p in rated], "jaxrnn page faults / call"]
     faults = lambda r: r.get("faults", {}).get("jaxrnn")
