@@ -393,12 +393,17 @@ def test_an_empty_batch_runs_in_the_kernel(kind, chunk):
 
 
 @needs_kernel
-def test_native_under_vmap_runs_each_member():
-    cell, params, xs, carry = setup(8, 4, 3, 16)
+@pytest.mark.parametrize("B", [8, 17], ids=["small", "wide"])
+def test_native_under_vmap_runs_each_member(B):
+    """vmap of the kernels (one call per member), and the gradient through it, with checkpointed chunks."""
+    cell, params, xs, carry = setup(B, 4, 3, 16)
     stacked = jnp.stack([xs, 2 * xs])
     ys = jax.vmap(lambda x: jaxrnn.scan(cell, params, x, kernel="native")[0])(stacked)
     for k in range(2):
         np.testing.assert_allclose(ys[k], jaxrnn.scan(cell, params, stacked[k], kernel="xla")[0], atol=2e-6)
+    grad = lambda kernel: jax.grad(lambda p: jnp.sum(jnp.sin(jax.vmap(
+        lambda x: jaxrnn.scan(cell, p, x, kernel=kernel, checkpoint_every=3)[0])(stacked))))(params)
+    assert_close_at_scale(grad("native"), grad("xla"))
 
 
 @needs_kernel
