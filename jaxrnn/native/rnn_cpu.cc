@@ -1126,7 +1126,7 @@ struct Backward {
 
 // -------------------------------------------------------- small batches ----
 //
-// A second layout for a few batch rows (B = 1 to 12: layout_for in __init__.py), where the wide one's
+// A second layout for a few batch rows (up to SMALL_BATCH: layout_for in __init__.py), where the wide one's
 // 16 lanes of batch rows are mostly padding (a batch of one uses one lane in 16). Its lanes run along
 // hidden units instead: states are row-major (B, H), and a step is one GEMV-like pass over the weights,
 // packed as 16 units of each gate per operand element, in which each weight vector loaded feeds one FMA
