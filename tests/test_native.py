@@ -238,7 +238,7 @@ def test_masks_with_nan_and_inf_and_odd_lengths_as_in_the_xla_loop(kind, case):
     assert_same_specials_and_close(run("native"), run("xla"), what=f"{kind} {case}: ")
 
 
-# The small-batch layout against the wide one, each forced for every call (SMALL_BATCH): (kind, B, T, I, H,
+# The small-batch layout against the wide one, each forced for every call (native.forced_layout): (kind, B, T, I, H,
 # masks, reverse, time_major, checkpoint_every, MASKED_SPECIALS case or None). Batches of 1 to 8, and 17 (a
 # second row in a lane of the bias gradient's sums); H of 1, 7, 9, 17 and 33 (a short 16-unit vector, two
 # shares); T of 1, 2, 37 and 70, in chunks of 5 and 6 too. Few cases: each costs about a second, mostly making its inputs.
@@ -273,12 +273,12 @@ def test_the_small_batch_layout_gives_the_wide_layouts_bits(monkeypatch, request
     monkeypatch.setattr(native, "layout_for", lambda kind, batch: taken.append(real(kind, batch)) or taken[-1])
     runs = {}
     request.addfinalizer(jax.clear_caches)  # other tests must not find the forced layouts' traces
-    for layout, largest in (("wide", 0), ("small", 1 << 30)):
+    for layout in ("wide", "small"):
         # The layout is chosen when a call is traced: the caches of jit must not keep the other one's traces.
         jax.clear_caches()
-        monkeypatch.setattr(native, "SMALL_BATCH", {kind: largest for kind in KINDS})
         taken.clear()
-        runs[layout] = [jax.tree_util.tree_flatten_with_path(values_and_gradients(*a, **kw))[0] for a, kw in cases]
+        with native.forced_layout(layout):
+            runs[layout] = [jax.tree_util.tree_flatten_with_path(values_and_gradients(*a, **kw))[0] for a, kw in cases]
         assert set(taken) == {layout}
     for case, wide, small in zip(LAYOUT_CASES, runs["wide"], runs["small"]):
         for (path, w), (_, s) in zip(wide, small, strict=True):

@@ -46,6 +46,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -181,6 +182,20 @@ def layout_for(kind: str, batch: int) -> str:
     """The layout a kernel call of this batch runs in: ``"small"`` from 1 row up to ``SMALL_BATCH[kind]``,
     else ``"wide"`` (an empty batch too)."""
     return "small" if 1 <= batch <= SMALL_BATCH[kind] else "wide"
+
+
+@contextlib.contextmanager
+def forced_layout(layout: str):
+    """Within it, every kernel call traced runs in ``layout`` (``"small"`` or ``"wide"``) whatever its batch:
+    to compare the layouts (tests, ``benchmarks/variants.py``). The layout is chosen when a call is traced,
+    so a function jitted outside it keeps the layout of its first trace."""
+    global SMALL_BATCH
+    saved = SMALL_BATCH
+    SMALL_BATCH = {kind: (1 << 30 if layout == "small" else 0) for kind in saved}
+    try:
+        yield
+    finally:
+        SMALL_BATCH = saved
 
 
 def unsupported(cell, params, batch: int, dtype, *, steps: int, backward: str = "fused",

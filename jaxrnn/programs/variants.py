@@ -50,19 +50,15 @@ def _make_native(kind, B, T, H, with_grad):
 
 
 def _make_native_layout(layout, kind, B, T, H, with_grad):
-    """The kernels in one layout whatever the batch (kernel="native", any batch): compiled here, while
-    ``SMALL_BATCH`` asks for it, since the layout is chosen when a call is traced."""
+    """The kernels in one layout whatever the batch (kernel="native", any batch): compiled here, inside
+    :func:`jaxrnn.native.forced_layout`, since the layout is chosen when a call is traced."""
     cell = jaxrnn.CELLS[kind](H)
     reason = jaxrnn.native.unsupported(cell, cell.init(jax.random.key(0), H), B, "float32", steps=T, forced=True)
     if reason is not None:
         return reason
     fn, args = speed.make_jaxrnn(kind, B, T, H, with_grad, kernel="native")
-    saved = jaxrnn.native.SMALL_BATCH
-    jaxrnn.native.SMALL_BATCH = {k: (1 << 30 if layout == "small" else 0) for k in saved}
-    try:
+    with jaxrnn.native.forced_layout(layout):
         return fn.lower(*args).compile(), args
-    finally:
-        jaxrnn.native.SMALL_BATCH = saved
 
 
 def table(results: list[dict], variants: list[str], peers: list[str]) -> str:
