@@ -241,7 +241,8 @@ def test_masks_with_nan_and_inf_and_odd_lengths_as_in_the_xla_loop(kind, case):
 # The small-batch layout against the wide one, each forced for every call (native.forced_layout): (kind, B, T, I, H,
 # masks, reverse, time_major, checkpoint_every, MASKED_SPECIALS case or None). Batches of 1 to 8, and 17 (a
 # second row in a lane of the bias gradient's sums); H of 1, 7, 9, 17 and 33 (a short 16-unit vector, two
-# shares); T of 1, 2, 37 and 70, in chunks of 5 and 6 too. Few cases: each costs about a second, mostly making its inputs.
+# shares); T of 1, 2, 37 and 70, in chunks of 5 and 6 too. Each costs about a second, mostly making its inputs: four by
+# default (chunks, NaN and inf, the small layout's widest batch, three blocks of W_i rows), all with -m slow.
 LAYOUT_CASES = [
     ("lstm", 1, 37, 2, 7, "lengths+resets", True, True, 5, None),
     ("gru", 2, 37, 3, 33, "lengths+resets", False, False, 6, "nan-in-w_i"),
@@ -256,7 +257,9 @@ LAYOUT_CASES = [
 
 
 @needs_kernel
-def test_the_small_batch_layout_gives_the_wide_layouts_bits(monkeypatch, request):
+@pytest.mark.parametrize("picked", [(0, 1, 4, 6), pytest.param(range(len(LAYOUT_CASES)), marks=pytest.mark.slow)],
+                         ids=["four-cases", "every-case"])
+def test_the_small_batch_layout_gives_the_wide_layouts_bits(monkeypatch, request, picked):
     def inputs(kind, B, T, I, H, masks, reverse, time_major, chunk, special):
         _, params, xs, carry, lengths, resets = masked_setup(kind, B, T, I, H, masks)
         if special:
@@ -267,7 +270,8 @@ def test_the_small_batch_layout_gives_the_wide_layouts_bits(monkeypatch, request
         return (params, xs, carry, w_ys, w_carry), dict(kind=kind, kernel="native", reverse=reverse, lengths=lengths,
                                                         resets=resets, time_major=time_major, checkpoint_every=chunk)
 
-    cases = [inputs(*case) for case in LAYOUT_CASES]  # made once: clearing the caches makes eager ops recompile
+    picked = [LAYOUT_CASES[i] for i in picked]
+    cases = [inputs(*case) for case in picked]  # made once: clearing the caches makes eager ops recompile
     taken = []
     real = native.layout_for
     monkeypatch.setattr(native, "layout_for", lambda kind, batch: taken.append(real(kind, batch)) or taken[-1])
@@ -280,7 +284,7 @@ def test_the_small_batch_layout_gives_the_wide_layouts_bits(monkeypatch, request
         with native.forced_layout(layout):
             runs[layout] = [jax.tree_util.tree_flatten_with_path(values_and_gradients(*a, **kw))[0] for a, kw in cases]
         assert set(taken) == {layout}
-    for case, wide, small in zip(LAYOUT_CASES, runs["wide"], runs["small"]):
+    for case, wide, small in zip(picked, runs["wide"], runs["small"], strict=True):
         for (path, w), (_, s) in zip(wide, small, strict=True):
             np.testing.assert_array_equal(s, w, err_msg=f"{case} {jax.tree_util.keystr(path)}", strict=True)
 
@@ -499,12 +503,15 @@ def test_the_kernels_build_where_the_cpu_can_run_them():
     assert native.unavailable_reason() is None
 
 
-def _bits(kind, path=None):
+BITS_CASES = [(33, 9, "lengths+resets", True), (32, 40, "", False), (3, 40, "lengths+resets", False)]
+
+
+def _bits(kind, path=None, cases=len(BITS_CASES)):
     """Values and gradients of a masked reversed call (a 32-row and a 16-row tile, a unit tail), a plain one,
-    and a masked one in the small-batch layout, written to ``path`` as .npz, or returned."""
+    and a masked one in the small-batch layout (the first ``cases`` of them), written to ``path`` as .npz, or
+    returned."""
     out = {}
-    cases = [(33, 9, "lengths+resets", True), (32, 40, "", False), (3, 40, "lengths+resets", False)]
-    for case, (B, H, masks, reverse) in enumerate(cases):
+    for case, (B, H, masks, reverse) in enumerate(BITS_CASES[:cases]):
         _, params, xs, carry, lengths, resets = masked_setup(kind, B, 7, 5, H, masks)
         w_ys = random_inputs(jax.random.key(9), B, 7, H)
         w_carry = tuple(random_inputs(k, B, H) for k in jax.random.split(jax.random.key(10), 2))
@@ -517,14 +524,17 @@ def _bits(kind, path=None):
 
 @pytest.mark.skipif(not ({"avx2", "fma"} <= _cpu_flags() and HAS_COMPILER),
                     reason="no C++ compiler, or no AVX2 with FMA, here")
-def test_the_avx2_build_compiles_from_source_and_gives_the_same_bits(tmp_path):
+@pytest.mark.parametrize("cases", [1, pytest.param(len(BITS_CASES), marks=pytest.mark.slow)],
+                         ids=["masked", "every-case"])
+def test_the_avx2_build_compiles_from_source_and_gives_the_same_bits(tmp_path, cases):
     """One source for every vector width, and every build rounds alike: the AVX2 build (JAXRNN_NATIVE_ISA=avx2)
     gives this process's bits (on an AVX-512 machine, the AVX-512 build's), values and gradients, NaN at the
-    same places. ``JAXRNN_NATIVE_ISA=avx2 pytest tests/test_native.py`` runs every other test on that build."""
+    same places. ``JAXRNN_NATIVE_ISA=avx2 pytest tests/test_native.py`` runs every other test on that build.
+    By default one case (the masked reversed batch); ``-m slow`` all of BITS_CASES."""
     kinds = ("lstm", "gru")
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_native as t; "
             f"from jaxrnn import native; print(native.isa(), native.unavailable_reason()); "
-            + "; ".join(f"t._bits({kind!r}, {str(tmp_path / kind)!r})" for kind in kinds))
+            + "; ".join(f"t._bits({kind!r}, {str(tmp_path / kind)!r}, {cases})" for kind in kinds))
     env = {**os.environ, "JAXRNN_CACHE": str(tmp_path / "cache"), "JAXRNN_NATIVE_ISA": "avx2", "JAXRNN_NATIVE": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -532,7 +542,7 @@ def test_the_avx2_build_compiles_from_source_and_gives_the_same_bits(tmp_path):
     assert [p.suffix for p in (tmp_path / "cache").iterdir()] == [".so"]  # one library, no temporary left behind
     if native.unavailable_reason() is None:
         for kind in kinds:
-            theirs, ours = np.load(tmp_path / f"{kind}.npz"), _bits(kind)
+            theirs, ours = np.load(tmp_path / f"{kind}.npz"), _bits(kind, cases=cases)
             assert sorted(theirs) == sorted(ours)
             for key in ours:
                 np.testing.assert_array_equal(theirs[key], ours[key], err_msg=f"{kind} {key}", strict=True)
