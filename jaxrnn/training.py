@@ -297,6 +297,31 @@ def stream_batches(tokens: np.ndarray, batch_size: int, seq_len: int) -> np.ndar
     return rows[:, index].transpose(1, 0, 2)
 
 
+def random_windows(tokens: np.ndarray, batch_size: int, seq_len: int, seed: int, step: int) -> np.ndarray:
+    """``batch_size`` windows of ``seq_len + 1`` tokens at random offsets: the batch of ``step``.
+
+    The offsets are a function of ``(seed, step)`` alone, so that a resumed run
+    draws the batches an uninterrupted one would. Unlike :func:`stream_batches`,
+    each window starts from the initial state (there is no carry between them).
+
+    Returns:
+      (batch_size, seq_len + 1) integer array.
+
+    Example::
+
+      >>> import numpy as np
+      >>> from jaxrnn.training import random_windows
+      >>> w = random_windows(np.arange(100), 4, 9, seed=0, step=3)
+      >>> w.shape, bool((np.diff(w, axis=1) == 1).all())
+      ((4, 10), True)
+    """
+    span = len(tokens) - seq_len
+    if span < 1:
+        raise ValueError(f"tokens: {len(tokens)} tokens are too few for windows of seq_len + 1 = {seq_len + 1}")
+    starts = np.random.default_rng([seed, step]).integers(0, span, batch_size)
+    return np.asarray(tokens)[starts[:, None] + np.arange(seq_len + 1)[None, :]]
+
+
 # --------------------------------------------------------------------------- data parallel
 
 

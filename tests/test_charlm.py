@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxrnn import training
 from jaxrnn.programs import char_lm, cli, data
 from jaxrnn.programs.char_lm import CharLM
 from jaxrnn.checkpoints import Checkpoints
@@ -72,6 +73,42 @@ def test_offline_corpora():
     assert len(train) == 45_000 and len(val) == 5_000
     with pytest.raises(ValueError, match="exactly one"):
         data.load_corpus("python-stdlib", text_path="x.txt")
+
+
+def test_python_docs_corpus_is_one_document_per_help_topic():
+    docs = data.load_corpus("python-docs", max_chars=60_000)
+    assert len(docs.text) == 60_000 and data.DOCUMENT_SEPARATOR in docs.text
+    from pydoc_data.topics import topics
+
+    assert docs.text.startswith(topics[min(topics)][:100])
+
+
+def test_random_windows_are_a_function_of_seed_and_step_and_stay_in_the_text():
+    tokens = np.arange(50)
+    a = training.random_windows(tokens, 64, 9, seed=3, step=7)
+    assert a.shape == (64, 10) and (np.diff(a, axis=1) == 1).all() and a.min() >= 0 and a.max() <= 49
+    np.testing.assert_array_equal(a, training.random_windows(tokens, 64, 9, seed=3, step=7))
+    assert not np.array_equal(a, training.random_windows(tokens, 64, 9, seed=3, step=8))
+    assert not np.array_equal(a, training.random_windows(tokens, 64, 9, seed=4, step=7))
+    assert a[:, 0].max() == 40  # every offset can be drawn, the last one included
+    with pytest.raises(ValueError, match="too few for windows of seq_len \\+ 1 = 51"):
+        training.random_windows(tokens, 2, 50, seed=0, step=0)
+
+
+def test_random_window_batches_resume_to_the_uninterrupted_losses(tmp_path, capsys, offline):
+    text = tmp_path / "t.txt"
+    text.write_bytes(FAKE)
+    run = lambda out, steps, *more: cli_main([
+        "train", "char-lm", "--text", str(text), "--cell", "gru", "--hidden-size", "8", "--num-layers", "1",
+        "--embedding", "4", "--seq-len", "8", "--batch-size", "4", "--batches", "random", "--steps", str(steps),
+        "--eval-every", "3", "--checkpoint-every", "3", "--sample-every", "0", "--quiet", "--out", str(out), *more])
+    run(tmp_path / "whole", 6)
+    run(tmp_path / "split", 3)
+    run(tmp_path / "split", 6, "--resume")
+    capsys.readouterr()
+    losses = lambda out: [json.loads(r)["loss"] for r in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses(tmp_path / "whole")) == 6
+    np.testing.assert_array_equal(losses(tmp_path / "split"), losses(tmp_path / "whole"))
 
 
 def test_sampling_is_deterministic_per_key_and_starts_after_prime():
@@ -219,3 +256,18 @@ def test_sanity_mode_overfits_a_tiny_slice(tmp_path, capsys):
               "--out", str(tmp_path / "sanity"), "--quiet"])
     printed = capsys.readouterr().out
     assert re.search(r"sanity: loss \d+\.\d+ -> \d+\.\d+: PASS", printed), printed[-500:]
+
+
+def test_reference_comparison_trains_both_sides_on_the_same_split(tmp_path, capsys):
+    pytest.importorskip("torch")
+    from jaxrnn.programs import charlm_reference
+
+    saved = charlm_reference.main(["--texts", "python-docs", "--cells", "gru", "--layers", "1", "--hidden-size", "8",
+                                   "--embedding", "4", "--seq-len", "8", "--batch-size", "4", "--steps", "3",
+                                   "--eval-every", "3", "--max-chars", "3000", "--out", str(tmp_path)])
+    (row,) = saved["results"]
+    for side in ("jaxrnn", "torch"):  # untrained on 104 characters: about log2(104) = 6.7 bits
+        assert 5.5 < row[side]["val_bpc"] < 8 and row[side]["s_per_step"] > 0, row
+    assert saved["recipe"]["embedding"] == 4 and saved["recipe"]["batches"] == char_lm.RUN_SETTINGS["batches"]
+    printed = capsys.readouterr().out
+    assert "| python-docs | gru | 1 |" in printed and (tmp_path / "results.md").exists()

@@ -6,6 +6,9 @@
   missing; either way its SHA-256 is checked.
 * ``python-stdlib``: the ``.py`` files of this Python's standard library, one
   document each: a corpus every machine has, offline.
+* ``python-docs``: the help topics this Python ships for ``help()``
+  (``pydoc_data.topics``, about 465,000 characters of English technical prose
+  in reStructuredText, one document per topic): offline too.
 * any file, by path (``--text PATH``).
 """
 
@@ -22,7 +25,7 @@ import numpy as np
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
-CORPORA = ("tinyshakespeare", "python-stdlib")
+CORPORA = ("tinyshakespeare", "python-stdlib", "python-docs")
 DOCUMENT_SEPARATOR = "\x00"  # between documents; the model learns to reset after it
 
 
@@ -106,6 +109,15 @@ def _python_stdlib(max_chars: int) -> str:
     return DOCUMENT_SEPARATOR.join(docs)[:max_chars]
 
 
+def _python_docs(max_chars: int) -> str:
+    try:
+        from pydoc_data.topics import topics
+    except ImportError as e:  # some distributions package it apart
+        raise CorpusError(f"corpus 'python-docs': this Python has no pydoc_data ({e}); use --text PATH") from None
+    docs = [topics[k].replace(DOCUMENT_SEPARATOR, "") for k in sorted(topics)]
+    return DOCUMENT_SEPARATOR.join(docs)[:max_chars]
+
+
 #: More than this fraction of control characters (other than tab, newline, carriage return, form
 #: feed, vertical tab) and a file is taken for binary: text has few (a NUL between documents).
 MAX_CONTROL_FRACTION = 0.05
@@ -168,6 +180,8 @@ def load_corpus(
         text = _tinyshakespeare(data_dir(folder))
     elif name == "python-stdlib":
         text = _python_stdlib(max_chars)
+    elif name == "python-docs":
+        text = _python_docs(max_chars)
     else:
         raise ValueError(f"corpus: expected one of {CORPORA}, got {name!r}")
     if len(text) < 2:
