@@ -23,6 +23,15 @@ writes a step only past its newest one: a save meets a checkpoint at or past
 its step only after a run went back to an older one (a best checkpoint, say,
 that this run's better one supersedes), and sets that one aside too.
 
+Several processes (``jax.distributed``): every process makes its :class:`Checkpoints` on the same
+folder (storage that all of them reach) and makes the same calls in the same order, as orbax
+requires: each writes the shards of the state that its devices hold, process 0 the replicated
+arrays and the metadata, and orbax's barriers finish a checkpoint only once every process has
+written its part. Process 0 alone moves checkpoints aside, and a checkpoint counts as restored
+only when it restored in every process. A checkpoint holds global arrays, not the processes'
+shares of them: it restores in any number of processes, each taking the shards that ``like``
+(arrays on its devices) asks for.
+
 Errors: a save that cannot be written raises :class:`CheckpointError` at once
 (the step folder is created before :meth:`Checkpoints.save` returns), or, for a
 failure while the data is written in the background, at the next save,
@@ -41,6 +50,7 @@ import warnings
 from typing import Any, Callable
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -83,6 +93,17 @@ def _warn(message: str) -> None:
     warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
+def _abstract(x: Any) -> jax.ShapeDtypeStruct:
+    """What orbax restores ``x`` as: its shape, dtype and sharding. A leaf without a sharding (from
+    ``jax.eval_shape``) goes to this process's first device: orbax would otherwise take the sharding
+    the checkpoint was saved with, whose devices may not be here (another process's, say)."""
+    abstract = ocp.utils.to_shape_dtype_struct(x)
+    if getattr(abstract, "sharding", None) is None:
+        abstract = jax.ShapeDtypeStruct(abstract.shape, abstract.dtype,
+                                        sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+    return abstract
+
+
 class Checkpoints:
     """Save and restore a :class:`~jaxrnn.training.TrainState` plus JSON metadata.
 
@@ -112,21 +133,39 @@ class Checkpoints:
         self.notify = notify or _warn
         self.read_only = read_only
 
-        def options(n: int) -> ocp.CheckpointManagerOptions:
+        def options(n: int, kind: str) -> ocp.CheckpointManagerOptions:
             return ocp.CheckpointManagerOptions(
                 max_to_keep=None if read_only else n, save_interval_steps=0 if read_only else 1,
                 create=not read_only, read_only=read_only,
                 cleanup_tmp_directories=not read_only,  # what a killed save left behind
                 # The step folder is made before save() returns: a folder that cannot be written raises
                 # there, rather than leaving orbax's background threads waiting (minutes) for it.
-                async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
+                async_options=ocp.AsyncOptions(create_directories_asynchronously=False),
+                # Several processes: the two managers' barriers apart (a best and a latest save of the
+                # same step would otherwise wait on the same names, and hang).
+                multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=kind))
 
         try:
-            self.latest = ocp.CheckpointManager(self.root / "latest", options=options(keep))
-            self.best = ocp.CheckpointManager(self.root / "best", options=options(1))
+            self.latest = ocp.CheckpointManager(self.root / "latest", options=options(keep, "latest"))
+            self.best = ocp.CheckpointManager(self.root / "best", options=options(1, "best"))
         except OSError as e:
             raise CheckpointError(f"checkpoints: cannot use {self.root}: {_first_line(e)}") from e
         self.best_val = min((self._val_loss(s) for s in self.best.all_steps()), default=float("inf"))
+        self._barriers = 0  # how many of this object's own barriers (each needs a name of its own)
+
+    @staticmethod
+    def _all_agree(ok: bool) -> bool:
+        """Whether ``ok`` holds in every process (one process: ``ok``)."""
+        if jax.process_count() == 1:
+            return ok
+        from jax.experimental import multihost_utils
+
+        return bool(np.all(multihost_utils.process_allgather(np.array(ok, np.int32))))
+
+    def _barrier(self, what: str) -> None:
+        """Every process waits here for the others (nothing with one process)."""
+        self._barriers += 1
+        ocp.multihost.sync_global_processes(f"jaxrnn.checkpoints:{self.root}:{what}:{self._barriers}")
 
     @staticmethod
     def _args(state: Any, meta: dict) -> ocp.args.Composite:
@@ -171,15 +210,19 @@ class Checkpoints:
         return True
 
     def _set_aside(self, manager: ocp.CheckpointManager, kind: str, step: int) -> pathlib.Path:
-        """Move a step's folder to ``checkpoints/corrupt/<kind>-<step>[-n]`` (never delete it)."""
+        """Move a step's folder to ``checkpoints/corrupt/<kind>-<step>[-n]`` (never delete it); with
+        several processes, process 0 moves it while the others wait."""
         source = pathlib.Path(manager.directory) / str(step)
         target = self.root / "corrupt" / f"{kind}-{step}"
         n = 1
         while target.exists():
             n += 1
             target = self.root / "corrupt" / f"{kind}-{step}-{n}"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(source), str(target))
+        self._barrier(f"set aside {kind}/{step}")  # every process has named the same target
+        if jax.process_index() == 0:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(source), str(target))
+        self._barrier(f"set aside {kind}/{step}: moved")
         manager.reload()
         return target
 
@@ -187,15 +230,18 @@ class Checkpoints:
 
     def _restore(self, manager: ocp.CheckpointManager, kind: str, like: Any,
                  set_aside: bool) -> tuple[Any, dict] | None:
-        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
+        abstract = jax.tree_util.tree_map(_abstract, like)
         failed: list[tuple[int, str]] = []
         for step in sorted(manager.all_steps(), reverse=True):
+            error = None
             try:
                 with _quiet_orbax_coroutines():
                     out = manager.restore(step, args=ocp.args.Composite(
                         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
             except Exception as e:  # damaged: truncated or missing files (orbax raises many kinds)
-                failed.append((step, _first_line(e)))
+                error = _first_line(e)
+            if not self._all_agree(error is None):  # several processes: each reads its own shards
+                failed.append((step, error or "it did not restore in another process"))
                 continue
             # An older one restored, so ``like`` fits and the newer ones are damaged.
             for bad, reason in failed:

@@ -11,14 +11,17 @@ rate schedules. What this module adds is the recurrent-specific plumbing:
 * a divergence guard that stops (or skips the step) on a non-finite loss or
   gradient and says where;
 * :func:`length_curriculum`, a schedule for the training sequence length;
-* :func:`data_parallel`, sharding the batch over every visible device.
+* :func:`data_parallel`, sharding the batch over every visible device, and
+  :func:`global_batch`, the same over several processes.
 
-Multi-host: call ``jax.distributed.initialize()`` at the start of every host's
-process (before anything else touches JAX); ``jax.devices()`` then lists every
-device of every host, :func:`data_parallel` builds its mesh over all of them,
-and each host feeds its own slice of the global batch (make it with
-``jax.make_array_from_process_local_data(sharding, local_batch)``). Checkpoints
-must then go to storage that every host can reach.
+Multi-process (one process per host, or several on one machine): call
+``jax.distributed.initialize()`` at the start of every process (before anything
+else touches JAX); ``jax.devices()`` then lists every process's devices,
+:func:`data_parallel` builds its mesh over all of them, and
+:func:`global_batch` makes the global batch from each process's own rows.
+Checkpoints must then go to storage that every process can reach.
+``jaxrnn train char-lm --coordinator HOST:PORT --num-processes N --process-id I``
+does all of this (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -357,3 +360,42 @@ def data_parallel(devices: list | None = None) -> tuple[Mesh, Callable, Callable
 
     return mesh, shard, lambda tree: jax.device_put(tree, replicated)
 
+
+def global_batch(batch: Any, mesh: Mesh, axis: int = 0) -> Any:
+    """The global batch as one ``jax.Array`` per leaf, sharded along ``axis`` over ``mesh``'s
+    ``"data"`` axis, in a run of one process or of several (``jax.distributed``).
+
+    ``batch`` is the whole global batch (numpy, the same in every process). Each process takes
+    only the rows its own devices hold, rows ``[p B / P, (p + 1) B / P)`` for process ``p`` of
+    ``P`` on a mesh over ``jax.devices()`` (process by process), and
+    ``jax.make_array_from_process_local_data`` puts them together: nothing crosses between
+    processes. A leaf that is already a global array (one that spans other processes' devices,
+    such as a carry returned by the train step) is returned as it is. With one process this is
+    :func:`data_parallel`'s ``shard``.
+
+    Example::
+
+      >>> import jax, numpy as np
+      >>> from jaxrnn.training import data_parallel, global_batch
+      >>> mesh, _, _ = data_parallel()
+      >>> x = global_batch(np.arange(24).reshape(2, 4, 3), mesh, axis=1)  # a (L, B, H) carry, by rows
+      >>> x.shape, x.sharding.spec == jax.sharding.PartitionSpec(None, "data")
+      ((2, 4, 3), True)
+    """
+    sharding = NamedSharding(mesh, PartitionSpec(*[None] * axis, "data"))
+    count = mesh.devices.size
+
+    def put(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return x
+        x = np.asarray(x)
+        if x.shape[axis] % count:
+            raise ValueError(f"batch: axis {axis} ({x.shape[axis]}) must divide evenly over {count} devices")
+        # The rows this process's devices hold, in order: one range [p B / P, (p + 1) B / P) on a mesh
+        # in process order; the ranges of any other device order, concatenated as jax expects them.
+        ranges = sorted({(index[axis].start or 0, index[axis].stop or x.shape[axis])
+                         for index in sharding.addressable_devices_indices_map(x.shape).values()})
+        local = np.concatenate([x[(slice(None),) * axis + (slice(lo, hi),)] for lo, hi in ranges], axis=axis)
+        return jax.make_array_from_process_local_data(sharding, local, x.shape)
+
+    return jax.tree_util.tree_map(put, batch)

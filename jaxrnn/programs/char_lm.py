@@ -18,8 +18,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import math
+import os
 import pathlib
 import sys
 import time
@@ -35,7 +37,7 @@ from jaxrnn import diagnostics, training
 from jaxrnn.checkpoints import CheckpointError, Checkpoints
 from jaxrnn.programs.arguments import UsageError, nonnegative_float, nonnegative_int, positive_float, positive_int, rate
 from jaxrnn.programs.data import CORPORA, DOCUMENT_SEPARATOR, Corpus, CorpusError, load_corpus
-from jaxrnn.programs.runlog import RunLog, atomic_write_text
+from jaxrnn.programs.runlog import NoLog, RunLog, atomic_write_text
 
 Array = jax.Array
 
@@ -216,6 +218,18 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sanity", action="store_true",
                    help="overfit the first 2,000 characters for --steps steps and check the loss falls")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    dist = p.add_argument_group(
+        "multi-process runs", "data parallel over several processes, each with its own devices; the same "
+        "command in every process, but for --process-id (docs/distributed.md)")
+    dist.add_argument("--coordinator", metavar="HOST:PORT",
+                      help="where process 0 serves the run's coordination, reachable from every process "
+                           "(default: $JAX_COORDINATOR_ADDRESS, or the cluster's, see --distributed)")
+    dist.add_argument("--num-processes", type=positive_int, metavar="N", help="how many processes the run has")
+    dist.add_argument("--process-id", type=nonnegative_int, metavar="I", help="this process's number, 0 to N - 1")
+    dist.add_argument("--distributed", action="store_true",
+                      help="join a multi-process run; what is not given, jax.distributed.initialize() finds "
+                           "in the environment (SLURM's srun, Open MPI's mpirun, Kubernetes, Cloud TPU). "
+                           "Implied by any of the three flags above, and by $JAX_COORDINATOR_ADDRESS")
 
 
 def _flag(key: str) -> str:
@@ -293,6 +307,62 @@ def _check_prime(corpus: Corpus, prime: str) -> None:
         raise UsageError(f"--prime: {e}") from None
 
 
+def _join(args) -> bool:
+    """Join a multi-process run when asked (``--distributed``, ``--coordinator``, ``--num-processes``,
+    ``--process-id``, or ``$JAX_COORDINATOR_ADDRESS``): ``jax.distributed.initialize()``, before any
+    other use of JAX. True when this process is one of several."""
+    coordinator, n, i = (getattr(args, k, None) for k in ("coordinator", "num_processes", "process_id"))
+    asked = (getattr(args, "distributed", False) or coordinator is not None or n is not None or i is not None
+             or os.environ.get("JAX_COORDINATOR_ADDRESS"))
+    if not asked:
+        return False
+    if n is not None and i is not None and i >= n:
+        raise UsageError(f"--process-id {i}: expected 0 to {n - 1}, one number per process of --num-processes {n}")
+    if coordinator is not None:
+        host, _, port = coordinator.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise UsageError(f"--coordinator {coordinator}: expected HOST:PORT, process 0's host and a free port")
+    if not jax.distributed.is_initialized():
+        # CPU devices reach each other through gloo (jax 0.10's default; older versions had none).
+        if getattr(jax.config, "jax_cpu_collectives_implementation", "gloo") in (None, "none"):
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        try:
+            jax.distributed.initialize(coordinator, n, i)
+        except (ValueError, TypeError) as e:  # what neither the flags nor the environment gave
+            missing = {"coordinator_address should be defined.": "--coordinator HOST:PORT",
+                       "Number of processes must be defined.": "--num-processes N",
+                       "The process id of the current process must be defined.": "--process-id I"}.get(str(e))
+            what = f"{missing} is not given and not found in the environment" if missing else str(e)
+            raise UsageError(f"cannot join a multi-process run: {what}. Give --coordinator, --num-processes and "
+                             "--process-id, or start the processes under a cluster manager that "
+                             "jax.distributed.initialize() detects (SLURM's srun, Open MPI's mpirun)") from None
+    return jax.process_count() > 1
+
+
+def _local(tree):
+    """This process's copy of a replicated tree (its first device's), for work done in one process
+    only: sampling, validation."""
+    return jax.tree_util.tree_map(
+        lambda x: x.addressable_data(0) if isinstance(x, jax.Array) and not x.is_fully_addressable else x, tree)
+
+
+def _from_process_0(value: float) -> float:
+    """Process 0's float in every process, bit for bit (sent as the float64's two 32-bit words)."""
+    from jax.experimental import multihost_utils
+
+    words = multihost_utils.broadcast_one_to_all(np.array([value], np.float64).view(np.uint32))
+    return float(np.asarray(words, np.uint32).view(np.float64)[0])
+
+
+def _place(state: training.TrainState, mesh) -> training.TrainState:
+    """The train state over the processes' mesh: everything replicated, but the carry, (L, B, H) per
+    leaf, sharded by rows as the batch is."""
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    carry = state.carry
+    state = jax.device_put(state._replace(carry=()), replicated)
+    return state._replace(carry=training.global_batch(carry, mesh, axis=1))
+
+
 def _read_config(path: pathlib.Path) -> dict:
     try:
         config = json.loads(path.read_text())
@@ -303,8 +373,13 @@ def _read_config(path: pathlib.Path) -> dict:
 
 
 def train(args) -> dict:
-    """Train a char-LM as ``args`` say; returns the final metrics. See ``jaxrnn train char-lm --help``."""
-    notice = lambda message: print(f"jaxrnn train char-lm: {message}", file=sys.stderr, flush=True)
+    """Train a char-LM as ``args`` say; returns the final metrics. See ``jaxrnn train char-lm --help``.
+
+    In a multi-process run (:func:`_join`) every process runs this; process 0 alone writes the
+    config, the log, the samples and the progress bar, and all of them write the checkpoints."""
+    multi = _join(args)
+    primary = not multi or jax.process_index() == 0
+    notice = lambda message: primary and print(f"jaxrnn train char-lm: {message}", file=sys.stderr, flush=True)
     out = pathlib.Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a folder")
@@ -330,12 +405,21 @@ def train(args) -> dict:
                          f"distinct now, {len(saved['vocab'])} then); a run's vocabulary cannot change")
     _check_length(corpus, args)
     _check_prime(corpus, args.prime)
+    if multi:
+        from jax.experimental import multihost_utils
+
+        if args.batch_size % jax.device_count():
+            raise UsageError(f"--batch-size {args.batch_size}: a multi-process run splits the batch's rows over "
+                             f"its {jax.device_count()} devices ({jax.process_count()} processes); give a multiple "
+                             f"of {jax.device_count()}")
+        multihost_utils.sync_global_devices("jaxrnn char-lm: the run folder is read")  # before process 0 writes
     out.mkdir(parents=True, exist_ok=True)
 
     sep = corpus.vocab.find(DOCUMENT_SEPARATOR)
     lm = CharLM(len(corpus.vocab), args.cell, args.hidden_size, args.num_layers, args.dropout, args.embedding, sep)
-    atomic_write_text(config_path, json.dumps({"args": {k: v for k, v in vars(args).items() if k != "func"},
-                                               "vocab": corpus.vocab, "corpus": corpus.name}, indent=1))
+    if primary:
+        atomic_write_text(config_path, json.dumps({"args": {k: v for k, v in vars(args).items() if k != "func"},
+                                                   "vocab": corpus.vocab, "corpus": corpus.name}, indent=1))
     train_ids, val_ids = (corpus.split(0.1) if not args.sanity else (corpus.encode(corpus.text),) * 2)
     train_chunks = training.stream_batches(train_ids, args.batch_size, args.seq_len)
     epoch = len(train_chunks)  # steps per pass over the training split, either way of batching
@@ -359,6 +443,10 @@ def train(args) -> dict:
     # One compiled function, not an eager op (and its compilation) per parameter: seconds at start-up.
     state = jax.jit(lambda k: training.init_state(lm.init(k), optimizer, jax.random.fold_in(k, 1),
                                                   lm.initial_state(args.batch_size)))(key)
+    if multi:  # process 0's initial state (the same, unless the hosts compute differently), over all processes
+        from jax.experimental import multihost_utils
+
+        state = _place(multihost_utils.broadcast_one_to_all(state), training.data_parallel()[0])
     ckpt = Checkpoints(out, notify=notice)
     log = None
     try:
@@ -368,10 +456,11 @@ def train(args) -> dict:
             if restored is not None:
                 state, meta = restored
                 start = int(meta["step"])
-                print(f"resumed from step {start} ({ckpt_dir})", flush=True)
+                if primary:
+                    print(f"resumed from step {start} ({ckpt_dir})", flush=True)
                 if start >= args.steps:
                     notice(f"the run is already at step {start} (--steps {args.steps}); nothing to train")
-        log = RunLog(out)
+        log = RunLog(out) if primary else NoLog()
         try:
             result = _train_loop(args, lm, corpus, state, start, optimizer, lr_at, batch_at, val_chunks, ckpt, log)
         except training.DivergenceError as e:
@@ -394,25 +483,41 @@ def train(args) -> dict:
 
 def _train_loop(args, lm, corpus, state, start, optimizer, lr_at, batch_at, val_chunks, ckpt, log) -> dict:
     mesh, shard, replicate = training.data_parallel()
-    parallel = len(mesh.devices.flat) > 1 and args.batch_size % len(mesh.devices.flat) == 0
+    multi = jax.process_count() > 1
+    primary = jax.process_index() == 0
+    parallel = not multi and len(mesh.devices.flat) > 1 and args.batch_size % len(mesh.devices.flat) == 0
     if parallel:
         state = replicate(state)
     step_fn = training.make_train_step(lm.loss_fn(), optimizer, skip_nonfinite=args.skip_nonfinite)
     eval_fn = jax.jit(lambda p, s, c: (lambda ce, st, _: (jnp.mean(ce), st))(*lm.losses(p, c, s)))
     profile_fn = jax.jit(lm.gradient_profile)
+    # The global chunk (numpy, every process has it) -> the array the step trains on. Several processes:
+    # each gives its own rows (training.global_batch), the carry goes by rows too, the rest is
+    # replicated; validation and samples are process 0's.
+    feed = jnp.asarray
+    if multi:
+        feed = functools.partial(training.global_batch, mesh=mesh)
+        state = _place(state, mesh)
+        train_step = step_fn
+        step_fn = lambda state, chunk: train_step(  # a new epoch's carry, made whole, goes by rows
+            state._replace(carry=training.global_batch(state.carry, mesh, axis=1)), chunk)
+        profile_fn = jax.jit(lm.gradient_profile, out_shardings=jax.sharding.NamedSharding(
+            mesh, jax.sharding.PartitionSpec()))
 
     def validate() -> float:
-        return evaluate(lm, state.params, val_chunks, eval_fn)
+        if not multi:
+            return evaluate(lm, state.params, val_chunks, eval_fn)
+        return _from_process_0(evaluate(lm, _local(state.params), val_chunks, eval_fn) if primary else 0.0)
 
     first_loss, last_val = None, None  # last_val: (step, validation loss) of the latest evaluation
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc=f"char-lm {args.cell}",
-               disable=args.quiet, file=sys.stdout, mininterval=2.0)
+               disable=args.quiet or not primary, file=sys.stdout, mininterval=2.0)
     t0 = time.perf_counter()
     for step in bar:
         chunk, fresh = batch_at(step)
         if fresh:
             state = state._replace(carry=lm.initial_state(args.batch_size))
-        chunk = jnp.asarray(chunk)
+        chunk = feed(chunk)
         state, metrics = step_fn(state, shard(chunk) if parallel else chunk)
         metrics = jax.device_get(metrics)
         if not args.skip_nonfinite:
@@ -432,12 +537,17 @@ def _train_loop(args, lm, corpus, state, start, optimizer, lr_at, batch_at, val_
         log.write(done, record)
         if done % args.checkpoint_every == 0 or done == args.steps:
             ckpt.save(done, state, {"val_loss": record.get("val_loss")})
-        if args.sample_every and done % args.sample_every == 0:
-            text = sample_text(lm, corpus, state.params, args.prime, 200, args.temperature, done)
+        if args.sample_every and done % args.sample_every == 0 and primary:
+            text = sample_text(lm, corpus, _local(state.params), args.prime, 200, args.temperature, done)
             tqdm.write(f"--- sample at step {done} ---\n{text}\n---")
-        if args.max_minutes and time.perf_counter() - t0 > 60 * args.max_minutes and done < args.steps:
-            tqdm.write(f"time budget of {args.max_minutes} minutes reached at step {done}")
-            break
+        if args.max_minutes and done < args.steps:
+            over = time.perf_counter() - t0 > 60 * args.max_minutes
+            if multi:  # every process stops where process 0 does
+                over = bool(_from_process_0(float(over)))
+            if over:
+                if primary:
+                    tqdm.write(f"time budget of {args.max_minutes} minutes reached at step {done}")
+                break
     bar.close()
     done = int(state.step)
     val = last_val[1] if last_val is not None and last_val[0] == done else validate()
@@ -451,10 +561,12 @@ def _train_loop(args, lm, corpus, state, start, optimizer, lr_at, batch_at, val_
     if args.sanity:
         last = float(metrics["loss"]) if args.steps > start else val
         ok = first_loss is not None and last < 0.5 * first_loss
-        print(f"sanity: loss {first_loss:.3f} -> {last:.3f}: {'PASS' if ok else 'FAIL (the loss did not halve)'}")
+        if primary:
+            print(f"sanity: loss {first_loss:.3f} -> {last:.3f}: {'PASS' if ok else 'FAIL (the loss did not halve)'}")
         if not ok:
             raise SystemExit(1)
-    print(f"val_loss_nats={val:.4f} val_bpc={val / math.log(2):.4f}", flush=True)
+    if primary:
+        print(f"val_loss_nats={val:.4f} val_bpc={val / math.log(2):.4f}", flush=True)
     return result
 
 

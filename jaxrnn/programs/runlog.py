@@ -1,7 +1,8 @@
 """Run logs: JSONL metrics, TensorBoard event files when a writer is installed.
 
 ``metrics.jsonl`` gets one JSON object per logged step, flushed at once so a
-crash loses nothing already logged. A resumed run appends; when steps repeat
+crash loses nothing already logged (in a multi-process run, process 0 writes it; the others
+have a :class:`NoLog`). A resumed run appends; when steps repeat
 (the ones between the last checkpoint and a crash), the later line wins:
 :func:`read_metrics` returns them that way.
 """
@@ -68,6 +69,19 @@ class RunLog:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+class NoLog:
+    """A :class:`RunLog` that writes nothing: the other processes' of a multi-process run, whose
+    process 0 writes the run's log."""
+
+    has_tensorboard = False
+
+    def write(self, step: int, metrics: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def atomic_write_text(path: str | pathlib.Path, text: str) -> None:
