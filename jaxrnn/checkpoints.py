@@ -165,7 +165,8 @@ class Checkpoints:
     def _barrier(self, what: str) -> None:
         """Every process waits here for the others (nothing with one process)."""
         self._barriers += 1
-        ocp.multihost.sync_global_processes(f"jaxrnn.checkpoints:{self.root}:{what}:{self._barriers}")
+        # Not the path: hosts may mount the run's folder at different places.
+        ocp.multihost.sync_global_processes(f"jaxrnn.checkpoints:{what}:{self._barriers}")
 
     @staticmethod
     def _args(state: Any, meta: dict) -> ocp.args.Composite:

@@ -105,10 +105,12 @@ def test_random_window_batches_resume_to_the_uninterrupted_losses(tmp_path, caps
     run(tmp_path / "whole", 6)
     run(tmp_path / "split", 3)
     run(tmp_path / "split", 6, "--resume")
+    run(tmp_path / "streamed", 1, "--batches", "stream")
     capsys.readouterr()
     losses = lambda out: [json.loads(r)["loss"] for r in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(losses(tmp_path / "whole")) == 6
     np.testing.assert_array_equal(losses(tmp_path / "split"), losses(tmp_path / "whole"))
+    assert losses(tmp_path / "streamed")[0] != losses(tmp_path / "whole")[0]  # other batches: --batches is taken
 
 
 def test_sampling_is_deterministic_per_key_and_starts_after_prime():
@@ -258,13 +260,38 @@ def test_sanity_mode_overfits_a_tiny_slice(tmp_path, capsys):
     assert re.search(r"sanity: loss \d+\.\d+ -> \d+\.\d+: PASS", printed), printed[-500:]
 
 
-def test_reference_comparison_trains_both_sides_on_the_same_split(tmp_path, capsys):
+def test_reference_comparison_trains_both_sides_on_the_same_split(tmp_path, capsys, monkeypatch):
     pytest.importorskip("torch")
     from jaxrnn.programs import charlm_reference
 
+    seen = {"jaxrnn": [], "torch": []}  # every chunk each side trains or evaluates on
+    side = "jaxrnn"
+    real_training, real_validation = char_lm.training_batches, char_lm.validation_chunks
+
+    def training_batches(*args):
+        epoch, batch_at = real_training(*args)
+        return epoch, lambda step: seen[side].append(batch_at(step)[0]) or batch_at(step)
+
+    def validation_chunks(*args):
+        seen[side].append(real_validation(*args))
+        return seen[side][-1]
+
+    real_torch = charlm_reference.train_torch
+
+    def train_torch(*args, **kwargs):
+        nonlocal side
+        side = "torch"
+        return real_torch(*args, **kwargs)
+
+    monkeypatch.setattr(char_lm, "training_batches", training_batches)
+    monkeypatch.setattr(char_lm, "validation_chunks", validation_chunks)
+    monkeypatch.setattr(charlm_reference, "train_torch", train_torch)
     saved = charlm_reference.main(["--texts", "python-docs", "--cells", "gru", "--layers", "1", "--hidden-size", "8",
                                    "--embedding", "4", "--seq-len", "8", "--batch-size", "4", "--steps", "3",
                                    "--eval-every", "3", "--max-chars", "3000", "--out", str(tmp_path)])
+    assert len(seen["jaxrnn"]) == len(seen["torch"]) == 4  # the validation chunks, then 3 batches
+    for a, b in zip(seen["jaxrnn"], seen["torch"], strict=True):
+        np.testing.assert_array_equal(a, b)
     (row,) = saved["results"]
     for side in ("jaxrnn", "torch"):  # untrained on 104 characters: about log2(104) = 6.7 bits
         assert 5.5 < row[side]["val_bpc"] < 8 and row[side]["s_per_step"] > 0, row

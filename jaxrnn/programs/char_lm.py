@@ -140,6 +140,28 @@ class CharLM:
         return tokens
 
 
+def training_batches(train_ids: np.ndarray, batch_size: int, seq_len: int, batches: str, seed: int):
+    """``(epoch, batch_at)``: the steps per pass over the training ids, and ``batch_at(step)``, step
+    ``step``'s chunk (B, T + 1) of ids and whether the state starts afresh for it: at every random
+    window (``batches="random"``), or when the streams restart at an epoch (``"stream"``)."""
+    chunks = training.stream_batches(train_ids, batch_size, seq_len)
+    epoch = len(chunks)
+
+    def batch_at(step: int) -> tuple[np.ndarray, bool]:
+        if batches == "random":
+            return training.random_windows(train_ids, batch_size, seq_len, seed, step), True
+        return chunks[step % epoch], step % epoch == 0
+
+    return epoch, batch_at
+
+
+def validation_chunks(val_ids: np.ndarray, batch_size: int, seq_len: int, val_batches: int = 0) -> np.ndarray:
+    """The validation split as consecutive chunks (N, B', T + 1) of ``B' = min(batch_size, what the
+    split holds)`` streams: the first ``val_batches`` of them, or all (0)."""
+    chunks = training.stream_batches(val_ids, min(batch_size, max(1, len(val_ids) // (seq_len + 1))), seq_len)
+    return chunks[:val_batches] if val_batches else chunks
+
+
 def evaluate(lm: CharLM, params: dict, chunks: np.ndarray, eval_fn) -> float:
     """Mean validation cross-entropy (nats) over consecutive chunks, the state carried across them."""
     state, total = lm.initial_state(chunks.shape[1]), 0.0
@@ -163,7 +185,7 @@ def sample_text(lm: CharLM, corpus: Corpus, params, prime: str, length: int, tem
 RUN_SETTINGS = {
     "cell": "lstm", "hidden_size": 128, "num_layers": 2, "dropout": 0.0, "embedding": CharLM.embedding,
     "seq_len": 64, "batch_size": 32, "batches": "stream", "optimizer": "adam", "lr": 2e-3, "schedule": "constant",
-    "warmup_steps": 100, "clip": 5.0, "clip_value": 0.0, "seed": 0, "max_chars": 2_000_000,
+    "warmup_steps": 100, "clip": 5.0, "clip_value": 0.0, "seed": 0, "max_chars": 2_000_000, "val_batches": 0,
 }
 DEFAULT_CORPUS = "tinyshakespeare"
 
@@ -205,8 +227,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="continue from the latest checkpoint in --out (from step 0 if it has none); the run "
                         "keeps its model and data settings, and a flag that changes one is an error")
     p.add_argument("--eval-every", type=positive_int, default=250)
-    p.add_argument("--val-batches", type=nonnegative_int, default=0,
-                   help="validation chunks per evaluation (the first ones); 0 = all: the whole validation split")
+    setting("--val-batches", "validation chunks per evaluation (the first ones); 0 = all: the whole validation "
+            "split", type=nonnegative_int)
     p.add_argument("--checkpoint-every", type=positive_int, default=250)
     p.add_argument("--sample-every", type=nonnegative_int, default=500,
                    help="print a sample every N steps; 0 = never")
@@ -421,19 +443,8 @@ def train(args) -> dict:
         atomic_write_text(config_path, json.dumps({"args": {k: v for k, v in vars(args).items() if k != "func"},
                                                    "vocab": corpus.vocab, "corpus": corpus.name}, indent=1))
     train_ids, val_ids = (corpus.split(0.1) if not args.sanity else (corpus.encode(corpus.text),) * 2)
-    train_chunks = training.stream_batches(train_ids, args.batch_size, args.seq_len)
-    epoch = len(train_chunks)  # steps per pass over the training split, either way of batching
-
-    def batch_at(step: int) -> tuple[np.ndarray, bool]:
-        """Step ``step``'s chunk (B, T + 1) of ids, and whether the state starts afresh for it: at
-        every window, or when the streams restart at an epoch."""
-        if args.batches == "random":
-            return training.random_windows(train_ids, args.batch_size, args.seq_len, args.seed, step), True
-        return train_chunks[step % epoch], step % epoch == 0
-    val_chunks = training.stream_batches(val_ids, min(args.batch_size, max(1, len(val_ids) // (args.seq_len + 1))),
-                                         args.seq_len)
-    if args.val_batches:
-        val_chunks = val_chunks[: args.val_batches]
+    epoch, batch_at = training_batches(train_ids, args.batch_size, args.seq_len, args.batches, args.seed)
+    val_chunks = validation_chunks(val_ids, args.batch_size, args.seq_len, args.val_batches)
 
     lr_at = training.make_schedule(args.lr, args.schedule, total_steps=args.steps, warmup_steps=args.warmup_steps,
                                    decay_every=max(1, epoch), decay_rate=0.97)

@@ -4,10 +4,10 @@ The reference (:func:`train_torch`) is what a user would write in PyTorch: an
 ``nn.Embedding`` (or one-hot inputs), an ``nn.LSTM`` or ``nn.GRU``, an
 ``nn.Linear`` readout, each with PyTorch's default initialisation; Adam with
 global-norm clipping. It reads the very batches ``jaxrnn train char-lm`` reads
-(:func:`jaxrnn.training.stream_batches` or :func:`jaxrnn.training.random_windows`
-on :meth:`Corpus.split`'s training ids) and is evaluated the way jaxrnn's runs
-are (:func:`jaxrnn.programs.char_lm.evaluate`'s protocol: the whole validation
-split as consecutive chunks, the state carried across them). What differs is
+(:func:`jaxrnn.programs.char_lm.training_batches` on :meth:`Corpus.split`'s
+training ids) and is evaluated the way jaxrnn's runs are (the whole validation
+split as :func:`jaxrnn.programs.char_lm.validation_chunks`, the state carried
+across them, as :func:`jaxrnn.programs.char_lm.evaluate` does). What differs is
 the framework and its default initialisations, and one thing the plain script
 does not do: reset the state at a document separator (python-stdlib and
 python-docs have one per file or topic).
@@ -32,13 +32,14 @@ import time
 
 import numpy as np
 
-from jaxrnn import training
 from jaxrnn.programs import char_lm, outputs, speed
 from jaxrnn.programs.arguments import ArgumentParser, UsageError, nonnegative_float, nonnegative_int, positive_float, positive_int
 from jaxrnn.programs.data import CORPORA, load_corpus
 
 #: The recipe both sides share, with jaxrnn's defaults for a new run (char_lm.RUN_SETTINGS).
 RECIPE = ("embedding", "seq_len", "batch_size", "batches", "lr", "clip", "seed", "max_chars")
+#: What the reference hard-codes: jaxrnn's side must have these too for the recipes to be the same.
+FIXED = {"optimizer": "adam", "schedule": "constant", "clip_value": 0.0, "dropout": 0.0, "val_batches": 0}
 
 
 def train_torch(corpus, *, cell: str, layers: int, hidden_size: int, embedding: int, seq_len: int,
@@ -67,9 +68,8 @@ def train_torch(corpus, *, cell: str, layers: int, hidden_size: int, embedding: 
     model = LM()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     train_ids, val_ids = corpus.split(0.1)
-    chunks = training.stream_batches(train_ids, batch_size, seq_len)
-    val_rows = min(batch_size, max(1, len(val_ids) // (seq_len + 1)))  # as char_lm.train
-    val_chunks = torch.from_numpy(training.stream_batches(val_ids, val_rows, seq_len)).long()
+    _, batch_at = char_lm.training_batches(train_ids, batch_size, seq_len, batches, seed)
+    val_chunks = torch.from_numpy(char_lm.validation_chunks(val_ids, batch_size, seq_len)).long()
     loss_of = lambda logits, targets: nn.functional.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1))
     detach = lambda s: None if s is None else tuple(t.detach() for t in s) if isinstance(s, tuple) else s.detach()
 
@@ -86,11 +86,8 @@ def train_torch(corpus, *, cell: str, layers: int, hidden_size: int, embedding: 
     state, elapsed, val = None, [], None
     t0 = time.perf_counter()
     for step in range(steps):
-        if batches == "random":
-            chunk, state = training.random_windows(train_ids, batch_size, seq_len, seed, step), None
-        else:
-            chunk = chunks[step % len(chunks)]
-            state = None if step % len(chunks) == 0 else detach(state)
+        chunk, fresh = batch_at(step)
+        state = None if fresh else detach(state)
         chunk = torch.from_numpy(chunk).long()
         logits, state = model(chunk[:, :-1], state)
         loss = loss_of(logits, chunk[:, 1:])
@@ -123,10 +120,12 @@ def train_jaxrnn(text: str, out: pathlib.Path, *, cell: str, layers: int, hidden
     flags += [f for k, v in recipe.items() if v is not None for f in (char_lm._flag(k), str(v))]
     flags += (["--data-dir", data_dir] if data_dir else []) + extra
     args = build_parser().parse_args(flags)
+    t0 = time.perf_counter()
     result = char_lm.train(args)
+    wall = time.perf_counter() - t0  # as the reference's: to the end of the last evaluation
     elapsed = [json.loads(line)["elapsed_s"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {"val_loss_nats": result["val_loss_nats"], "val_bpc": result["val_bpc"],
-            "s_per_step": seconds_per_step(elapsed), "wall_s": elapsed[-1], "flags": flags}
+            "s_per_step": seconds_per_step(elapsed), "wall_s": wall, "flags": flags}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -144,7 +143,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip", type=nonnegative_float, help="global-norm clip, both sides (default: jaxrnn's)")
     p.add_argument("--seed", type=int, help="both sides (default: jaxrnn's)")
     p.add_argument("--max-chars", type=positive_int, help="cap on the texts, both sides (default: jaxrnn's)")
-    p.add_argument("--jaxrnn-flags", default="", help="more flags for jaxrnn's side only, e.g. '--val-batches 20'")
+    p.add_argument("--jaxrnn-flags", default="",
+                   help="more flags for jaxrnn's side only (what the reference has no counterpart of, e.g. "
+                        "'--skip-nonfinite')")
     p.add_argument("--sides", nargs="+", choices=("jaxrnn", "torch"), default=["jaxrnn", "torch"])
     p.add_argument("--data-dir", help="where tinyshakespeare.txt is (default: $JAXRNN_DATA or ~/.cache/jaxrnn)")
     p.add_argument("--out", help="run folder (default: runs/charlm-reference-<time>)")
@@ -152,6 +153,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     folder = outputs.run_folder("charlm-reference", args.out)
+    assert all(char_lm.RUN_SETTINGS[k] == v for k, v in FIXED.items()), "the reference's fixed recipe is not jaxrnn's"
     given = {k: getattr(args, k) for k in RECIPE}
     recipe = {k: char_lm.RUN_SETTINGS[k] if v is None else v for k, v in given.items()}
     results = []
