@@ -254,7 +254,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                            "Implied by any of the three flags above, and by $JAX_COORDINATOR_ADDRESS")
 
 
-def _flag(key: str) -> str:
+def flag(key: str) -> str:
+    """The command-line flag of a run setting: ``"seq_len"`` -> ``"--seq-len"``."""
     return "--" + key.replace("_", "-")
 
 
@@ -278,7 +279,7 @@ def _settings(args: argparse.Namespace, config: dict | None) -> argparse.Namespa
         saved = {k: saved.get(k, v) for k, v in RUN_SETTINGS.items()} | {"text": saved.get("text"),
                                                                           "corpus": saved.get("corpus")}
         saved_source = _source(saved) or ("corpus", DEFAULT_CORPUS)
-        differ = [f"{_flag(k)} {v} differs from the run's {saved[k]}" for k, v in given.items() if v != saved[k]]
+        differ = [f"{flag(k)} {v} differs from the run's {saved[k]}" for k, v in given.items() if v != saved[k]]
         if source is not None and source != saved_source:
             differ.append(f"--{source[0]} {source[1]} differs from the run's --{saved_source[0]} {saved_source[1]}")
         if differ:

@@ -117,7 +117,7 @@ def train_jaxrnn(text: str, out: pathlib.Path, *, cell: str, layers: int, hidden
     flags = ["train", "char-lm", "--corpus", text, "--cell", cell, "--num-layers", str(layers), "--hidden-size",
              str(hidden_size), "--steps", str(steps), "--eval-every", str(eval_every), "--checkpoint-every",
              str(steps), "--sample-every", "0", "--quiet", "--out", str(out)]
-    flags += [f for k, v in recipe.items() if v is not None for f in (char_lm._flag(k), str(v))]
+    flags += [f for k, v in recipe.items() if v is not None for f in (char_lm.flag(k), str(v))]
     flags += (["--data-dir", data_dir] if data_dir else []) + extra
     args = build_parser().parse_args(flags)
     t0 = time.perf_counter()
