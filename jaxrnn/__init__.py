@@ -7,7 +7,8 @@ functions; :func:`scan` unrolls any of them; :class:`RNN` stacks them;
 (encoder-decoder with attention) and :mod:`jaxrnn.streaming` build on them;
 :mod:`jaxrnn.linen` and :mod:`jaxrnn.nnx` wrap them as flax modules;
 :mod:`jaxrnn.tasks` holds the long-range benchmark tasks; :mod:`jaxrnn.native` runs
-the LSTM and GRU as one compiled CPU kernel each, which :func:`scan` uses where it can.
+the LSTM, the GRU and the vanilla cell as one compiled CPU kernel each, which :func:`scan` uses where it
+can.
 :mod:`jaxrnn.programs` holds the programs behind the ``jaxrnn`` command, built on
 this public API alone; nothing here imports them.
 """

@@ -10,7 +10,7 @@
 3. ``reverse`` runs each row backwards over its own valid part, by permuting
    time per row, so padding stays at the end in both directions.
 
-On the CPU an LSTM or GRU skips the loop altogether, masks and all:
+On the CPU an LSTM, a GRU or a vanilla cell skips the loop altogether, masks and all:
 ``kernel="auto"`` hands it to :mod:`jaxrnn.native`, one compiled call for the
 whole sequence.
 
@@ -147,7 +147,7 @@ def scan(
         matmul is the faster. The backward pass of both computes ``dW_i`` as
         one large matmul. Same values either way (to float rounding).
       kernel: ``"native"``: run the whole unroll as one compiled CPU kernel
-        (:mod:`jaxrnn.native`; LSTM or GRU, float32, ``lengths``, ``resets``
+        (:mod:`jaxrnn.native`; LSTM, GRU or vanilla cell, float32, ``lengths``, ``resets``
         and ``reverse`` included; with ``checkpoint_every``, one call per
         chunk; an error says which condition fails).
         ``"xla"``: the ``lax.scan`` loop. ``"auto"`` (default): native
@@ -242,7 +242,7 @@ KERNELS = ("auto", "xla", "native")
 
 def _native(cell: Cell, params: Params, xs: Array, initial_carry, lengths, resets, reverse: bool, time_major: bool,
             checkpoint_every: int | None):
-    """:func:`scan` through :func:`jaxrnn.native.unroll` (an LSTM or GRU).
+    """:func:`scan` through :func:`jaxrnn.native.unroll` (an LSTM, GRU or vanilla cell).
 
     The kernels read and write either layout, so batch-major inputs are not
     transposed, and apply ``lengths`` and ``resets`` themselves. ``reverse``
@@ -262,9 +262,9 @@ def _native(cell: Cell, params: Params, xs: Array, initial_carry, lengths, reset
     if reverse:
         xs = jnp.flip(xs, time_axis) if prep.perm is None else _permute_time(xs, prep.perm, time_major)
     if checkpoint_every is None:
-        ys, carry = native.unroll(cell.kind, not time_major, xs, carry, w, masks)
+        ys, carry = native.unroll(native.kernel_kind(cell), not time_major, xs, carry, w, masks)
     else:
-        ys, carry = native.unroll_checkpointed(cell.kind, not time_major, checkpoint_every, xs, carry, w, masks)
+        ys, carry = native.unroll_checkpointed(native.kernel_kind(cell), not time_major, checkpoint_every, xs, carry, w, masks)
     if reverse:  # the permutation is its own inverse
         ys = jnp.flip(ys, time_axis) if prep.perm is None else _permute_time(ys, prep.perm, time_major)
     return ys, (type(prep.initial_carry)(*carry) if lstm else carry[0])

@@ -1,4 +1,4 @@
-"""The native CPU LSTM and GRU (jaxrnn.native) against the XLA loop they replace."""
+"""The native CPU LSTM, GRU and vanilla cell (jaxrnn.native) against the XLA loop they replace."""
 
 import functools
 import os
@@ -28,6 +28,8 @@ needs_kernel = pytest.mark.skipif(
 SHAPES = [(16, 6, 5, 8), (33, 9, 7, 40), (16, 4, 3, 9)]
 
 
+# The kinds every parametrised test runs; the vanilla cell's kernel runs in rows of its own added to the case
+# lists (MASKED, LAYOUT_CASES, VANILLA_SPECIALS, ...), to keep the file's time down.
 KINDS = ["lstm", "gru"]
 
 
@@ -59,9 +61,17 @@ def assert_same_specials_and_close(got, want, rtol=1e-5, what=""):
         np.testing.assert_allclose(g[finite], w[finite], rtol=rtol, atol=rtol * scale, err_msg=f"{what}{path}")
 
 
+def make_cell(kind, H):
+    """The cell of a kernel kind (native.kernel_kind): "lstm", "gru", "vanilla", "vanilla:relu", ..."""
+    name, _, activation = kind.partition(":")
+    return jaxrnn.vanilla(H, activation) if activation else jaxrnn.CELLS[name](H)
+
+
 def setup(B, T, I, H, seed=0, kind="lstm"):
-    cell = jaxrnn.CELLS[kind](H)
+    cell = make_cell(kind, H)
     params = random_params(cell, jax.random.key(seed), I)
+    if kind.startswith("vanilla"):  # W_h of spectral radius about 1/2: no gates to saturate, and a chaotic h would
+        params["w_h"] = params["w_h"] / np.sqrt(H)  # amplify the rounding differences of tanh beyond rtol
     xs = random_inputs(jax.random.key(seed + 1), B, T, I)
     h, c = (0.5 * random_inputs(k, B, H) for k in jax.random.split(jax.random.key(seed + 2)))
     return cell, params, xs, jaxrnn.LSTMState(h, c) if kind == "lstm" else h
@@ -107,7 +117,7 @@ def values_and_gradients(params, xs, carry, w_ys, w_carry, *, kind, kernel, time
     """``((ys, final carry), gradients w.r.t. (params, xs, carry))`` of :func:`jaxrnn.scan` and of
     ``sum(ys * w_ys) + sum(final carry * w_carry)``. ``xs``, ``ys``, ``d xs`` and ``resets`` are
     batch-major whatever the layout the call runs in, so that one compiled reference serves every layout."""
-    cell = jaxrnn.CELLS[kind](params["w_h"].shape[0])
+    cell = make_cell(kind, params["w_h"].shape[0])
 
     def loss(p, x, c):
         x = jnp.swapaxes(x, 0, 1) if time_major else x
@@ -145,11 +155,23 @@ SPECIAL_VALUES = {
 SPECIAL_LAYOUTS = [(False, None, 17), (True, None, 6), (False, 2, 17), (True, 3, 6)]
 
 
+SPECIAL_LAYOUT_IDS = ["batch-major", "time-major-small", "batch-major-chunks-of-2", "time-major-small-chunks-of-3"]
+# The vanilla cell: every case, each in one of the layouts in turn.
+VANILLAS = ["vanilla", "vanilla:relu", "vanilla:identity"]  # jaxrnn.vanilla's activations, as native.kernel_kind names them
+# The vanilla cell: every case for each activation, each case in one of the layouts in turn, a different one for
+# each activation.
+VANILLA_SPECIALS = [(kind, case, *SPECIAL_LAYOUTS[(k + a) % len(SPECIAL_LAYOUTS)])
+                    for a, kind in enumerate(VANILLAS) for k, case in enumerate(SPECIAL_VALUES)]
+
+
 @needs_kernel
-@pytest.mark.parametrize("time_major, chunk, B", SPECIAL_LAYOUTS,
-                         ids=["batch-major", "time-major-small", "batch-major-chunks-of-2", "time-major-small-chunks-of-3"])
-@pytest.mark.parametrize("case", SPECIAL_VALUES)
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    "kind, case, time_major, chunk, B",
+    [(kind, case, *layout) for kind in KINDS for case in SPECIAL_VALUES for layout in SPECIAL_LAYOUTS]
+    + VANILLA_SPECIALS,
+    ids=[f"{kind}-{case}-{name}" for kind in KINDS for case in SPECIAL_VALUES for name in SPECIAL_LAYOUT_IDS]
+    + [f"{kind}-{case}-{SPECIAL_LAYOUT_IDS[SPECIAL_LAYOUTS.index(tuple(layout))]}" for kind, case, *layout in VANILLA_SPECIALS],
+)
 def test_nan_and_inf_propagate_through_the_kernel_as_through_the_xla_loop(kind, case, time_major, chunk, B):
     # H = 33: two shares of units (threads, where there are two CPUs), and a one-unit tail tile.
     cell, params, xs, carry = setup(B, 5, 3, 33, kind=kind)
@@ -178,6 +200,17 @@ MASKED = [
     ("lstm", 17, 37, 3, 7, "lengths+resets", True, False, 5),
     ("gru", 3, 37, 4, 33, "lengths+resets", False, True, 6),
     ("lstm", 1, 37, 2, 7, "resets", True, True, 5),
+    ("vanilla", 33, 37, 5, 33, "lengths+resets", True, False, None),
+    ("vanilla", 3, 37, 4, 7, "lengths", False, True, 5),
+    ("vanilla", 1, 2, 3, 1, "lengths+resets", True, False, None),
+    ("vanilla", 17, 1, 2, 33, "resets", False, True, None),
+    # The small layout's tiles of 4 groups of 16 units and of 1: H = 130, 9 groups, in shares of 4 and 5 on
+    # two threads (H = 70's 5 groups would make shares of 2 and 3, no 4-group tile).
+    ("vanilla", 8, 37, 5, 130, "lengths+resets", True, False, None),
+    ("vanilla:relu", 17, 37, 5, 33, "lengths+resets", True, False, None),
+    ("vanilla:relu", 8, 37, 5, 130, "lengths+resets", False, True, 5),
+    ("vanilla:identity", 3, 37, 4, 7, "lengths", False, True, 5),
+    ("vanilla:identity", 33, 2, 3, 1, "resets", True, False, None),
 ]
 
 
@@ -224,7 +257,7 @@ MASKED_SPECIALS = {
 
 @needs_kernel
 @pytest.mark.parametrize("case", MASKED_SPECIALS)
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KINDS + ["vanilla", "vanilla:relu", "vanilla:identity"])
 def test_masks_with_nan_and_inf_and_odd_lengths_as_in_the_xla_loop(kind, case):
     _, params, xs, carry, _, _ = masked_setup(kind, 17, 6, 3, 7, "lengths", seed=5)
     params, carry = MASKED_SPECIALS[case](params, carry)
@@ -241,8 +274,9 @@ def test_masks_with_nan_and_inf_and_odd_lengths_as_in_the_xla_loop(kind, case):
 # The small-batch layout against the wide one, each forced for every call (native.forced_layout): (kind, B, T, I, H,
 # masks, reverse, time_major, checkpoint_every, MASKED_SPECIALS case or None). Batches of 1 to 8, and 17 (a
 # second row in a lane of the bias gradient's sums); H of 1, 7, 9, 17 and 33 (a short 16-unit vector, two
-# shares); T of 1, 2, 37 and 70, in chunks of 5 and 6 too. Each costs about a second, mostly making its inputs: four by
-# default (chunks, NaN and inf, the small layout's widest batch, three blocks of W_i rows), all with -m slow.
+# shares); T of 1, 2, 37 and 70, in chunks of 5 and 6 too. Each costs about a second, mostly making its inputs: five by
+# default (chunks, NaN and inf, the small layout's widest batch, three blocks of W_i rows, the vanilla cell's
+# tiles), all with -m slow.
 LAYOUT_CASES = [
     ("lstm", 1, 37, 2, 7, "lengths+resets", True, True, 5, None),
     ("gru", 2, 37, 3, 33, "lengths+resets", False, False, 6, "nan-in-w_i"),
@@ -253,12 +287,15 @@ LAYOUT_CASES = [
     # I of 17 and 37 (two and three blocks of W_i rows), and T past x_t's chunk of 64 / B steps
     ("gru", 2, 70, 37, 17, "lengths+resets", True, False, None, None),
     ("lstm", 1, 70, 17, 9, "", False, False, None, None),  # no masks: the LSTM's gates<false>
+    # The vanilla cell: forward tiles of 4 groups of 16 units and of one (H = 130: 9 groups, two shares), and
+    # in the wide layout 8-unit tiles and a tail of 2 units, one at a time.
+    ("vanilla", 3, 37, 5, 130, "lengths+resets", True, True, 6, "inf-in-w_h"),
 ]
 
 
 @needs_kernel
-@pytest.mark.parametrize("picked", [(0, 1, 4, 6), pytest.param(range(len(LAYOUT_CASES)), marks=pytest.mark.slow)],
-                         ids=["four-cases", "every-case"])
+@pytest.mark.parametrize("picked", [(0, 1, 4, 6, 8), pytest.param(range(len(LAYOUT_CASES)), marks=pytest.mark.slow)],
+                         ids=["five-cases", "every-case"])
 def test_the_small_batch_layout_gives_the_wide_layouts_bits(monkeypatch, request, picked):
     def inputs(kind, B, T, I, H, masks, reverse, time_major, chunk, special):
         _, params, xs, carry, lengths, resets = masked_setup(kind, B, T, I, H, masks)
@@ -290,13 +327,13 @@ def test_the_small_batch_layout_gives_the_wide_layouts_bits(monkeypatch, request
 
 
 @needs_kernel
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KINDS + ["vanilla", "vanilla:identity"])  # relu: no derivative at its kink
 def test_check_grads_on_the_native_vjp_with_masks(kind):
     _, params, xs, carry, lengths, resets = masked_setup(kind, 17, 6, 3, 7, "lengths+resets", seed=3)
     xs = jnp.nan_to_num(xs)  # check_grads perturbs every input, the padding included
 
     def f(p, x, c):
-        ys, final = jaxrnn.scan(jaxrnn.CELLS[kind](7), p, x, initial_carry=c, lengths=lengths, resets=resets,
+        ys, final = jaxrnn.scan(make_cell(kind, 7), p, x, initial_carry=c, lengths=lengths, resets=resets,
                                 reverse=True, kernel="native")
         return ys, final
 
@@ -315,14 +352,20 @@ def test_a_bidirectional_layer_on_a_padded_batch_runs_every_direction_in_the_ker
     assert calls == ["lstm"] * 4
 
 
+CHUNKS = {  # (chunk, time_major): both layouts, without a test for each pair
+    "whole-chunks": (2, False), "a-short-first-chunk-time-major": (3, True), "short-then-the-kept-chunk": (5, False),
+    "one-chunk-time-major": (8, True), "chunk-over-T": (16, False),
+}
+
+
 @needs_kernel
 @pytest.mark.parametrize(
-    "chunk, time_major",
-    [(2, False), (3, True), (5, False), (8, True), (16, False)],  # both layouts, without a test for each pair
-    ids=["whole-chunks", "a-short-first-chunk-time-major", "short-then-the-kept-chunk", "one-chunk-time-major",
-         "chunk-over-T"],
+    "kind, chunk, time_major",
+    [(kind, *chunk) for kind in KINDS for chunk in CHUNKS.values()]
+    + [("vanilla", *CHUNKS["a-short-first-chunk-time-major"]), ("vanilla", *CHUNKS["whole-chunks"])],
+    ids=[f"{kind}-{name}" for kind in KINDS for name in CHUNKS] + ["vanilla-a-short-first-chunk-time-major",
+                                                                  "vanilla-whole-chunks"],
 )
-@pytest.mark.parametrize("kind", KINDS)
 def test_native_checkpointed_chunks_equal_one_call(kind, chunk, time_major):
     cell, params, xs, carry = setup(16, 8, 3, 8, kind=kind)
     xs = jnp.swapaxes(xs, 0, 1) if time_major else xs
@@ -356,7 +399,7 @@ def test_native_checkpointed_memory_is_one_chunk_and_a_piece(monkeypatch):
 
 
 @needs_kernel
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KINDS + ["vanilla"])
 def test_check_grads_on_the_native_vjp(kind):
     cell, params, xs, carry = setup(16, 5, 3, 6, kind=kind)
     f = lambda p, x, c: jaxrnn.scan(cell, p, x, initial_carry=c, kernel="native")
@@ -364,11 +407,13 @@ def test_check_grads_on_the_native_vjp(kind):
 
 
 @needs_kernel
-@pytest.mark.parametrize("B", [16, 3], ids=["wide", "small"])
+@pytest.mark.parametrize("kind, B, H", [("lstm", 16, 64), ("lstm", 3, 64), ("vanilla", 8, 130)],
+                         ids=["wide", "small", "vanilla-small"])
 @pytest.mark.parametrize("helpers", ["threads", "pool"])
-def test_native_results_do_not_depend_on_the_threads(monkeypatch, helpers, B):
-    """Both layouts (16 rows: wide; 3: small), with either kind of helper thread (the call's own, XLA's pool)."""
-    cell, params, xs, carry, lengths, resets = masked_setup("lstm", B, 5, 4, 64, "lengths+resets")
+def test_native_results_do_not_depend_on_the_threads(monkeypatch, helpers, kind, B, H):
+    """Both layouts (16 rows: wide; 3: small), with either kind of helper thread (the call's own, XLA's pool);
+    the vanilla cell's small-layout tiles of 4 groups of 16 units, in each of two threads' shares of 130 units."""
+    cell, params, xs, carry, lengths, resets = masked_setup(kind, B, 5, 4, H, "lengths+resets")
     xs = jnp.nan_to_num(xs)
     monkeypatch.setenv("JAXRNN_NATIVE_HELPERS", helpers)
     runs = []
@@ -385,8 +430,52 @@ def test_native_results_do_not_depend_on_the_threads(monkeypatch, helpers, B):
 
 
 @needs_kernel
+@pytest.mark.parametrize("B", [3, 17], ids=["small", "wide"])
+def test_the_vanilla_derivative_at_h_zero_with_an_infinite_cotangent_is_the_xla_loops(B):
+    """JAX transposes tanh's derivative as e = d_h (1 - h), then e + e h: at h = 0 under an infinite
+    cotangent that is inf + inf * 0 = NaN, where (1 - h^2) d_h would be inf. Unit 0 is exactly 0 at every step
+    (no weights into it, and no bias: use_bias=False, which hands the kernel zero biases); its output's
+    cotangent is inf at one step of each row."""
+    cell = jaxrnn.vanilla(7, use_bias=False)
+    params = random_params(cell, jax.random.key(0), 4)
+    assert "b" not in params
+    params = {**params, "w_i": params["w_i"].at[:, 0].set(0.0), "w_h": params["w_h"].at[:, 0].set(0.0) / np.sqrt(7)}
+    xs = random_inputs(jax.random.key(1), B, 6, 4)
+    h0 = (0.5 * random_inputs(jax.random.key(2), B, 7)).at[:, 0].set(0.0)
+    w = random_inputs(jax.random.key(3), B, 6, 7).at[:, 3, 0].set(jnp.inf)
+
+    def grads(kernel):
+        loss = lambda p, x, h: jnp.sum(jaxrnn.scan(cell, p, x, initial_carry=h, kernel=kernel)[0] * w)
+        return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(params, xs, h0)
+
+    got, want = grads("native"), grads("xla")
+    assert np.isnan(np.asarray(want[0]["w_h"])).any(), "the case no longer makes the NaN it is about"
+    assert_same_specials_and_close(got, want, what=f"B={B}: ")
+
+
+@needs_kernel
+@pytest.mark.parametrize("B", [3, 17], ids=["small", "wide"])
+def test_relu_in_the_kernel_is_jnp_maximum_signed_zeros_and_nan_included(B):
+    """relu(x) = jnp.maximum(x, 0): +0 from -0 (the sign, which the closeness checks cannot see) and NaN
+    from NaN; steps whose pre-activations are -0 in the kernels (zero inputs and state times negative
+    weights, a bias of -0) and NaN."""
+    cell = jaxrnn.vanilla(4, "relu")
+    for b, nan in ((jnp.asarray([-0.0, -0.0, -1.0, 1.0]), False), (jnp.asarray([NAN, 0.0, -1.0, 1.0]), True)):
+        params = {"w_i": -jnp.ones((2, 4)), "w_h": -jnp.ones((4, 4)), "b": b}  # -0 products: -0 sums
+        run = lambda kernel: np.asarray(jaxrnn.scan(cell, params, jnp.zeros((B, 3, 2)), kernel=kernel)[0])
+        got, want = run("native"), run("xla")
+        assert np.array_equal(np.isnan(got), np.isnan(want)) and np.isnan(want).any() == nan
+        assert np.array_equal(np.signbit(got), np.signbit(want)), (got[0], want[0])
+        assert nan or not np.signbit(want).any()  # relu(-0) = +0, relu(-1) = 0
+
+
+def test_the_kernels_activations_are_the_vanilla_cells():
+    assert native.ACTIVATIONS == tuple(jaxrnn.cells.ACTIVATIONS)  # the order is rnn_cpu.cc's Activation's
+
+
+@needs_kernel
 @pytest.mark.parametrize("chunk", [None, 2])
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KINDS + ["vanilla"])
 def test_an_empty_batch_runs_in_the_kernel(kind, chunk):
     cell = jaxrnn.CELLS[kind](8)
     params = cell.init(jax.random.key(0), 3)
@@ -411,7 +500,7 @@ def test_native_under_vmap_runs_each_member(B):
 
 
 @needs_kernel
-def test_auto_picks_native_for_plain_lstm_and_gru_and_xla_otherwise(monkeypatch):
+def test_auto_picks_native_for_plain_lstm_gru_and_vanilla_and_xla_otherwise(monkeypatch):
     cell, params, xs, _ = setup(16, 4, 3, 8)
     calls = []
     real = native.unroll
@@ -427,9 +516,19 @@ def test_auto_picks_native_for_plain_lstm_and_gru_and_xla_otherwise(monkeypatch)
     jaxrnn.scan(cell, params, jnp.ones((7, 31, 3)))  # 7 rows over 31 steps: below both of AUTO["lstm"], the loop
     jaxrnn.scan(gru, gru.init(jax.random.key(0), 3), jnp.ones((15, 32, 3)))  # below AUTO["gru"]: the loop
     assert jaxrnn.scan(cell, params, xs[:, :0])[0].shape == (16, 0, 8)  # no steps: the loop
-    vanilla = jaxrnn.vanilla(8)
-    jaxrnn.scan(vanilla, vanilla.init(jax.random.key(0), 3), xs)
     assert calls == ["lstm", "gru", "lstm", "lstm"]
+    vanilla = jaxrnn.vanilla(8)
+    vanilla_params = vanilla.init(jax.random.key(0), 3)
+    jaxrnn.scan(vanilla, vanilla_params, jnp.ones((16, 32, 3)))  # AUTO["vanilla"]: 16 rows over 32 steps,
+    jaxrnn.scan(vanilla, vanilla_params, jnp.ones((12, 100, 3)))  # or 12 over 100 (the small layout)
+    assert calls == ["lstm", "gru", "lstm", "lstm", "vanilla", "vanilla"]
+    jaxrnn.scan(vanilla, vanilla_params, xs)  # 16 rows over 4 steps: the loop
+    jaxrnn.scan(vanilla, vanilla_params, jnp.ones((12, 99, 3)))  # 12 rows over 99 steps: the loop
+    jaxrnn.scan(vanilla, vanilla_params, jnp.ones((8, 1000, 3)))  # 8 rows: the loop, however long
+    for activation in ("relu", "identity"):  # the same kernels, told the activation
+        other = jaxrnn.vanilla(8, activation)
+        jaxrnn.scan(other, other.init(jax.random.key(0), 3), jnp.ones((16, 32, 3)))
+    assert calls == ["lstm", "gru", "lstm", "lstm", "vanilla", "vanilla", "vanilla:relu", "vanilla:identity"]
 
 
 @pytest.mark.parametrize(
@@ -446,11 +545,8 @@ def test_asking_for_native_where_it_cannot_run_names_the_reason(kwargs, reason):
         jaxrnn.scan(cell, params, xs, kernel="native", **kwargs)
 
 
-def test_native_for_a_cell_without_a_kernel_or_an_unknown_kernel_is_an_error():
+def test_an_unknown_kernel_is_an_error():
     cell, params, xs, _ = setup(16, 4, 3, 8)
-    with pytest.raises(ValueError, match="the cell is 'vanilla'"):
-        vanilla = jaxrnn.vanilla(8)
-        jaxrnn.scan(vanilla, vanilla.init(jax.random.key(0), 3), xs, kernel="native")
     with pytest.raises(ValueError, match=r"kernel: expected one of .*'native'.*got 'c\+\+'"):
         jaxrnn.scan(cell, params, xs, kernel="c++")
 
@@ -530,8 +626,9 @@ def test_the_avx2_build_compiles_from_source_and_gives_the_same_bits(tmp_path, c
     """One source for every vector width, and every build rounds alike: the AVX2 build (JAXRNN_NATIVE_ISA=avx2)
     gives this process's bits (on an AVX-512 machine, the AVX-512 build's), values and gradients, NaN at the
     same places. ``JAXRNN_NATIVE_ISA=avx2 pytest tests/test_native.py`` runs every other test on that build.
-    By default one case (the masked reversed batch); ``-m slow`` all of BITS_CASES."""
-    kinds = ("lstm", "gru")
+    By default one case (the masked reversed batch) of the LSTM, the GRU and the tanh cell; ``-m slow`` all of
+    BITS_CASES, and the vanilla cell's relu and identity too."""
+    kinds = ("lstm", "gru", "vanilla") if cases == 1 else ("lstm", "gru", *VANILLAS)  # relu, identity: -m slow
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_native as t; "
             f"from jaxrnn import native; print(native.isa(), native.unavailable_reason()); "
             + "; ".join(f"t._bits({kind!r}, {str(tmp_path / kind)!r}, {cases})" for kind in kinds))

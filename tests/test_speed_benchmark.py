@@ -109,6 +109,18 @@ def test_variants_time_every_combination_against_the_peers(tmp_path, capsys):
     assert "| **" in capsys.readouterr().out  # the fastest variant is marked
 
 
+def test_variants_time_the_vanilla_cell_with_the_activation_asked_for(tmp_path, monkeypatch):
+    from jaxrnn.programs import variants
+
+    made = []
+    real = speed.make_cell
+    monkeypatch.setattr(speed, "make_cell", lambda *a: made.append(real(*a).option("activation")) or real(*a))
+    variants.main(["--cells", "vanilla", "--activation", "relu", "--batch", "2", "--hidden", "4", "--lengths", "3",
+                   "--mode", "fwd", "--unroll", "1", "--projection", "per_step", "--kernel", "xla", "native-wide",
+                   "--peers", "flax", "--repeats", "1", "--block", "2", "--json", str(tmp_path / "v.json")])
+    assert made and set(made) == {"relu"}  # the loop's variant and the kernels' (or the reason they cannot run)
+
+
 def test_workloads_smoke(tmp_path, capsys):
     """The workload table on tiny shapes: every peer on a padded, a bidirectional and a plain row."""
     import argparse

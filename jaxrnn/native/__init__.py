@@ -1,4 +1,4 @@
-r"""The LSTM and GRU unrolls as one compiled CPU kernel each, called through the XLA FFI.
+r"""The LSTM, GRU and vanilla RNN unrolls as one compiled CPU kernel each, called through the XLA FFI.
 
 On XLA's CPU backend a ``lax.scan`` step is several separate operations, and
 for an LSTM of batch 32 and hidden size 256 the bare matmuls of such a loop
@@ -74,7 +74,24 @@ ISA_FLAGS = {"native": (), "avx2": ("-mno-avx512f",), "sse2": ("-mno-avx",)}
 # an if-converted loop, made `if (invariant) v = v + w` on the kernel's vectors an add masked to lane 0
 # alone (AVX-512); the kernel's vectors are explicit, and nothing in it needs loops if-converted.
 GCC_FLAGS = ("-fno-tree-loop-if-convert",)
-KINDS = ("lstm", "gru")
+KINDS = ("lstm", "gru", "vanilla")  # in the order of rnn_cpu.cc's kinds (jaxrnn_cell_blocks)
+ACTIVATIONS = ("tanh", "relu", "identity")  # the vanilla cell's, in the order of rnn_cpu.cc's Activation
+
+
+def kernel_kind(cell) -> str:
+    """The kernel calls' name for a cell (:func:`unroll`'s ``kind``): its kind, and for a vanilla cell whose
+    activation is not tanh the activation too, ``"vanilla:relu"`` or ``"vanilla:identity"``."""
+    activation = cell.option("activation") if cell.kind == "vanilla" else "tanh"
+    return cell.kind if activation == "tanh" else f"{cell.kind}:{activation}"
+
+
+def _split(kind: str) -> tuple[str, dict]:
+    """A kernel kind's cell (the key of KINDS, AUTO, SMALL_BATCH, blocks) and the FFI attributes it adds."""
+    cell, _, activation = kind.partition(":")
+    if cell not in KINDS or (activation and (cell != "vanilla" or activation not in ACTIVATIONS)):
+        raise ValueError(f"kind: expected one of {KINDS} or 'vanilla:<activation>' with an activation of "
+                         f"{ACTIVATIONS}, got {kind!r}")
+    return cell, ({"activation": np.int64(ACTIVATIONS.index(activation or "tanh"))} if cell == "vanilla" else {})
 
 
 def cache_dir() -> Path:
@@ -145,7 +162,20 @@ def _library() -> tuple:
                    else ")"), isa)
     for name in (f"jaxrnn_{kind}_{way}" for kind in KINDS for way in ("forward", "backward")):
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
+    _BLOCKS.update({kind: divmod(lib.jaxrnn_cell_blocks(i), 16) for i, kind in enumerate(KINDS)})
     return None, isa
+
+
+_BLOCKS: dict[str, tuple[int, int]] = {}  # filled by _library from rnn_cpu.cc's cells
+
+
+def blocks(kind: str) -> tuple[int, int]:
+    """``(slots, kept)`` of rnn_cpu.cc's cell for ``kind``, as the built kernels define them: the blocks of H
+    floats per batch row and step of dG (the LSTM's 4 gates; the GRU's 3 gates in 4 slots, h W_hn apart from
+    x W_in; the vanilla cell's 1) and of what the forward call keeps for the backward one (the LSTM's i, f,
+    g, o, c_{t-1}; the GRU's r, z, n, h W_hn + b_hn, h_{t-1}; the vanilla cell's h_t)."""
+    _require()
+    return _BLOCKS[_split(kind)[0]]
 
 
 def _load() -> str | None:
@@ -168,20 +198,25 @@ def isa() -> str | None:
 # steps for any pair; below them the XLA loop measured as fast or faster (docs/kernels.md, "Where the
 # kernels are taken"). The LSTM's kernels, in the small layout, beat the loop from a batch of 1, but below
 # 32 steps a few rows do not earn back a call's fixed cost (packing the weights, waking a helper thread).
-# The GRU's loop is about as fast as its kernels below 16 rows. kernel="native" runs any call.
-AUTO = {"lstm": ((8, 1), (1, 32)), "gru": ((16, 1),)}
+# The GRU's loop is about as fast as its kernels below 16 rows. The vanilla cell's loop, small matmuls and an
+# activation a step, is the cheapest: its kernels beat it from 16 rows over 32 steps, and at 12 rows over 100
+# (the small layout, by a quarter at H = 64, level at 256); at 8 rows they won by less than this machine's
+# spread, which does not pay for giving up forward-mode derivatives there. Measured on tanh; relu and the
+# identity, timed at 32 rows, took the same rule (benchmarks/vanilla_activations.py). kernel="native" runs
+# any call.
+AUTO = {"lstm": ((8, 1), (1, 32)), "gru": ((16, 1),), "vanilla": ((16, 32), (12, 100))}
 
 
 # The kernels' two layouts (rnn_cpu.cc): "wide", the vector lanes along batch rows (the batch padded to a
 # multiple of 16), and "small", the lanes along hidden units (no padding), for batches up to these, where it
 # measured faster than the wide one (docs/kernels.md, "Where the kernels are taken"). Both give the same bits.
-SMALL_BATCH = {"lstm": 12, "gru": 12}
+SMALL_BATCH = {"lstm": 12, "gru": 12, "vanilla": 12}
 
 
 def layout_for(kind: str, batch: int) -> str:
     """The layout a kernel call of this batch runs in: ``"small"`` from 1 row up to ``SMALL_BATCH[kind]``,
     else ``"wide"`` (an empty batch too)."""
-    return "small" if 1 <= batch <= SMALL_BATCH[kind] else "wide"
+    return "small" if 1 <= batch <= SMALL_BATCH[_split(kind)[0]] else "wide"
 
 
 @contextlib.contextmanager
@@ -202,18 +237,21 @@ def unsupported(cell, params, batch: int, dtype, *, steps: int, backward: str = 
                 forced: bool = False) -> str | None:
     """Why :func:`jaxrnn.scan` cannot run this call natively, or None when it can.
 
-    The kernels run an LSTM or GRU cell as :func:`jaxrnn.lstm` or
-    :func:`jaxrnn.gru` made it (never a cell whose functions were replaced:
-    see :func:`jaxrnn.cells.is_stock`), in float32 on the CPU backend, with
-    the fused backward; ``lengths``, ``resets`` and ``reverse`` included.
+    The kernels run an LSTM, GRU or vanilla cell as :func:`jaxrnn.lstm`,
+    :func:`jaxrnn.gru` or :func:`jaxrnn.vanilla` made it (never a cell whose
+    functions were replaced: see :func:`jaxrnn.cells.is_stock`; the vanilla
+    cell with any of its activations), in float32 on the CPU
+    backend, with the fused backward; ``lengths``, ``resets`` and ``reverse``
+    included.
     Unless ``forced`` (``kernel="native"``), a call smaller than every
     (batch, steps) pair of ``AUTO[cell.kind]`` is left to the XLA loop too.
     """
     if not is_stock(cell):  # first: a replaced function may break any check below (cell.option, say)
         return ("the cell's functions were replaced (jaxrnn.cells.is_stock is false); the kernels compute "
-                "the LSTM and GRU that jaxrnn.lstm and jaxrnn.gru make")
+                "the LSTM, GRU and vanilla cell that jaxrnn.lstm, jaxrnn.gru and jaxrnn.vanilla make")
     checks = (  # (condition, reason), each evaluated only once those before it hold
-        (lambda: cell.kind in KINDS, lambda: f"the cell is {cell.kind!r}; the kernels are an LSTM's and a GRU's"),
+        (lambda: cell.kind in KINDS,
+         lambda: f"the cell is {cell.kind!r}; the kernels are an LSTM's, a GRU's and a vanilla cell's"),
         (lambda: jax.default_backend() == "cpu",
          lambda: f"JAX's default backend is {jax.default_backend()!r}, not the CPU"),
         (
@@ -254,8 +292,8 @@ def pooled(in_loop: bool) -> bool:
 
 
 def weights(cell, params) -> tuple:
-    """The kernel's weight arguments from a cell's params: LSTM (w_i, w_h, b); GRU (w_i, w_h, b, b_hn).
-    Biases a cell was made without are zeros."""
+    """The kernel's weight arguments from a cell's params: LSTM and vanilla (w_i, w_h, b); GRU (w_i, w_h, b,
+    b_hn). Biases a cell was made without are zeros."""
     H, G = cell.hidden_size, cell.num_gates
     zeros = lambda n: jnp.zeros((n,), jnp.float32)
     out = (params["w_i"], params["w_h"], params["b"] if "b" in params else zeros(G * H))
@@ -313,21 +351,25 @@ def forward_call(kind, x, carry, w, batch_major: bool, keep: bool, in_loop: bool
     rows = _rows(batch_major, B, T)
     small = layout_for(kind, B) == "small"
     # The kept activations in the layout's own order: the backward call tells the layout from their rank.
-    activations = _f32(T, B, 5, H) if small else _f32(T, 5 * H, -(-B // 16) * 16)
+    kept_blocks = blocks(kind)[1]
+    activations = _f32(T, B, kept_blocks, H) if small else _f32(T, kept_blocks * H, -(-B // 16) * 16)
     kept = (activations, _f32(*rows, x.shape[-1] + H)) if keep else (_f32(0), _f32(0))
     outs = (_f32(*rows, H), *(_f32(B, H) for _ in carry), *kept)
-    call = jax.ffi.ffi_call(f"jaxrnn_{kind}_forward", outs, vmap_method="sequential")
+    cell, attributes = _split(kind)
+    call = jax.ffi.ffi_call(f"jaxrnn_{cell}_forward", outs, vmap_method="sequential")
     ys, *rest = call(
         x, jnp.asarray(start, jnp.int32), *carry, *m.initial, m.lengths, m.resets, *w,
         threads=np.int64(threads()), pooled=pooled(in_loop), keep=keep, batch_major=batch_major, small=small,
+        **attributes,
     )
     return ys, tuple(rest[: len(carry)]), *rest[len(carry) :]
 
 
 def weight_gradient(operands, dg):
-    """``[W_i; W_h]``'s gradient, (I+H, 4H), from every step's matmul operand ``[x_t, h_{t-1}]`` and ``dG_t``.
+    """``[W_i; W_h]``'s gradient, (I+H, S H), from every step's matmul operand ``[x_t, h_{t-1}]`` and ``dG_t``
+    (S: the kind's slots, :func:`blocks`).
 
-    cuDNN's split, as in jaxrnn.unroll: one (I+H, T*B) x (T*B, 4H) product after
+    cuDNN's split, as in jaxrnn.unroll: one (I+H, T*B) x (T*B, S H) product after
     the loop. Written as a 2-D matmul, which ran faster than the same
     contraction as an einsum over (t, b) (docs/kernels.md). Either layout
     works: operands and dG list (t, b) in one order.
@@ -352,15 +394,18 @@ def backward_call(kind, kept, operands, w, d_ys, d_carry, batch_major: bool, in_
     I = w_i.shape[0]
     rows = _rows(batch_major, B, kept.shape[0])
     initial = tuple(_f32(*v.shape) for v in m.initial)
-    outs = (_f32(*rows, 4 * H), _f32(*rows, I), *(_f32(B, H) for _ in d_carry), *initial, _f32(4 * H))
-    call = jax.ffi.ffi_call(f"jaxrnn_{kind}_backward", outs, vmap_method="sequential")
+    S = blocks(kind)[0]
+    outs = (_f32(*rows, S * H), _f32(*rows, I), *(_f32(B, H) for _ in d_carry), *initial, _f32(S * H))
+    cell, attributes = _split(kind)
+    call = jax.ffi.ffi_call(f"jaxrnn_{cell}_backward", outs, vmap_method="sequential")
     dg, d_x, *rest, d_sum = call(
         kept, w_i, w_h, d_ys, jnp.asarray(start, jnp.int32), *d_carry, m.lengths, m.resets,
         threads=np.int64(threads()), pooled=pooled(in_loop), batch_major=batch_major, small=kept.ndim == 4,
+        **attributes,
     )
     d_carry0, d_initial = tuple(rest[: len(d_carry)]), tuple(rest[len(d_carry) :])
     d_w = weight_gradient(operands, dg)
-    if kind == "lstm":
+    if cell != "gru":  # dG's slots are the gates, for W_i, W_h and b alike
         return d_x, d_carry0, (d_w[:I], d_w[I:], d_sum), d_initial
     # The GRU's dG holds d r, d z, d(x W_in) and d(h W_hn): W_i's gradient takes
     # the first three, W_h's the first two and the last. One product over all
@@ -377,13 +422,15 @@ def _masks_cotangent(m: Masks, d_initial: tuple) -> Masks:
 
 
 def unroll(kind: str, batch_major: bool, x, carry: tuple, w: tuple, masks: Masks | None = None):
-    """A cell of :func:`jaxrnn.lstm` or :func:`jaxrnn.gru` over a batch of sequences, as one kernel call.
+    """A cell of :func:`jaxrnn.lstm`, :func:`jaxrnn.gru` or :func:`jaxrnn.vanilla` over a batch of
+    sequences, as one kernel call.
 
     Arguments:
-      kind: ``"lstm"`` or ``"gru"``.
+      kind: ``"lstm"``, ``"gru"``, ``"vanilla"`` (tanh), ``"vanilla:relu"`` or ``"vanilla:identity"``
+        (:func:`kernel_kind` of the cell).
       batch_major: the layout of ``x`` and of the returned ``ys``.
       x: (T, B, I) float32 inputs, or (B, T, I) with ``batch_major``.
-      carry: the initial carry as a tuple of (B, H) arrays: LSTM ``(h, c)``, GRU ``(h,)``.
+      carry: the initial carry as a tuple of (B, H) arrays: LSTM ``(h, c)``, GRU and vanilla ``(h,)``.
       w: the cell's parameters as :func:`weights` lists them.
       masks: ``lengths`` and ``resets`` (:func:`masks_for`); none by default.
 
@@ -415,8 +462,8 @@ _unroll.defvjp(_unroll_fwd, _unroll_bwd)
 
 
 # A chunk's activations are kept in calls of at most this many steps, each
-# with its own gradient buffers for the backward pass (dG, 4H floats per step,
-# and d x), so those buffers are a piece's, not a whole chunk's. Each piece
+# with its own gradient buffers for the backward pass (dG, S H floats per step
+# and row for a cell of S slots, and d x), so those buffers are a piece's, not a whole chunk's. Each piece
 # costs a little time, which is why short chunks are not cut up (the measured
 # trade-off: docs/performance.md, checkpoint_every).
 PIECE_STEPS = 250

@@ -1,4 +1,4 @@
-// jaxrnn's LSTM and GRU for CPUs with vector units: the whole unroll in one XLA FFI call.
+// jaxrnn's LSTM, GRU and vanilla RNN for CPUs with vector units: the whole unroll in one XLA FFI call.
 //
 // Why a kernel: on XLA's CPU backend every step of a lax.scan is a handful of
 // separate thunks (a small matmul through Eigen, a fusion for the gates, the
@@ -13,15 +13,16 @@
 // AVX-512, two 256-bit ones with AVX2, see Vectors) holds 16 batch rows of one
 // feature. A step is
 //
-//     G^T (4H, Bp) = W^T (4H, I+H) . [x_t^T ; h_{t-1}^T] (I+H, Bp)
+//     G^T (GH, Bp) = W^T (GH, I+H) . [x_t^T ; h_{t-1}^T] (I+H, Bp)    (G gates: 4, 3 or 1)
 //
-// computed in tiles of (4 slots x U units) x (16 or 32 batch rows): each
+// computed in tiles of (S slots x U units) x (16 or 32 batch rows): each
 // weight is broadcast once per tile and multiplies the one or two batch
-// vectors, and the tile's accumulators hold all four gate slots of its U
-// units (the GRU's 3 gates take 4 slots: h W_hn apart from x W_in), so c_t and
-// h_t are finished right there. The weights are packed once per call so that a
-// tile reads its (I+H) x G U block contiguously. The tile sizes follow the
-// register file (kUnits, kForwardBatch, kRows, kBackwardBatch).
+// vectors, and the tile's accumulators hold all S gate slots of its U
+// units (the LSTM's 4 gates take 4 slots, the GRU's 3 too: h W_hn apart from
+// x W_in; the vanilla cell's one gate 1, so its tiles hold 4 times the units),
+// so c_t and h_t are finished right there. The weights are packed once per
+// call so that a tile reads its (I+H) x G U block contiguously. The tile sizes
+// follow the register file (kForwardUnits, kForwardBatch, kRows, kBackwardBatch).
 //
 // That layout is "wide". Batches of a few rows, where most of its 16 lanes
 // would be padding, run in a second one, "small" (ForwardSmall,
@@ -50,9 +51,9 @@
 // maps onto the registers of the CPU it is built for. Built on first use by
 // jaxrnn/native/__init__.py with the machine's C++ compiler (-march=native);
 // it runs (jaxrnn_native_available) where built for AVX-512 or AVX2 with FMA,
-// and jaxrnn_native_isa() names which. Shared by both cells: the loop, the
-// tiles, the threads; each cell adds its slots and its elementwise step (Lstm,
-// Gru below).
+// and jaxrnn_native_isa() names which. Shared by every cell: the loop, the
+// tiles, the threads; each cell adds its slots, what it keeps and its
+// elementwise step (Lstm, Gru, Vanilla below).
 
 #include <algorithm>
 #include <atomic>
@@ -178,6 +179,11 @@ JAXRNN_INLINE Mask operator<(V a, V b) {
   return m;
 }
 JAXRNN_INLINE Mask operator>(V a, V b) { return b < a; }
+JAXRNN_INLINE Mask operator<=(V a, V b) {
+  Mask m;
+  for (int i = 0; i < kParts; ++i) m.p[i] = a.p[i] <= b.p[i];
+  return m;
+}
 
 // Lane l is set where bit l of `bits` is (bit l of a 16-row mask word: row b0 + l).
 template <size_t... J>
@@ -503,19 +509,24 @@ inline Range share(int groups, int tid, int n) {
   return {static_cast<int>(int64_t{groups} * tid / n), static_cast<int>(int64_t{groups} * (tid + 1) / n)};
 }
 
-// Register tiles, from the register file. A forward tile keeps 4 slots x U
-// units x NB batch vectors of accumulators, of which each pass over the weights
-// (x_t's, then h_{t-1}'s) updates the G slots its gate blocks add into; a
-// backward tile R rows x NB. With AVX-512, 32 registers, a vector each: U = 2,
-// NB = 2 forward, R = 8, NB = 2 backward, 16 registers of accumulators. With
-// AVX2, 16 registers, two a vector: NB = 1, and forward as many units as keep
-// a pass's accumulators in 12 registers (the LSTM 1, the GRU 2), backward R =
-// 4 (5 and 6 measured the same); larger tiles spill accumulators, which
-// measured up to 1.5 times slower.
+// Register tiles, from the register file. A forward tile keeps S slots x U
+// units x NB batch vectors of accumulators (S: the cell's kSlots), of which
+// each pass over the weights (x_t's, then h_{t-1}'s) updates the G slots its
+// gate blocks add into; a backward tile R rows x NB. With AVX-512, 32
+// registers, a vector each: NB = 2 and as many units as make 16 registers of
+// accumulators forward (the LSTM and the GRU 2, the vanilla cell 8), R = 8,
+// NB = 2 backward, 16 registers of accumulators too. With AVX2, 16 registers,
+// two a vector: NB = 1, and forward as many units as keep a pass's
+// accumulators in 12 registers (the LSTM 1, the GRU 2, the vanilla cell 6),
+// backward R = 4 (5 and 6 measured the same); larger tiles spill
+// accumulators, which measured up to 1.5 times slower.
 constexpr bool kWideRegisters = kWidth == 16;
 constexpr int kForwardBatch = kWideRegisters ? 2 : 1;  // batch vectors per forward tile: 32 rows, or 16
-template <int G>
-constexpr int kForwardUnits = kWideRegisters ? 2 : std::max(1, 12 / (G * kParts * kForwardBatch));
+// Machine registers a forward tile's accumulators may take: AVX-512's 16 of 32, AVX2's 12 of 16.
+constexpr int kForwardAccumulators = kWideRegisters ? 16 : 12;
+template <class Cell>
+constexpr int kForwardUnits = kWideRegisters ? kForwardAccumulators / (Cell::kSlots * kForwardBatch)
+                                             : std::max(1, kForwardAccumulators / (Cell::kGates * kParts * kForwardBatch));
 constexpr int kRows = kWideRegisters ? 8 : 4;           // rows per backward tile
 constexpr int kBackwardBatch = kWideRegisters ? 2 : 1;  // batch vectors per backward tile
 
@@ -645,28 +656,60 @@ Masks masks_for(const int32_t* lengths, const uint8_t* resets, int T, int B, int
 
 // ----------------------------------------------------------------- cells ----
 
-// What a cell adds to the shared loop. A forward tile keeps four accumulator
-// slots per unit; a cell says which slot each of its gate blocks of w_i (the
-// x_t rows of the step's matmul) and of w_h (the h_{t-1} rows) adds into.
-// The LSTM's gates take both halves summed; the GRU keeps h W_hn (slot 3)
-// apart from x W_in (slot 2), because r multiplies it alone.
+// What a cell adds to the shared loop:
+//   kGates: its gate blocks of H columns in w_i and w_h (and in b);
+//   kSlots: accumulator slots per unit, in a forward tile, and dG's blocks of H per step (the gradient of
+//     each slot's pre-activation); a cell says which slot each of its gate blocks of w_i (the x_t rows of
+//     the step's matmul, kXSlot) and of w_h (the h_{t-1} rows, kHSlot) adds into. The LSTM's gates take
+//     both halves summed; the GRU keeps h W_hn (slot 3) apart from x W_in (slot 2), because r multiplies
+//     it alone. The tiles hold kSlots slots of as many units as the register file fits (kForwardUnits,
+//     kSmallGroups): a one-slot cell's tiles hold more units, not empty slots;
+//   kKept: blocks of H kept per step and batch row for the backward pass (cell_step's `kept`);
+//   kMemory: a memory cell c in the carry (the LSTM's), beside h;
+//   kBypass: a part of d h_{t-1} that does not go through the matmul (the GRU's z d h_t), left in `dc`.
 struct Lstm {
-  static constexpr int kGates = 4;
+  static constexpr int kGates = 4, kSlots = 4, kKept = 5;
+  static constexpr bool kMemory = true, kBypass = false;
   static constexpr int kXSlot[4] = {0, 1, 2, 3}, kHSlot[4] = {0, 1, 2, 3};
 };
 struct Gru {
-  static constexpr int kGates = 3;
+  static constexpr int kGates = 3, kSlots = 4, kKept = 5;
+  static constexpr bool kMemory = false, kBypass = true;
   static constexpr int kXSlot[3] = {0, 1, 2}, kHSlot[3] = {0, 1, 3};
 };
-constexpr int kSlots = 4;  // per unit, both cells
-constexpr int kKept = 5;   // H-row blocks kept per step for the backward pass, both cells
+// h_t = phi(x_t W_i + h_{t-1} W_h + b), phi tanh, relu or the identity (jaxrnn.vanilla's activation): one
+// gate, and the backward pass needs only h_t.
+enum class Activation : int64_t { kTanh = 0, kRelu = 1, kIdentity = 2 };  // the FFI attribute "activation"
+template <Activation A>
+struct Vanilla {
+  static constexpr int kGates = 1, kSlots = 1, kKept = 1;
+  static constexpr bool kMemory = false, kBypass = false;
+  static constexpr int kXSlot[1] = {0}, kHSlot[1] = {0};
+  static constexpr Activation kActivation = A;
+};
+template <class Cell>
+constexpr bool kIsVanilla = false;
+template <Activation A>
+constexpr bool kIsVanilla<Vanilla<A>> = true;
+// jaxrnn_cell_blocks reads the vanilla cell's blocks off tanh's: the same for every activation.
+static_assert(Vanilla<Activation::kRelu>::kKept == Vanilla<Activation::kTanh>::kKept &&
+              Vanilla<Activation::kIdentity>::kKept == Vanilla<Activation::kTanh>::kKept);
+constexpr int kMaxSlots = 4;  // the most slots of any cell: the biases' pointers (one per slot)
 
 // The elementwise step on 16 lanes, the same in both layouts (lanes: batch rows in the wide one, units
-// in the small one), so that both give the same bits. From the four slots' pre-activations `s`: h_t,
+// in the small one), so that both give the same bits. From the slots' pre-activations `s`: h_t,
 // c_t into `c` (LSTM), and what the backward pass keeps.
 template <class Cell>
-JAXRNN_INLINE V cell_step(const V (&s)[kSlots], V h_prev, V c_prev, V& c, V (&kept)[kKept]) {
-  if constexpr (std::is_same_v<Cell, Lstm>) {
+JAXRNN_INLINE V cell_step(const V (&s)[Cell::kSlots], V h_prev, V c_prev, V& c, V (&kept)[Cell::kKept]) {
+  if constexpr (kIsVanilla<Cell>) {
+    (void)h_prev, (void)c_prev, (void)c;
+    if constexpr (Cell::kActivation == Activation::kTanh) kept[0] = tanh16(s[0]);
+    // jnp.maximum(x, 0): NaN stays NaN (x <= 0 is false for it; a select on x > 0 would make it 0), and -0
+    // becomes +0 (a select on x < 0 would keep -0).
+    else if constexpr (Cell::kActivation == Activation::kRelu) kept[0] = select(s[0] <= zero(), zero(), s[0]);
+    else kept[0] = s[0];
+    return kept[0];
+  } else if constexpr (std::is_same_v<Cell, Lstm>) {
     const V i = sigmoid16(s[0]), f = sigmoid16(s[1]);
     const V g = tanh16(s[2]), o = sigmoid16(s[3]);
     c = fma(f, c_prev, i * g);
@@ -684,18 +727,36 @@ JAXRNN_INLINE V cell_step(const V (&s)[kSlots], V h_prev, V c_prev, V& c, V (&ke
 }
 
 // Its derivative, the same in both layouts: from d ys (`dy`), the carried d h_t and d c_t (LSTM) and the
-// kept activations, dG's four slots `d`, and the parts of d h_{t-1} and d c_{t-1} that do not go through
+// kept activations, dG's slots `d`, and the parts of d h_{t-1} and d c_{t-1} that do not go through
 // the matmul (see Backward::rows): the LSTM's d c_{t-1} into `dc`, and with lengths what passed a padded
-// step into `dh`; the GRU's z d h_t (plus, with lengths, the same) into `dc`. `live`: the lanes whose step is
-// valid. A padded step passed its carry through and output zeros: it gets no cotangent (d ys there is
-// dropped), and the carried one goes past it to the step before, as in the XLA loop.
+// step into `dh` (the vanilla cell's too); the GRU's z d h_t (plus, with lengths, the same) into `dc`.
+// `live`: the lanes whose step is valid. A padded step passed its carry through and output zeros: it gets
+// no cotangent (d ys there is dropped), and the carried one goes past it to the step before, as in the XLA
+// loop.
 template <class Cell, bool lengths>
-JAXRNN_INLINE void cell_grads(const V (&kept)[kKept], V dy, uint16_t live, V& dh, V& dc, V (&d)[4]) {
+JAXRNN_INLINE void cell_grads(const V (&kept)[Cell::kKept], V dy, uint16_t live, V& dh, V& dc,
+                              V (&d)[Cell::kSlots]) {
   const V one = splat(1.f);
   const uint16_t padded = static_cast<uint16_t>(~live);
   const V dh_carried = dh;
   const V d_h = keep(live, dy + dh_carried);
-  if constexpr (std::is_same_v<Cell, Lstm>) {
+  if constexpr (kIsVanilla<Cell>) {
+    (void)dc;
+    const V h = kept[0];
+    if constexpr (Cell::kActivation == Activation::kTanh) {
+      // JAX's derivative of tanh at its output h, (g + g h)(1 - h), transposed as JAX does: e = g (1 - h),
+      // then e + e h. Not g (1 - h^2): with g infinite they differ at h = 0 (inf + inf 0 is NaN), and the
+      // XLA loop's NaN and inf are the contract.
+      const V e = d_h * (one - h);
+      d[0] = e + e * h;
+    } else if constexpr (Cell::kActivation == Activation::kRelu) {
+      // jax.nn.relu's derivative, select(x > 0, g, 0): x > 0 exactly where h = relu(x) > 0 (NaN: neither).
+      d[0] = select(zero() < h, d_h, zero());
+    } else {
+      d[0] = d_h;
+    }
+    if constexpr (lengths) dh = keep(padded, dh_carried);  // what passed a padded step; see rows
+  } else if constexpr (std::is_same_v<Cell, Lstm>) {
     const V i = kept[0], f = kept[1], gg = kept[2], o = kept[3], c_prev = kept[4];
     const V tc = tanh16(fma(f, c_prev, i * gg));  // c_t as forward made it
     const V dc_carried = dc;
@@ -736,14 +797,15 @@ inline void copy_rows(const float* src, int64_t ld, int B, const uint16_t* live,
 
 template <class Cell>
 struct Forward {
-  static constexpr int G = Cell::kGates;
-  static constexpr int kUnits = kForwardUnits<G>;  // units per tile
+  static constexpr int G = Cell::kGates, S = Cell::kSlots, kKept = Cell::kKept;
+  static constexpr int kUnits = kForwardUnits<Cell>;  // units per tile
   int T, B, I, H, Bp, K;  // K = I + H
   Rows in, out;           // of x; of ys and operands
   const float *x, *w_i, *w_h;
-  const float* bias[kSlots];  // each slot's H biases
-  float* wp;                  // packed weights, see pack()
-  float *ys, *res;  // res: (T, 5H, Bp), per step LSTM i, f, g, o, c_{t-1}; GRU r, z, n, h W_hn + b_hn, h_{t-1}
+  const float* bias[kMaxSlots];  // each slot's H biases (the first S)
+  float* wp;                     // packed weights, see pack()
+  // res: (T, kKept H, Bp), per step LSTM i, f, g, o, c_{t-1}; GRU r, z, n, h W_hn + b_hn, h_{t-1}; vanilla h_t
+  float *ys, *res;
   float* operands;  // [x_t, h_{t-1}] per step, each step's matmul operand; null for inference
   float* cT;        // LSTM: (H, Bp), the running memory cell
   float* a[2];      // (K, Bp) twice: [x_t^T; h_{t-1}^T], double-buffered
@@ -753,14 +815,16 @@ struct Forward {
   // Weights of units [u0, u0 + U) as a (K, G, U) block, blocks one after the
   // other; each share packs the blocks it reads. Eight blocks at a time, so
   // that every cache line of a weight row read is used whole (one block at a
-  // time read each line eight times over, a row of G H floats apart).
+  // time read each line eight times over, a row of G H floats apart). The
+  // units past the last whole tile (H not a multiple of kUnits) are blocks of
+  // one unit each (see phase).
   void pack(int ulo, int uhi) const {
     for (int v0 = ulo; v0 < uhi; v0 += 8 * kUnits) {
       const int v1 = std::min(uhi, v0 + 8 * kUnits);
       for (int k = 0; k < K; ++k) {
         const float* row = k < I ? w_i + int64_t{k} * G * H : w_h + int64_t{k - I} * G * H;
-        for (int u0 = v0; u0 < v1; u0 += kUnits) {
-          const int U = std::min(kUnits, H - u0);
+        for (int u0 = v0, U; u0 < v1; u0 += U) {
+          U = u0 + kUnits <= H ? kUnits : 1;
           float* to = wp + int64_t{u0} * G * K + int64_t{k} * G * U;
           for (int g = 0; g < G; ++g)
             for (int j = 0; j < U; ++j) to[g * U + j] = row[g * H + u0 + j];
@@ -771,7 +835,7 @@ struct Forward {
 
   // acc[slot[g] * U + j] += w[k, g, j] * col[k] for k in [k0, k1).
   template <int U, int NB>
-  static void accumulate(V (&acc)[kSlots * U][NB], const float* w, const float* col, int Bp, int k0, int k1,
+  static void accumulate(V (&acc)[S * U][NB], const float* w, const float* col, int Bp, int k0, int k1,
                          const int (&slot)[G]) {
     for (int k = k0; k < k1; ++k) {
       V v[NB];
@@ -788,8 +852,8 @@ struct Forward {
 
   template <int U, int NB>
   void tile(int t, int u0, int b0, const float* at, float* h_next) const {
-    V acc[kSlots * U][NB];
-    for (int c = 0; c < kSlots * U; ++c)
+    V acc[S * U][NB];
+    for (int c = 0; c < S * U; ++c)
       for (int s = 0; s < NB; ++s) acc[c][s] = splat(bias[c / U][u0 + c % U]);
     const float* w = wp + int64_t{u0} * G * K;
     accumulate<U, NB>(acc, w, at + b0, Bp, 0, I, Cell::kXSlot);
@@ -801,11 +865,12 @@ struct Forward {
         // A padded step (not in `live`) keeps the carry: h and c are blended with their previous values.
         const uint16_t live = m->live(t, b0 + 16 * s);
         const V h_prev = load(at + int64_t{I} * Bp + at_u);
-        const V c_prev = std::is_same_v<Cell, Lstm> ? load(cT + at_u) : zero();
-        const V slots[kSlots] = {acc[0 * U + j][s], acc[1 * U + j][s], acc[2 * U + j][s], acc[3 * U + j][s]};
+        const V c_prev = Cell::kMemory ? load(cT + at_u) : zero();
+        V slots[S];
+        for (int q = 0; q < S; ++q) slots[q] = acc[q * U + j][s];
         V kept[kKept], c;
         const V h = cell_step<Cell>(slots, h_prev, c_prev, c, kept);
-        if constexpr (std::is_same_v<Cell, Lstm>) store(cT + at_u, select(live, c, c_prev));
+        if constexpr (Cell::kMemory) store(cT + at_u, select(live, c, c_prev));
         store(h_next + at_u, select(live, h, h_prev));
         if (res) {
           float* r = res + int64_t{t} * kKept * H * Bp + at_u;
@@ -842,7 +907,7 @@ struct Forward {
       for (int u = ulo; u < uhi; ++u) {
         const int64_t at_u = int64_t{u} * Bp + b0;
         store(h + at_u, select(k, load(h_init + at_u), load(h + at_u)));
-        if constexpr (std::is_same_v<Cell, Lstm>) store(cT + at_u, select(k, load(c_init + at_u), load(cT + at_u)));
+        if constexpr (Cell::kMemory) store(cT + at_u, select(k, load(c_init + at_u), load(cT + at_u)));
       }
     }
   }
@@ -867,7 +932,8 @@ struct Forward {
     for (int gi = mine.lo; gi < mine.hi; ++gi) {
       const int u0 = gi * kUnits;
       if (u0 + kUnits <= H) units<kUnits>(t, u0, at, h_next);
-      else units<1>(t, u0, at, h_next);
+      else
+        for (int u = u0; u < H; ++u) units<1>(t, u, at, h_next);  // the tail, a unit at a time (see pack)
     }
     put_h(h_next, ulo, uhi, ys + out.at(t) * H, out.b * H, m->valid_row(t));
     if (t + 1 < T) {
@@ -936,19 +1002,20 @@ inline void pack_rows(const float* const* row, int R, int GH, float* block, int 
 
 template <class Cell>
 struct Backward {
-  static constexpr int G = Cell::kGates;
+  static constexpr int G = Cell::kGates, S = Cell::kSlots, kKept = Cell::kKept;
   int T, B, I, H, Bp;
   Rows in, out;     // of dys; of dg and dx
   const float *res, *dys;
   const float *w_i, *w_h;
   float* wp;        // [W_i; W_h] packed as (G H, kRows) blocks of rows, see pack()
-  float* dg;        // 4 H per step: LSTM d(i, f, g, o) pre-activations; GRU d r, d z, d(x W_in), d(h W_hn)
+  float* dg;        // S H per step: LSTM d(i, f, g, o) pre-activations; GRU d r, d z, d(x W_in), d(h W_hn);
+                    // vanilla d(x W_i + h W_h + b)
   float* dx;        // I per step
   float* dh;        // (H, Bp): d h_t from step t+1, then d h_{t-1}
-  float* dc;        // (H, Bp): LSTM d c_t; GRU the part of d h_{t-1} that bypasses W_h, z d h_t
+  float* dc;        // (H, Bp): LSTM d c_t; GRU the part of d h_{t-1} that bypasses W_h, z d h_t; vanilla unused
   float* dxt;       // (I, Bp): d x_t, feature-major, on its way out
-  float* g[2];      // (4H, Bp) twice: dG_t^T, all four slots, double-buffered
-  float* db;        // (4H, 16): sums of dg, each lane over its own batch rows (real ones only)
+  float* g[2];      // (S H, Bp) twice: dG_t^T, all slots, double-buffered
+  float* db;        // (S H, 16): sums of dg, each lane over its own batch rows (real ones only)
   const Masks* m;
   float *dh_init, *dc_init;  // (H, Bp): the initial carry's gradient from the steps that reset to it
 
@@ -966,9 +1033,9 @@ struct Backward {
   // The step's derivative for units [ulo, uhi), given d h_t (its output's
   // cotangent plus what step t+1 sent back). Units go 16 at a time so that
   // d ys is read, and dg written, through 16 x 16 transposes a row of 16
-  // floats at once: rows are H or 4H floats apart, and 16 single-float stores
+  // floats at once: rows are H or S H floats apart, and 16 single-float stores
   // that far apart land in one L1 set. dg goes out with streaming stores: the
-  // weight gradients read it back from memory anyway (T B 4H floats), and
+  // weight gradients read it back from memory anyway (T B S H floats), and
   // plain stores would first read every line in. The padded batch rows are
   // computed too, and need not be finite (their zero inputs times an infinite
   // weight are NaN): they stay out of the bias gradient, the one sum across
@@ -984,9 +1051,9 @@ struct Backward {
   void gates(int t, int ulo, int uhi, float* gt) const {
     const float* r = res + int64_t{t} * kKept * H * Bp;
     const float* dy = dys + in.at(t) * H;
-    float* to = dg + out.at(t) * 4 * H;
-    const int64_t dy_ld = in.b * H, to_ld = out.b * 4 * H;
-    V dy_block[16], dg_block[4][16] = {};  // [unit], [slot][unit]: 16 lanes each
+    float* to = dg + out.at(t) * S * H;
+    const int64_t dy_ld = in.b * H, to_ld = out.b * S * H;
+    V dy_block[16], dg_block[S][16] = {};  // [unit], [slot][unit]: 16 lanes each
     for (int u0 = ulo; u0 < uhi; u0 += 16) {
       const int n = std::min(16, uhi - u0);
       for (int b0 = 0; b0 < Bp; b0 += 16) {
@@ -997,11 +1064,11 @@ struct Backward {
           const int64_t at = int64_t{u0 + j} * Bp + b0;
           V kept[kKept];
           for (int q = 0; q < kKept; ++q) kept[q] = load(r + int64_t{q} * H * Bp + at);
-          V d[4], d_h = load(dh + at), d_c = std::is_same_v<Cell, Lstm> ? load(dc + at) : zero();
+          V d[S], d_h = load(dh + at), d_c = Cell::kMemory ? load(dc + at) : zero();
           cell_grads<Cell, lengths>(kept, dy_block[j], live, d_h, d_c, d);
-          if constexpr (std::is_same_v<Cell, Lstm> && lengths) store(dh + at, d_h);
-          store(dc + at, d_c);
-          for (int q = 0; q < 4; ++q) {  // the bias gradient sums the batch's rows, not the padding's
+          if constexpr (!Cell::kBypass && lengths) store(dh + at, d_h);
+          if constexpr (Cell::kMemory || Cell::kBypass) store(dc + at, d_c);
+          for (int q = 0; q < S; ++q) {  // the bias gradient sums the batch's rows, not the padding's
             float* sum = db + int64_t{q * H + u0 + j} * 16;
             const V so_far = load(sum);
             store(sum, select(first(lanes), so_far + d[q], so_far));
@@ -1009,7 +1076,7 @@ struct Backward {
             dg_block[q][j] = d[q];
           }
         }
-        for (int q = 0; q < 4; ++q) {
+        for (int q = 0; q < S; ++q) {
           float* o = to + b0 * to_ld + q * H + u0;
           if (n == 16 && reinterpret_cast<uintptr_t>(o) % 64 == 0 && to_ld % 16 == 0) {
             transpose16(dg_block[q]);
@@ -1052,14 +1119,14 @@ struct Backward {
 
   // Rows [lo, hi) of [d x_t; d h_{t-1}], all lanes. d h_{t-1} starts from
   // what gates() left: the GRU's z d h_t, which bypasses W_h, and with lengths
-  // the cotangent that passed a padded step (the LSTM's, in dh itself).
+  // the cotangent that passed a padded step (the LSTM's and the vanilla cell's, in dh itself).
   void rows(int lo, int hi, const float* gt, Prefetch& ahead) const {
     for (int r0 = lo; r0 < hi; r0 += kRows) {
       const bool x = r0 < I;
       const float* from = x ? nullptr
-                          : std::is_same_v<Cell, Gru> ? dc + int64_t{r0 - I} * Bp
-                          : m->lengths()              ? dh + int64_t{r0 - I} * Bp
-                                                      : nullptr;
+                          : Cell::kBypass ? dc + int64_t{r0 - I} * Bp
+                          : m->lengths()  ? dh + int64_t{r0 - I} * Bp
+                                          : nullptr;
       float* to = x ? dxt + int64_t{r0} * Bp : dh + int64_t{r0 - I} * Bp;
       const int(&slot)[G] = x ? Cell::kXSlot : Cell::kHSlot;
       auto run = [&](auto rows) {
@@ -1080,7 +1147,7 @@ struct Backward {
       for (int u = ulo; u < uhi; ++u) {
         const int64_t at = int64_t{u} * Bp + b0;
         for (auto [d, init] : {std::pair{dh, dh_init}, std::pair{dc, dc_init}}) {
-          if (!init) continue;  // the GRU has no c
+          if (!init) continue;  // only the LSTM has a c
           const V v = load(d + at), sum = load(init + at);
           store(init + at, select(k, sum + v, sum));
           store(d + at, keep(static_cast<uint16_t>(~k), v));
@@ -1144,12 +1211,27 @@ struct Backward {
 // W_h alone stays in L2 from step to step: a chain stopped and resumed through memory is the same chain.
 // Threads split units (forward) and rows of [W_i; W_h] (backward) in 16s, and meet once per step, as there.
 
-// Batch rows per forward tile (4 slots of accumulators each), and per backward tile, which also takes
+// Batch rows per forward tile (4 slots of accumulators each: the LSTM's and the GRU's 4 slots of a group
+// of 16 units, the vanilla cell's 1 slot of 4 groups, kSmallGroups), and per backward tile, which also takes
 // kSmallBlocks 16-row blocks of [W_i; W_h]: with AVX-512 24 and 16 registers of accumulators (6 forward
 // rows ran a batch of 8 in 0.65x the time of 4; 10 backward rows spilled), with AVX2 8 and 8 (a V is two).
 constexpr int kSmallRows = kWideRegisters ? 6 : 1;
 constexpr int kSmallBackRows = kWideRegisters ? 8 : 4;
 constexpr int kSmallBlocks = kWideRegisters ? 2 : 1;
+// Accumulator slots per row of a small-layout forward tile: the LSTM's and the GRU's 4 slots of one group.
+constexpr int kSmallSlots = 4;
+template <class Cell>
+constexpr int kSmallGroups = kSmallSlots / Cell::kSlots;  // groups of 16 units per forward tile
+
+// f(g0, std::integral_constant<int, n>{}) for groups [lo, hi) in tiles of n = N, the rest (fewer than N) one
+// group a tile.
+template <int N, typename F>
+void for_group_tiles(int lo, int hi, F&& f) {
+  int g0 = lo;
+  if constexpr (N > 1)
+    for (; g0 + N <= hi; g0 += N) f(g0, std::integral_constant<int, N>{});
+  for (; g0 < hi; ++g0) f(g0, std::integral_constant<int, 1>{});
+}
 
 // f(b0, std::integral_constant<int, r>{}) for each tile of r <= R rows of B, r as a compile-time count.
 template <int R, typename F>
@@ -1162,17 +1244,18 @@ inline int x_chunk(int B) { return std::max(1, 64 / B); }
 
 template <class Cell>
 struct ForwardSmall {
-  static constexpr int G = Cell::kGates;
+  static constexpr int G = Cell::kGates, S = Cell::kSlots, kKept = Cell::kKept;
+  static constexpr int kGroups = kSmallGroups<Cell>;  // groups per tile
   int T, B, I, H, K;  // K = I + H
   Rows in, out;       // of x; of ys and operands
   const float *x, *w_i, *w_h;
-  const float* bias[kSlots];
+  const float* bias[kMaxSlots];
   float* wp;        // (H / 16 groups, K, G, 16): group g's units of each gate, per operand element
-  float *ys, *res;  // res: (T, B, 5, H), per row what Forward keeps
+  float *ys, *res;  // res: (T, B, kKept, H), per row what Forward keeps
   float* operands;  // as Forward's
   float* cT;        // LSTM: (B, H)
   float* h[2];      // (B, H) twice: h_{t-1} and h_t, double-buffered
-  float* xw;        // (x_chunk(B) B rows, groups, 4 slots, 16): the slots' bias + x_t W_i, see x_part
+  float* xw;        // (x_chunk(B) B rows, groups, S slots, 16): the slots' bias + x_t W_i, see x_part
   const float* zeros;  // I zeros: a padded step's x_t (see Masks)
   const Masks* m;
   const float *h_init, *c_init;  // (B, H): the carry a reset starts over from; null without resets
@@ -1192,73 +1275,90 @@ struct ForwardSmall {
     }
   }
 
-  // acc[slot[g]][r] += rows[r][k] w[k, g] for k in [0, n).
-  template <int NB>
-  static void accumulate(V (&acc)[kSlots][NB], const float* w, const float* const (&rows)[NB], int n,
-                         const int (&slot)[G]) {
+  // acc[slot[g] NG + j][r] += rows[r][k] w[k, g] of group j (`stride` floats after group 0's) for k in [0, n).
+  template <int NG, int NB>
+  static void accumulate(V (&acc)[S * NG][NB], const float* w, int64_t stride, const float* const (&rows)[NB],
+                         int n, const int (&slot)[G]) {
     for (int k = 0; k < n; ++k) {  // unrolled whole inside, or the accumulators live on the stack
-      V wk[G];
+      V wk[NG][G];
 #pragma GCC unroll 4
-      for (int g = 0; g < G; ++g) wk[g] = load(w + (int64_t{k} * G + g) * 16);
+      for (int j = 0; j < NG; ++j)
+#pragma GCC unroll 4
+        for (int g = 0; g < G; ++g) wk[j][g] = load(w + j * stride + (int64_t{k} * G + g) * 16);
 #pragma GCC unroll 8
       for (int r = 0; r < NB; ++r) {
         const V xr = splat(rows[r][k]);
 #pragma GCC unroll 4
-        for (int g = 0; g < G; ++g) acc[slot[g]][r] = fma(xr, wk[g], acc[slot[g]][r]);
+        for (int j = 0; j < NG; ++j)
+#pragma GCC unroll 4
+          for (int g = 0; g < G; ++g) acc[slot[g] * NG + j][r] = fma(xr, wk[j][g], acc[slot[g] * NG + j][r]);
       }
     }
   }
 
-  // The first part of every slot's FMA chain, its bias then x_t's elements, for group gi and the chunk's
-  // rows [i0, i0 + NB) (row i: step t0 + i / B, batch row i % B); tile() goes on from there.
-  template <int NB>
-  void x_tile(int t0, int gi, int i0) const {
-    const int u0 = 16 * gi, n = std::min(16, H - u0);
-    V acc[kSlots][NB];
-    for (int q = 0; q < kSlots; ++q) {
-      const V b = load_first(bias[q] + u0, n);
-      for (int r = 0; r < NB; ++r) acc[q][r] = b;
+  // Where x_part leaves slot q of group gi for the chunk's row i.
+  float* xw_at(int64_t i, int gi, int q) const { return xw + ((i * groups(H) + gi) * S + q) * 16; }
+
+  // The first part of every slot's FMA chain, its bias then x_t's elements, for groups [g0, g0 + NG) and
+  // the chunk's rows [i0, i0 + NB) (row i: step t0 + i / B, batch row i % B); tile() goes on from there.
+  template <int NG, int NB>
+  void x_tile(int t0, int g0, int i0) const {
+    V acc[S * NG][NB];
+    for (int j = 0; j < NG; ++j) {
+      const int u0 = 16 * (g0 + j), n = std::min(16, H - u0);
+      for (int q = 0; q < S; ++q) {
+        const V b = load_first(bias[q] + u0, n);
+        for (int r = 0; r < NB; ++r) acc[q * NG + j][r] = b;
+      }
     }
     const float* rows[NB];
     for (int r = 0; r < NB; ++r) {
       const int t = t0 + (i0 + r) / B, b = (i0 + r) % B;
       rows[r] = m->live_row(t, b) ? x + (in.at(t) + b * in.b) * I : zeros;
     }
-    accumulate<NB>(acc, wp + int64_t{gi} * K * G * 16, rows, I, Cell::kXSlot);
+    accumulate<NG, NB>(acc, wp + int64_t{g0} * K * G * 16, int64_t{K} * G * 16, rows, I, Cell::kXSlot);
     for (int r = 0; r < NB; ++r)
-      for (int q = 0; q < kSlots; ++q) store(xw + ((int64_t{i0 + r} * groups(H) + gi) * kSlots + q) * 16, acc[q][r]);
+      for (int j = 0; j < NG; ++j)
+        for (int q = 0; q < S; ++q) store(xw_at(i0 + r, g0 + j, q), acc[q * NG + j][r]);
   }
 
   void x_part(int t0, int glo, int ghi) const {
     const int rows = std::min(x_chunk(B), T - t0) * B;
-    for (int gi = glo; gi < ghi; ++gi)
-      for_row_tiles<kSmallRows>(rows, [&](int i0, auto nb) { x_tile<decltype(nb)::value>(t0, gi, i0); });
+    for_group_tiles<kGroups>(glo, ghi, [&](int g0, auto ng) {
+      for_row_tiles<kSmallRows>(rows, [&](int i0, auto nb) {
+        x_tile<decltype(ng)::value, decltype(nb)::value>(t0, g0, i0);
+      });
+    });
   }
 
-  // Group gi's units for rows [b0, b0 + NB) at step t: x_part's sums, then h_{t-1}'s elements.
-  template <int NB>
-  void tile(int t, int gi, int b0, const float* h_prev, float* h_next) const {
-    const int u0 = 16 * gi, n = std::min(16, H - u0);
+  // Groups [g0, g0 + NG)'s units for rows [b0, b0 + NB) at step t: x_part's sums, then h_{t-1}'s elements.
+  template <int NG, int NB>
+  void tile(int t, int g0, int b0, const float* h_prev, float* h_next) const {
     const int64_t i0 = int64_t{t % x_chunk(B)} * B + b0;  // the chunk's row
-    V acc[kSlots][NB];
+    V acc[S * NG][NB];
     for (int r = 0; r < NB; ++r)
-      for (int q = 0; q < kSlots; ++q) acc[q][r] = load(xw + (((i0 + r) * groups(H) + gi) * kSlots + q) * 16);
+      for (int j = 0; j < NG; ++j)
+        for (int q = 0; q < S; ++q) acc[q * NG + j][r] = load(xw_at(i0 + r, g0 + j, q));
     const float* rows[NB];
     for (int r = 0; r < NB; ++r) rows[r] = h_prev + int64_t{b0 + r} * H;
-    accumulate<NB>(acc, wp + (int64_t{gi} * K + I) * G * 16, rows, H, Cell::kHSlot);
+    accumulate<NG, NB>(acc, wp + (int64_t{g0} * K + I) * G * 16, int64_t{K} * G * 16, rows, H, Cell::kHSlot);
     for (int r = 0; r < NB; ++r) {
       const int b = b0 + r;
       const uint16_t live = m->live_row(t, b);  // a padded step keeps the carry
-      const V hp = load_first(h_prev + int64_t{b} * H + u0, n);
-      const V c_prev = std::is_same_v<Cell, Lstm> ? load_first(cT + int64_t{b} * H + u0, n) : zero();
-      const V slots[kSlots] = {acc[0][r], acc[1][r], acc[2][r], acc[3][r]};
-      V kept[kKept], c;
-      const V h = cell_step<Cell>(slots, hp, c_prev, c, kept);
-      if constexpr (std::is_same_v<Cell, Lstm>) store_first(cT + int64_t{b} * H + u0, n, select(live, c, c_prev));
-      store_first(h_next + int64_t{b} * H + u0, n, select(live, h, hp));
-      if (res) {
-        float* to = res + (int64_t{t} * B + b) * kKept * H + u0;
-        for (int q = 0; q < kKept; ++q) store_first(to + int64_t{q} * H, n, kept[q]);
+      for (int j = 0; j < NG; ++j) {
+        const int u0 = 16 * (g0 + j), n = std::min(16, H - u0);
+        const V hp = load_first(h_prev + int64_t{b} * H + u0, n);
+        const V c_prev = Cell::kMemory ? load_first(cT + int64_t{b} * H + u0, n) : zero();
+        V slots[S];
+        for (int q = 0; q < S; ++q) slots[q] = acc[q * NG + j][r];
+        V kept[kKept], c;
+        const V h = cell_step<Cell>(slots, hp, c_prev, c, kept);
+        if constexpr (Cell::kMemory) store_first(cT + int64_t{b} * H + u0, n, select(live, c, c_prev));
+        store_first(h_next + int64_t{b} * H + u0, n, select(live, h, hp));
+        if (res) {
+          float* to = res + (int64_t{t} * B + b) * kKept * H + u0;
+          for (int q = 0; q < kKept; ++q) store_first(to + int64_t{q} * H, n, kept[q]);
+        }
       }
     }
   }
@@ -1268,7 +1368,7 @@ struct ForwardSmall {
     for (int b = 0; b < B; ++b) {
       if (!m->restarts_row(t, b)) continue;
       std::memcpy(hs + int64_t{b} * H + ulo, h_init + int64_t{b} * H + ulo, sizeof(float) * (uhi - ulo));
-      if constexpr (std::is_same_v<Cell, Lstm>)
+      if constexpr (Cell::kMemory)
         std::memcpy(cT + int64_t{b} * H + ulo, c_init + int64_t{b} * H + ulo, sizeof(float) * (uhi - ulo));
     }
   }
@@ -1280,8 +1380,8 @@ struct ForwardSmall {
     copy_rows(hs, H, B, nullptr, ulo, uhi, to + I, out.b * K);
   }
 
-  // As Forward::phase, with shares of 16-unit groups; each share computes its groups' x_part a chunk
-  // of steps ahead.
+  // As Forward::phase, with shares of 16-unit groups (in tiles of kGroups); each share computes its
+  // groups' x_part a chunk of steps ahead.
   void phase(int64_t p, int j, int n) const {
     const Range mine = share(groups(H), j, n), cols = share(I, j, n);
     const int ulo = std::min(H, 16 * mine.lo), uhi = std::min(H, 16 * mine.hi);
@@ -1295,8 +1395,11 @@ struct ForwardSmall {
     const float* h_prev = h[t & 1];
     float* h_next = h[(t + 1) & 1];
     if (t % x_chunk(B) == 0) x_part(t, mine.lo, mine.hi);
-    for (int gi = mine.lo; gi < mine.hi; ++gi)
-      for_row_tiles<kSmallRows>(B, [&](int b0, auto nb) { tile<decltype(nb)::value>(t, gi, b0, h_prev, h_next); });
+    for_group_tiles<kGroups>(mine.lo, mine.hi, [&](int g0, auto ng) {
+      for_row_tiles<kSmallRows>(B, [&](int b0, auto nb) {
+        tile<decltype(ng)::value, decltype(nb)::value>(t, g0, b0, h_prev, h_next);
+      });
+    });
     copy_rows(h_next, H, B, m->valid_row(t), ulo, uhi, ys + out.at(t) * H, out.b * H);
     if (t + 1 < T) {
       if (m->resets()) restart(t + 1, ulo, uhi, h_next);
@@ -1307,7 +1410,7 @@ struct ForwardSmall {
 
 template <class Cell>
 struct BackwardSmall {
-  static constexpr int G = Cell::kGates;
+  static constexpr int G = Cell::kGates, S = Cell::kSlots, kKept = Cell::kKept;
   int T, B, I, H;
   Rows in, out;  // of dys; of dg and dx
   const float *res, *dys;
@@ -1315,8 +1418,8 @@ struct BackwardSmall {
   float* wp;        // [W_i; W_h] as (G H, 16) blocks of 16 rows (pack_rows): W_i's, then W_h's (block())
   float *dg, *dx;   // as Backward's
   float *dh, *dc;   // (B, H), as Backward's
-  float* g[2];      // (B, 4H) twice: dG_t's rows, double-buffered
-  float* db;        // (16, 4H): lane l sums dG of the rows b with b % 16 = l, as Backward's lanes
+  float* g[2];      // (B, S H) twice: dG_t's rows, double-buffered
+  float* db;        // (16, S H): lane l sums dG of the rows b with b % 16 = l, as Backward's lanes
   const Masks* m;
   float *dh_init, *dc_init;  // (B, H), as Backward's
 
@@ -1344,19 +1447,19 @@ struct BackwardSmall {
       const uint16_t live = m->live_row(t, b);
       const float* kept_b = res + (int64_t{t} * B + b) * kKept * H;
       const float* dy = dys + (in.at(t) + b * in.b) * H;
-      float* to = dg + (out.at(t) + b * out.b) * 4 * H;
-      float* sums = db + int64_t{b % 16} * 4 * H;
-      float* gb = gt + int64_t{b} * 4 * H;
+      float* to = dg + (out.at(t) + b * out.b) * S * H;
+      float* sums = db + int64_t{b % 16} * S * H;
+      float* gb = gt + int64_t{b} * S * H;
       for (int u0 = ulo; u0 < uhi; u0 += 16) {
         const int n = std::min(16, uhi - u0);
         const int64_t at = int64_t{b} * H + u0;
         V kept[kKept];
         for (int q = 0; q < kKept; ++q) kept[q] = load_first(kept_b + int64_t{q} * H + u0, n);
-        V d[4], d_h = load_first(dh + at, n), d_c = std::is_same_v<Cell, Lstm> ? load_first(dc + at, n) : zero();
+        V d[S], d_h = load_first(dh + at, n), d_c = Cell::kMemory ? load_first(dc + at, n) : zero();
         cell_grads<Cell, lengths>(kept, load_first(dy + u0, n), live, d_h, d_c, d);
-        if constexpr (std::is_same_v<Cell, Lstm> && lengths) store_first(dh + at, n, d_h);
-        store_first(dc + at, n, d_c);
-        for (int q = 0; q < 4; ++q) {
+        if constexpr (!Cell::kBypass && lengths) store_first(dh + at, n, d_h);
+        if constexpr (Cell::kMemory || Cell::kBypass) store_first(dc + at, n, d_c);
+        for (int q = 0; q < S; ++q) {
           const int64_t k = int64_t{q} * H + u0;
           store_first(sums + k, n, load_first(sums + k, n) + d[q]);
           store_first(gb + k, n, d[q]);
@@ -1396,14 +1499,14 @@ struct BackwardSmall {
   // Blocks [lo, hi) of d h_{t-1}'s rows (units), from dG_t (`gt`): as Backward::rows, starting from what
   // gates() left.
   void h_rows(int lo, int hi, const float* gt) const {
-    const float* from = std::is_same_v<Cell, Gru> ? dc : m->lengths() ? dh : nullptr;
+    const float* from = Cell::kBypass ? dc : m->lengths() ? dh : nullptr;
     for_blocks(lo, hi, [&](int i, auto blocks) {
       constexpr int NR = decltype(blocks)::value;
       for_row_tiles<kSmallBackRows>(B, [&](int b0, auto nb) {
         constexpr int NB = decltype(nb)::value;
         V acc[NR][NB];
         const float* rows[NB];
-        for (int r = 0; r < NB; ++r) rows[r] = gt + int64_t{b0 + r} * 4 * H;
+        for (int r = 0; r < NB; ++r) rows[r] = gt + int64_t{b0 + r} * S * H;
         for (int q = 0; q < NR; ++q) {
           const int u0 = 16 * (i + q), n = std::min(16, H - u0);
           for (int r = 0; r < NB; ++r) acc[q][r] = from ? load_first(from + int64_t{b0 + r} * H + u0, n) : zero();
@@ -1431,7 +1534,7 @@ struct BackwardSmall {
         uint16_t live[NB];
         for (int r = 0; r < NB; ++r) {
           const int t = t0 + (i0 + r) / B, b = (i0 + r) % B;
-          rows[r] = dg + (out.at(t) + b * out.b) * 4 * H;
+          rows[r] = dg + (out.at(t) + b * out.b) * S * H;
           to[r] = dx + (out.at(t) + b * out.b) * I;
           live[r] = m->live_row(t, b);
           for (int q = 0; q < NR; ++q) acc[q][r] = zero();
@@ -1453,7 +1556,7 @@ struct BackwardSmall {
         const int n = std::min(16, uhi - u0);
         const int64_t at = int64_t{b} * H + u0;
         for (auto [d, init] : {std::pair{dh, dh_init}, std::pair{dc, dc_init}}) {
-          if (!init) continue;  // the GRU has no c
+          if (!init) continue;  // only the LSTM has a c
           store_first(init + at, n, load_first(init + at, n) + load_first(d + at, n));
           store_first(d + at, n, zero());
         }
@@ -1582,10 +1685,10 @@ class PackedWeights {
 template <class Cell>
 void forward(ffi::ThreadPool& pool, const float* x, Shape seq, int I, int H, const float* h0, const float* c0,
              const float* h_init, const float* c_init, const Masks& masks, const float* w_i, const float* w_h,
-             const float* (&bias)[kSlots], float* ys, float* h_last, float* c_last, float* res, float* operands,
+             const float* (&bias)[kMaxSlots], float* ys, float* h_last, float* c_last, float* res, float* operands,
              int64_t threads, bool pooled) {
   const int Bp = round16(seq.B), K = I + H;
-  if (res) advise_huge_pages(res, int64_t{seq.T} * kKept * H * Bp * 4);
+  if (res) advise_huge_pages(res, int64_t{seq.T} * Cell::kKept * H * Bp * 4);
   if (operands) advise_huge_pages(operands, int64_t{seq.T} * seq.B * K * 4);
   PackedWeights wp(int64_t{K} * Cell::kGates * H);
   std::vector<float> a0(int64_t{K} * Bp, 0.f), a1(int64_t{K} * Bp, 0.f);
@@ -1621,8 +1724,8 @@ template <class Cell>
 void backward(ffi::ThreadPool& pool, const float* res, Shape seq, int I, int H, const float* w_i, const float* w_h,
               const float* dys, const float* dh_last, const float* dc_last, const Masks& masks, float* dg, float* dx,
               float* dh0, float* dc0, float* dh_init, float* dc_init, float* db, int64_t threads, bool pooled) {
-  const int Bp = round16(seq.B);
-  advise_huge_pages(dg, int64_t{seq.T} * seq.B * 4 * H * 4);
+  const int Bp = round16(seq.B), S = Cell::kSlots;
+  advise_huge_pages(dg, int64_t{seq.T} * seq.B * S * H * 4);
   PackedWeights wp(int64_t{I + H} * Cell::kGates * H);
   std::vector<float> dh = feature_major(dh_last, seq.B, H, Bp);
   std::vector<float> dc = dc_last ? feature_major(dc_last, seq.B, H, Bp) : std::vector<float>(int64_t{H} * Bp, 0.f);
@@ -1631,8 +1734,8 @@ void backward(ffi::ThreadPool& pool, const float* res, Shape seq, int I, int H, 
     dhi.assign(int64_t{H} * Bp, 0.f);
     if (dc_init) dci.assign(int64_t{H} * Bp, 0.f);
   }
-  std::vector<float> dxt(int64_t{I} * Bp, 0.f), g0(int64_t{4} * H * Bp, 0.f), g1(int64_t{4} * H * Bp, 0.f),
-      lanes(int64_t{4} * H * 16, 0.f);
+  std::vector<float> dxt(int64_t{I} * Bp, 0.f), g0(int64_t{S} * H * Bp, 0.f), g1(int64_t{S} * H * Bp, 0.f),
+      lanes(int64_t{S} * H * 16, 0.f);
   Backward<Cell> bw{seq.T, seq.B, I, H, Bp, seq.in, seq.out, res, dys, w_i, w_h, wp.get(), dg, dx,
                     dh.data(), dc.data(), dxt.data(), {g0.data(), g1.data()}, lanes.data(), &masks,
                     dhi.empty() ? nullptr : dhi.data(), dci.empty() ? nullptr : dci.data()};
@@ -1642,22 +1745,22 @@ void backward(ffi::ThreadPool& pool, const float* res, Shape seq, int I, int H, 
   if (dc0) batch_major_out(dc.data(), seq.B, H, Bp, dc0);
   if (!dhi.empty()) batch_major_out(dhi.data(), seq.B, H, Bp, dh_init);
   if (!dci.empty()) batch_major_out(dci.data(), seq.B, H, Bp, dc_init);
-  sum_lanes(lanes.data(), 4 * H, 16, 1, db);  // padded batch rows were never added (see gates): all lanes count
+  sum_lanes(lanes.data(), S * H, 16, 1, db);  // padded batch rows were never added (see gates): all lanes count
 }
 
 // forward() and backward() in the small layout (ForwardSmall), with the same arguments; the kept
-// activations are (T, B, 5, H).
+// activations are (T, B, Cell::kKept, H).
 template <class Cell>
 void forward_small(ffi::ThreadPool& pool, const float* x, Shape seq, int I, int H, const float* h0,
                    const float* c0, const float* h_init, const float* c_init, const Masks& masks, const float* w_i,
-                   const float* w_h, const float* (&bias)[kSlots], float* ys, float* h_last, float* c_last,
+                   const float* w_h, const float* (&bias)[kMaxSlots], float* ys, float* h_last, float* c_last,
                    float* res, float* operands, int64_t threads, bool pooled) {
   const int B = seq.B, K = I + H, groups = ForwardSmall<Cell>::groups(H);
-  if (res) advise_huge_pages(res, int64_t{seq.T} * kKept * H * B * 4);
+  if (res) advise_huge_pages(res, int64_t{seq.T} * Cell::kKept * H * B * 4);
   if (operands) advise_huge_pages(operands, int64_t{seq.T} * B * K * 4);
   PackedWeights wp(int64_t{groups} * 16 * K * Cell::kGates);
   std::vector<float> h0s(h0, h0 + int64_t{B} * H), h1s(int64_t{B} * H, 0.f), zeros(I, 0.f);
-  std::vector<float> xw(int64_t{x_chunk(B)} * B * groups * kSlots * 16);
+  std::vector<float> xw(int64_t{x_chunk(B)} * B * groups * Cell::kSlots * 16);
   std::vector<float> c = c0 ? std::vector<float>(c0, c0 + int64_t{B} * H) : std::vector<float>();
   ForwardSmall<Cell> f{seq.T, B, I, H, K, seq.in, seq.out, x, w_i, w_h, {bias[0], bias[1], bias[2], bias[3]},
                        wp.get(), ys, res, operands, c.data(), {h0s.data(), h1s.data()}, xw.data(), zeros.data(),
@@ -1673,9 +1776,9 @@ void backward_small(ffi::ThreadPool& pool, const float* res, Shape seq, int I, i
                     const float* w_h, const float* dys, const float* dh_last, const float* dc_last,
                     const Masks& masks, float* dg, float* dx, float* dh0, float* dc0, float* dh_init,
                     float* dc_init, float* db, int64_t threads, bool pooled) {
-  const int B = seq.B;
+  const int B = seq.B, S = Cell::kSlots;
   const int64_t BH = int64_t{B} * H;
-  advise_huge_pages(dg, int64_t{seq.T} * B * 4 * H * 4);
+  advise_huge_pages(dg, int64_t{seq.T} * B * S * H * 4);
   PackedWeights wp(int64_t{(I + 15) / 16 + (H + 15) / 16} * 16 * Cell::kGates * H);
   std::vector<float> dh(dh_last, dh_last + BH);
   std::vector<float> dc = dc_last ? std::vector<float>(dc_last, dc_last + BH) : std::vector<float>(BH, 0.f);
@@ -1684,7 +1787,7 @@ void backward_small(ffi::ThreadPool& pool, const float* res, Shape seq, int I, i
     dhi.assign(BH, 0.f);
     if (dc_init) dci.assign(BH, 0.f);
   }
-  std::vector<float> g0(4 * BH, 0.f), g1(4 * BH, 0.f), lanes(int64_t{16} * 4 * H, 0.f);
+  std::vector<float> g0(S * BH, 0.f), g1(S * BH, 0.f), lanes(int64_t{16} * S * H, 0.f);
   BackwardSmall<Cell> bw{seq.T, B, I, H, seq.in, seq.out, res, dys, w_i, w_h, wp.get(), dg, dx,
                          dh.data(), dc.data(), {g0.data(), g1.data()}, lanes.data(), &masks,
                          dhi.empty() ? nullptr : dhi.data(), dci.empty() ? nullptr : dci.data()};
@@ -1694,7 +1797,7 @@ void backward_small(ffi::ThreadPool& pool, const float* res, Shape seq, int I, i
   if (dc0) std::memcpy(dc0, dc.data(), sizeof(float) * BH);
   if (!dhi.empty()) std::memcpy(dh_init, dhi.data(), sizeof(float) * BH);
   if (!dci.empty()) std::memcpy(dc_init, dci.data(), sizeof(float) * BH);
-  sum_lanes(lanes.data(), 4 * H, 1, 4 * H, db);
+  sum_lanes(lanes.data(), S * H, 1, S * H, db);
 }
 
 using F32 = ffi::Buffer<ffi::F32>;
@@ -1717,7 +1820,7 @@ ffi::Error LstmForward(ffi::ThreadPool pool, F32 x, S32 start, F32 h0, F32 c0, F
                        U8 resets, F32 w_i, F32 w_h, F32 b, Out ys, Out h_last, Out c_last, Out res, Out operands,
                        int64_t threads, bool pooled, bool keep, bool batch_major, bool small) {
   const int H = h0.dimensions()[1];
-  const float* bias[kSlots] = {b.typed_data(), b.typed_data() + H, b.typed_data() + 2 * H, b.typed_data() + 3 * H};
+  const float* bias[kMaxSlots] = {b.typed_data(), b.typed_data() + H, b.typed_data() + 2 * H, b.typed_data() + 3 * H};
   const Shape seq = steps(x, start, ys, batch_major);
   const auto run = small ? forward_small<Lstm> : forward<Lstm>;
   run(pool, x.typed_data(), seq, x.dimensions()[2], H, h0.typed_data(), c0.typed_data(),
@@ -1731,7 +1834,7 @@ ffi::Error GruForward(ffi::ThreadPool pool, F32 x, S32 start, F32 h0, F32 h_init
                       F32 w_h, F32 b, F32 b_hn, Out ys, Out h_last, Out res, Out operands, int64_t threads,
                       bool pooled, bool keep, bool batch_major, bool small) {
   const int H = h0.dimensions()[1];
-  const float* bias[kSlots] = {b.typed_data(), b.typed_data() + H, b.typed_data() + 2 * H, b_hn.typed_data()};
+  const float* bias[kMaxSlots] = {b.typed_data(), b.typed_data() + H, b.typed_data() + 2 * H, b_hn.typed_data()};
   const Shape seq = steps(x, start, ys, batch_major);
   const auto run = small ? forward_small<Gru> : forward<Gru>;
   run(pool, x.typed_data(), seq, x.dimensions()[2], H, h0.typed_data(), nullptr, h_init.typed_data(),
@@ -1765,6 +1868,48 @@ ffi::Error GruBackward(ffi::ThreadPool pool, F32 res, F32 w_i, F32 w_h, F32 dys,
   return ffi::Error::Success();
 }
 
+// f(Vanilla<A>{}) for the activation A that the attribute names (Activation).
+template <typename F>
+ffi::Error with_activation(int64_t activation, F&& f) {
+  switch (static_cast<Activation>(activation)) {
+    case Activation::kTanh: f(Vanilla<Activation::kTanh>{}); break;
+    case Activation::kRelu: f(Vanilla<Activation::kRelu>{}); break;
+    case Activation::kIdentity: f(Vanilla<Activation::kIdentity>{}); break;
+    default: return ffi::Error::InvalidArgument("activation: expected 0 (tanh), 1 (relu) or 2 (identity)");
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error VanillaForward(ffi::ThreadPool pool, F32 x, S32 start, F32 h0, F32 h_init, S32 lengths, U8 resets,
+                          F32 w_i, F32 w_h, F32 b, Out ys, Out h_last, Out res, Out operands, int64_t threads,
+                          bool pooled, bool keep, bool batch_major, bool small, int64_t activation) {
+  const int H = h0.dimensions()[1];
+  const float* bias[kMaxSlots] = {b.typed_data(), nullptr, nullptr, nullptr};
+  const Shape seq = steps(x, start, ys, batch_major);
+  return with_activation(activation, [&](auto cell) {
+    using Cell = decltype(cell);
+    const auto run = small ? forward_small<Cell> : forward<Cell>;
+    run(pool, x.typed_data(), seq, x.dimensions()[2], H, h0.typed_data(), nullptr, h_init.typed_data(),
+        nullptr, masks_of(lengths, resets, seq), w_i.typed_data(), w_h.typed_data(), bias, ys->typed_data(),
+        h_last->typed_data(), nullptr, keep ? res->typed_data() : nullptr,
+        keep ? operands->typed_data() : nullptr, threads, pooled);
+  });
+}
+
+ffi::Error VanillaBackward(ffi::ThreadPool pool, F32 res, F32 w_i, F32 w_h, F32 dys, S32 start, F32 dh_last,
+                           S32 lengths, U8 resets, Out dg, Out dx, Out dh0, Out dh_init, Out db, int64_t threads,
+                           bool pooled, bool batch_major, bool small, int64_t activation) {
+  const Shape seq = steps(dys, start, dx, batch_major);
+  return with_activation(activation, [&](auto cell) {
+    using Cell = decltype(cell);
+    const auto run = small ? backward_small<Cell> : backward<Cell>;
+    run(pool, res.typed_data(), seq, w_i.dimensions()[0], dys.dimensions()[2], w_i.typed_data(),
+        w_h.typed_data(), dys.typed_data(), dh_last.typed_data(), nullptr, masks_of(lengths, resets, seq),
+        dg->typed_data(), dx->typed_data(), dh0->typed_data(), nullptr, dh_init->typed_data(), nullptr,
+        db->typed_data(), threads, pooled);
+  });
+}
+
 }  // namespace
 
 // Whether the kernels run here: built for AVX-512, or AVX2 with FMA. Built for
@@ -1775,10 +1920,28 @@ extern "C" int jaxrnn_native_available() { return JAXRNN_SUPPORTED; }
 // The vector instruction set the kernels were built for: "avx512", "avx2", "avx", "sse2", "neon" or "generic".
 extern "C" const char* jaxrnn_native_isa() { return JAXRNN_ISA; }
 
+// A cell's blocks of H floats per batch row and step: its slots (dG's, below) times 16, plus what it keeps for
+// the backward pass (kKept); kind 0, 1, 2: LSTM, GRU, vanilla; -1 for another. Python sizes the calls' buffers
+// by these (jaxrnn/native/__init__.py, blocks), so that the two cannot disagree.
+extern "C" int jaxrnn_cell_blocks(int kind) {
+  constexpr auto blocks = [](auto cell) {
+    static_assert(decltype(cell)::kKept < 16, "kept blocks are the low 4 bits");
+    return decltype(cell)::kSlots * 16 + decltype(cell)::kKept;
+  };
+  switch (kind) {
+    case 0: return blocks(Lstm{});
+    case 1: return blocks(Gru{});
+    case 2: return blocks(Vanilla<Activation::kTanh>{});
+    default: return -1;
+  }
+}
+
 // Sequence arrays (x, ys, dys, dg, dx, operands) are (T, B, .), or (B, T, .) with batch_major; x and dys
 // may hold more steps than the call runs, which starts at their step `start`.
-// kept: (T, 5H, Bp), or (T, B, 5, H) with `small` (the small-batch layout, which the backward call of a
-// forward call's kept activations must be given too); operands: (.., I + H); both (0,) without keep (inference).
+// kept: (T, kKept H, Bp), or (T, B, kKept, H) with `small` (the small-batch layout, which the backward call of a
+// forward call's kept activations must be given too), kKept the cell's (5: LSTM, GRU; 1: vanilla); operands:
+// (.., I + H); both (0,) without keep (inference). dg and the sum of dg: S H per row, S the cell's slots (4:
+// LSTM, GRU; 1: vanilla).
 // Masks (see Masks): lengths (B,) int32 and resets (T_all, B) uint8, time-major in either layout, each
 // (0,) when not given; the initial carry (h_init, c_init) and its gradient: (B, H) with resets, else (0,).
 using In = ffi::Buffer<ffi::F32>;
@@ -1848,3 +2011,34 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_gru_backward, GruBackward,
                                   .Attr<bool>("pooled")
                                   .Attr<bool>("batch_major")
                                   .Attr<bool>("small"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_vanilla_forward, VanillaForward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<In>().Arg<Int>()            // x, start
+                                  .Arg<In>().Arg<In>()             // h0, h_init
+                                  .Arg<Int>().Arg<Flags>()         // lengths, resets
+                                  .Arg<In>().Arg<In>().Arg<In>()   // w_i (I, H), w_h (H, H), b (H,)
+                                  .Ret<Ret>().Ret<Ret>()           // ys, h_T
+                                  .Ret<Ret>().Ret<Ret>()           // kept, operands
+                                  .Attr<int64_t>("threads")
+                                  .Attr<bool>("pooled")
+                                  .Attr<bool>("keep")
+                                  .Attr<bool>("batch_major")
+                                  .Attr<bool>("small")
+                                  .Attr<int64_t>("activation"));   // Activation: tanh 0, relu 1, identity 2
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_vanilla_backward, VanillaBackward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<In>().Arg<In>().Arg<In>()   // kept, w_i, w_h
+                                  .Arg<In>().Arg<Int>().Arg<In>()  // d ys, start, d h_T
+                                  .Arg<Int>().Arg<Flags>()         // lengths, resets
+                                  .Ret<Ret>().Ret<Ret>()           // dg (.., H), d x (.., I)
+                                  .Ret<Ret>().Ret<Ret>()           // d h0, d h_init
+                                  .Ret<Ret>()                      // sum of dg (H,)
+                                  .Attr<int64_t>("threads")
+                                  .Attr<bool>("pooled")
+                                  .Attr<bool>("batch_major")
+                                  .Attr<bool>("small")
+                                  .Attr<int64_t>("activation"));

@@ -34,7 +34,7 @@ def parts(kind: str, B: int, T: int, H: int, repeats: int) -> dict[str, float]:
     _, _, kept, operands = keeping(x)
     d_carry = tuple(jnp.zeros_like(c) for c in carry)
     backward = jax.jit(lambda kept, operands, d_ys: native.backward_call(kind, kept, operands, w, d_ys, d_carry, True))
-    dg = jax.random.normal(jax.random.key(3), (B, T, 4 * H))
+    dg = jax.random.normal(jax.random.key(3), (B, T, native.blocks(kind)[0] * H))
     matmul = jax.jit(native.weight_gradient)
     whole = jax.jit(jax.grad(lambda w, x: native.unroll(kind, True, x, carry, w)[0].sum(), argnums=(0, 1)))
     calls = {
@@ -54,7 +54,7 @@ def parts(kind: str, B: int, T: int, H: int, repeats: int) -> dict[str, float]:
 
 def main(argv=None) -> None:
     p = arguments.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cells", nargs="+", default=["lstm"], choices=("lstm", "gru"))
+    p.add_argument("--cells", nargs="+", default=["lstm"], choices=native.KINDS)
     p.add_argument("--lengths", nargs="+", type=int, default=[1000])
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--hidden", type=int, default=256)

@@ -19,8 +19,8 @@ in the same run with one large matmul) and writes JSON. The ``floor`` column is
 not a library: it runs only the matmuls of jaxrnn's fused path (two per step
 forward, one per step backward, then the three large weight and input
 gradient GEMMs) with no gates at all, so it bounds from below what any loop
-of XLA CPU ops shaped like this one can reach. On a CPU jaxrnn's LSTM and GRU
-are no such loop: they run :mod:`jaxrnn.native`'s kernels (``kernel="auto"``). ``--memory`` adds the peak
+of XLA CPU ops shaped like this one can reach. On a CPU jaxrnn's LSTM, GRU and
+vanilla cell are no such loop: they run :mod:`jaxrnn.native`'s kernels (``kernel="auto"``). ``--memory`` adds the peak
 activation memory (XLA's compiled temp buffers) of a forward+backward LSTM at
 T = 10,000, B = 32, H = 256 for jaxrnn, jaxrnn with ``checkpoint_every`` at
 100, 1000 and 2500, and flax, with their times.
@@ -92,10 +92,16 @@ def _jax_fn(apply: Callable, params, xs, with_grad: bool) -> tuple[Callable, tup
     return fn, (params, xs)
 
 
-def make_jaxrnn(kind, B, T, H, with_grad, step_vjp="cell", **options):
+def make_cell(kind: str, H: int, activation: str = "tanh") -> jaxrnn.Cell:
+    """jaxrnn's cell of ``kind`` and width H; a vanilla cell with ``activation``."""
+    return jaxrnn.vanilla(H, activation) if kind == "vanilla" else jaxrnn.CELLS[kind](H)
+
+
+def make_jaxrnn(kind, B, T, H, with_grad, step_vjp="cell", activation="tanh", **options):
     """jaxrnn.scan with ``options``; ``step_vjp="autodiff"`` swaps a hand-derived
-    :class:`~jaxrnn.StepVJP` (the GRU's) for the generic one, to time the difference."""
-    cell = jaxrnn.CELLS[kind](H)
+    :class:`~jaxrnn.StepVJP` (the GRU's) for the generic one, to time the difference; ``activation``: the
+    vanilla cell's."""
+    cell = make_cell(kind, H, activation)
     if step_vjp == "autodiff":
         cell = cell._replace(step_vjp=jaxrnn.cells.autodiff_step_vjp(cell.elementwise))
     params = cell.init(jax.random.key(0), H)
@@ -183,7 +189,7 @@ def make_floor(kind, B, T, H, with_grad):
     :func:`jaxrnn.unroll.fused_recurrence`. Inputs are already time-major, so
     there are no transposes either. A peer faster than this cannot be matched
     by rearranging XLA ops; it takes a different kernel, such as
-    :mod:`jaxrnn.native`, which jaxrnn runs for the LSTM and GRU on a CPU.
+    :mod:`jaxrnn.native`, which jaxrnn runs for the LSTM, GRU and vanilla cell on a CPU.
     """
     G = GATES[kind]
     k_i, k_h, k_x = jax.random.split(jax.random.key(0), 3)

@@ -27,36 +27,39 @@ from jaxrnn.programs.outputs import markdown_table
 from jaxrnn.unroll import PROJECTIONS
 
 
-def variant_makers(unrolls, projections, backwards, step_vjps=("cell",), kernels=("xla",)) -> dict:
+def variant_makers(unrolls, projections, backwards, step_vjps=("cell",), kernels=("xla",), activation="tanh") -> dict:
     """``{"unroll=U projection backward[ step_vjp]": maker}`` for every combination of the loop's
-    options, plus ``"native"`` (:mod:`jaxrnn.native`, which has none of them) if in ``kernels``."""
+    options, plus ``"native"`` (:mod:`jaxrnn.native`, which has none of them) if in ``kernels``; a vanilla
+    cell's ``activation``."""
     makers = {
         f"unroll={u} {p} {b}" + ("" if s == "cell" else f" {s}-step"):
-            functools.partial(speed.make_jaxrnn, unroll=u, projection=p, backward=b, step_vjp=s, kernel="xla")
+            functools.partial(speed.make_jaxrnn, unroll=u, projection=p, backward=b, step_vjp=s, kernel="xla",
+                              activation=activation)
         for u, p, b, s in itertools.product(unrolls, projections, backwards, step_vjps)
     } if "xla" in kernels else {}
     if "native" in kernels:
-        makers["native"] = _make_native
+        makers["native"] = functools.partial(_make_native, activation=activation)
     for layout in ("small", "wide"):
         if f"native-{layout}" in kernels:
-            makers[f"native-{layout}"] = functools.partial(_make_native_layout, layout)
+            makers[f"native-{layout}"] = functools.partial(_make_native_layout, layout, activation=activation)
     return makers
 
 
-def _make_native(kind, B, T, H, with_grad):
-    cell = jaxrnn.CELLS[kind](H)
+def _make_native(kind, B, T, H, with_grad, activation="tanh"):
+    cell = speed.make_cell(kind, H, activation)
     reason = jaxrnn.native.unsupported(cell, cell.init(jax.random.key(0), H), B, "float32", steps=T)
-    return speed.make_jaxrnn(kind, B, T, H, with_grad, kernel="native") if reason is None else reason
+    return (speed.make_jaxrnn(kind, B, T, H, with_grad, kernel="native", activation=activation)
+            if reason is None else reason)
 
 
-def _make_native_layout(layout, kind, B, T, H, with_grad):
+def _make_native_layout(layout, kind, B, T, H, with_grad, activation="tanh"):
     """The kernels in one layout whatever the batch (kernel="native", any batch): compiled here, inside
     :func:`jaxrnn.native.forced_layout`, since the layout is chosen when a call is traced."""
-    cell = jaxrnn.CELLS[kind](H)
+    cell = speed.make_cell(kind, H, activation)
     reason = jaxrnn.native.unsupported(cell, cell.init(jax.random.key(0), H), B, "float32", steps=T, forced=True)
     if reason is not None:
         return reason
-    fn, args = speed.make_jaxrnn(kind, B, T, H, with_grad, kernel="native")
+    fn, args = speed.make_jaxrnn(kind, B, T, H, with_grad, kernel="native", activation=activation)
     with jaxrnn.native.forced_layout(layout):
         return fn.lower(*args).compile(), args
 
@@ -79,7 +82,7 @@ def table(results: list[dict], variants: list[str], peers: list[str]) -> str:
 
 
 def run(args) -> dict:
-    makers = variant_makers(args.unroll, args.projection, args.backward, args.step_vjp, args.kernel)
+    makers = variant_makers(args.unroll, args.projection, args.backward, args.step_vjp, args.kernel, args.activation)
     peers = [p for p in args.peers if p not in makers]
     modes = [False, True] if args.mode == "both" else [args.mode == "fwd+bwd"]
     cases = list(itertools.product(args.cells, args.batch, args.lengths, args.hidden, modes))
@@ -114,6 +117,8 @@ def main(argv=None) -> None:
                    help="xla: the lax.scan loop, one variant per combination above; native: jaxrnn.native's "
                         "one-call LSTM (reported missing, with the reason, where it cannot run); native-small, "
                         "native-wide: the kernels in that layout (jaxrnn.native.layout_for), on any batch")
+    p.add_argument("--activation", choices=tuple(jaxrnn.cells.ACTIVATIONS), default="tanh",
+                   help="the vanilla cell's, in jaxrnn's variants (the peers' vanilla cells are tanh's)")
     p.add_argument("--peers", nargs="+", choices=speed.PEERS, default=["flax", "torch"])
     p.add_argument("--repeats", type=arguments.positive_int, default=7)
     p.add_argument("--block", type=arguments.int_at_least(2), default=3)
