@@ -58,7 +58,7 @@ class CheckpointError(RuntimeError):
     """A checkpoint could not be written, or none of the checkpoints present could be read."""
 
 
-def _first_line(error: BaseException, limit: int = 240) -> str:
+def first_line(error: BaseException, limit: int = 240) -> str:
     """A one-line summary of an exception. orbax's are long and multi-line, and the specific
     one (tensorstore's ``OUT_OF_RANGE ...``) is often the innermost cause."""
     while error.__cause__ is not None:
@@ -149,7 +149,7 @@ class Checkpoints:
             self.latest = ocp.CheckpointManager(self.root / "latest", options=options(keep, "latest"))
             self.best = ocp.CheckpointManager(self.root / "best", options=options(1, "best"))
         except OSError as e:
-            raise CheckpointError(f"checkpoints: cannot use {self.root}: {_first_line(e)}") from e
+            raise CheckpointError(f"checkpoints: cannot use {self.root}: {first_line(e)}") from e
         self.best_val = min((self._val_loss(s) for s in self.best.all_steps()), default=float("inf"))
         self._barriers = 0  # how many of this object's own barriers (each needs a name of its own)
 
@@ -196,7 +196,7 @@ class Checkpoints:
             raise
         except Exception as e:
             raise CheckpointError(
-                f"checkpoint step {step} could not be written to {manager.directory}: {_first_line(e)}") from e
+                f"checkpoint step {step} could not be written to {manager.directory}: {first_line(e)}") from e
 
     def save(self, step: int, state: Any, meta: dict | None = None) -> None:
         """A periodic checkpoint (asynchronous: the train loop goes on while it is written)."""
@@ -240,7 +240,7 @@ class Checkpoints:
                     out = manager.restore(step, args=ocp.args.Composite(
                         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
             except Exception as e:  # damaged: truncated or missing files (orbax raises many kinds)
-                error = _first_line(e)
+                error = first_line(e)
             if not self._all_agree(error is None):  # several processes: each reads its own shards
                 failed.append((step, error or "it did not restore in another process"))
                 continue
@@ -272,8 +272,14 @@ class Checkpoints:
         return self._restore(self.best, "best", like, set_aside)
 
     def steps(self) -> list[int]:
-        """The periodic checkpoints' steps (finished ones, whether or not they restore)."""
+        """The periodic checkpoints' steps, whether or not they restore: once :meth:`wait` has returned, the
+        finished ones; before, the one being written too (orbax lists a step when its save starts)."""
         return sorted(self.latest.all_steps())
+
+    def finished_steps(self) -> list[int]:
+        """The periodic checkpoints' steps written whole, without waiting for the one being written: those on
+        disk (orbax writes each into a temporary folder and renames it when done)."""
+        return sorted(int(p.name) for p in pathlib.Path(self.latest.directory).iterdir() if p.name.isdigit() and p.is_dir())
 
     @staticmethod
     def _wait(manager: ocp.CheckpointManager) -> None:
@@ -281,7 +287,7 @@ class Checkpoints:
             manager.wait_until_finished()
         except Exception as e:
             raise CheckpointError(f"a checkpoint could not be written to {manager.directory} (in the background): "
-                                  f"{_first_line(e)}") from e
+                                  f"{first_line(e)}") from e
 
     def wait(self) -> None:
         """Block until the checkpoints being written are complete; :class:`CheckpointError` if one failed."""

@@ -296,3 +296,32 @@ def test_reference_comparison_trains_both_sides_on_the_same_split(tmp_path, caps
     assert saved["recipe"]["embedding"] == 4 and saved["recipe"]["batches"] == char_lm.RUN_SETTINGS["batches"]
     printed = capsys.readouterr().out
     assert "| python-docs | gru | 1 |" in printed and (tmp_path / "results.md").exists()
+
+
+def test_reference_comparison_over_seeds_gives_each_side_each_seed_and_the_means(tmp_path, capsys, monkeypatch):
+    from jaxrnn.programs import charlm_reference
+
+    calls = []
+
+    def fake(side, bpc):
+        def train(*args, **kwargs):
+            seed = kwargs["recipe"]["seed"] if side == "jaxrnn" else kwargs["seed"]
+            calls.append((side, seed))
+            return {"val_bpc": bpc + seed / 100, "val_loss_nats": 0.0, "s_per_step": 0.01, "wall_s": 1.0}
+        return train
+
+    monkeypatch.setattr(charlm_reference, "train_jaxrnn", fake("jaxrnn", 2.0))
+    monkeypatch.setattr(charlm_reference, "train_torch", fake("torch", 2.5))
+    saved = charlm_reference.main(["--texts", "python-docs", "--cells", "gru", "--layers", "1", "--seeds", "1", "3",
+                                   "--max-chars", "3000", "--out", str(tmp_path)])
+    assert calls == [("jaxrnn", 1), ("torch", 1), ("jaxrnn", 3), ("torch", 3)]
+    assert [r["seed"] for r in saved["results"]] == [1, 3]
+    printed = capsys.readouterr().out
+    assert "| python-docs | gru | 1 | 3 | 2.030 | 2.530 | 0.802 |" in printed, printed
+    assert "| python-docs | gru | 1 | 2 | 2.020 (2.010-2.030) | 2.520 (2.510-2.530) | 0.802 |" in printed, printed
+    for flags, error in ((["--seed", "1", "--seeds", "1", "2"], "--seed and --seeds: give one of them"),
+                         (["--seeds", "1", "1"], "--seeds 1 1: each seed once")):
+        with pytest.raises(SystemExit) as exit_info:
+            charlm_reference.main(flags + ["--out", str(tmp_path / "refused")])
+        assert exit_info.value.code == 2 and capsys.readouterr().err.strip().endswith(f"error: {error}")
+    assert saved["recipe"]["seed"] is None and saved["seeds"] == [1, 3]

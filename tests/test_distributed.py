@@ -20,6 +20,7 @@ import random
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -179,3 +180,60 @@ def test_four_processes_resume_in_two_and_one_resumes_in_two(tmp_path):
     run(command(text, one, 4), env1)
     run(command(text, one, 6) + ["--resume"], env1, processes=2)
     assert_close(losses(one), want, range(1, 7))
+
+
+def test_a_lost_process_is_one_line_status_1_and_leaves_at_once(monkeypatch, capsys):
+    """What a process does once it has lost another (the whole story, two processes and a kill, is the slow
+    test below): one line, status 1, and os._exit, not JAX's distributed shutdown, which would wait for the
+    lost process and then abort."""
+    from jaxrnn.programs import char_lm, cli
+
+    def leave(code):
+        raise SystemExit(f"os._exit({code})")
+
+    monkeypatch.setattr(cli.os, "_exit", leave)
+
+    def lose(args):
+        raise char_lm.PeerLost("process 0 of 2: a step failed (reset by peer), most likely because another "
+                               "process of the run stopped. No checkpoint had been saved yet.")
+
+    with pytest.raises(SystemExit, match=r"os\._exit\(1\)"):
+        cli.run_command("jaxrnn train char-lm", lose, None)
+    assert capsys.readouterr().err.splitlines() == [
+        "jaxrnn train char-lm: error: process 0 of 2: a step failed (reset by peer), most likely because another "
+        "process of the run stopped. No checkpoint had been saved yet."]
+
+
+@pytest.mark.slow
+def test_a_lost_process_stops_the_others_with_one_line_and_whole_checkpoints(tmp_path):
+    """Process 1 killed in the middle of training, after a checkpoint: process 0 says so in one line, status 1,
+    at once (not JAX's abort a minute and a half later), naming the last whole checkpoint, from which the run
+    resumes. Checkpoints far apart and no evaluation: the kill lands in a step's collective, not in a
+    checkpoint's barrier (where JAX's own heartbeat timeout still decides)."""
+    text, env = write_text(tmp_path), environment()
+    out = tmp_path / "run"
+    flags = ["--checkpoint-every", "300", "--eval-every", "100000"]  # the later flags win
+    procs = start(command(text, out, 100_000) + flags, env, 2)
+    latest = out / "checkpoints" / "latest"
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not (latest.is_dir() and any(p.name.isdigit() for p in latest.iterdir())):
+            assert time.monotonic() < deadline and procs[0].poll() is None, "no checkpoint was written"
+            time.sleep(0.2)
+        time.sleep(0.5)  # on into the steps after the checkpoint
+        procs[1].kill()
+        killed = time.monotonic()
+        _, err = procs[0].communicate(timeout=60)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.communicate()
+    assert procs[0].returncode == 1 and time.monotonic() - killed < 30, (procs[0].returncode, err[-2000:])
+    (line,) = err.splitlines()
+    assert line.startswith("jaxrnn train char-lm: error: process 0 of 2: a step failed (") and (
+        "most likely because another process of the run stopped. The last whole checkpoint is step " in line
+        and "rerun the same command with --resume" in line), line
+    step = int(line.split("The last whole checkpoint is step ")[1].split()[0])
+    (_, printed, _), = run(command(text, out, step + 2) + ["--resume"], env)
+    assert printed.startswith(f"resumed from step {step} ")

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 import jaxrnn
 from jaxrnn import diagnostics, training
-from jaxrnn.checkpoints import CheckpointError, Checkpoints
+from jaxrnn.checkpoints import CheckpointError, Checkpoints, first_line
 from jaxrnn.programs.arguments import UsageError, nonnegative_float, nonnegative_int, positive_float, positive_int, rate
 from jaxrnn.programs.data import CORPORA, DOCUMENT_SEPARATOR, Corpus, CorpusError, load_corpus
 from jaxrnn.programs.runlog import NoLog, RunLog, atomic_write_text
@@ -377,6 +377,14 @@ def _from_process_0(value: float) -> float:
     return float(np.asarray(words, np.uint32).view(np.float64)[0])
 
 
+class PeerLost(RuntimeError):
+    """A multi-process run lost one of its processes. Its checkpoints before that are whole; the process
+    that raises this cannot shut JAX's distributed runtime down (that waits for the lost one), so
+    ``jaxrnn train`` leaves at once after saying so (:func:`jaxrnn.programs.cli.run_command`)."""
+
+    leave_at_once = True
+
+
 def _place(state: training.TrainState, mesh) -> training.TrainState:
     """The train state over the processes' mesh: everything replicated, but the carry, (L, B, H) per
     leaf, sharded by rows as the batch is."""
@@ -475,12 +483,29 @@ def train(args) -> dict:
         log = RunLog(out) if primary else NoLog()
         try:
             result = _train_loop(args, lm, corpus, state, start, optimizer, lr_at, batch_at, val_chunks, ckpt, log)
+        except jax.errors.JaxRuntimeError as e:
+            if not multi:
+                raise
+            # Most likely a collective failed because another process stopped (or its host went away). Nothing
+            # can be finished with the others (a checkpoint being written waits for them at its barrier): say
+            # so, name the last checkpoint written whole, and go.
+            steps = ckpt.finished_steps()
+            raise PeerLost(f"process {jax.process_index()} of {jax.process_count()}: a step failed "
+                           f"({first_line(e, 200)}), most likely because another process of the run stopped. "
+                           + (f"The last whole checkpoint is step {steps[-1]} in {ckpt_dir}: rerun the same "
+                              "command with --resume, on any number of processes." if steps
+                              else "No checkpoint had been saved yet.")) from None
         except training.DivergenceError as e:
             with contextlib.suppress(CheckpointError):  # name only a checkpoint that was written whole
                 ckpt.wait()
             steps = ckpt.steps()
             last = f"The last, step {steps[-1]} in {ckpt_dir}, is kept." if steps else "(None had been saved yet.)"
             raise training.DivergenceError(f"{e} {last}") from None
+    except PeerLost:
+        if log is not None:
+            with contextlib.suppress(Exception):  # the first error is the one to report
+                log.close()
+        raise
     except BaseException:
         # Finish the checkpoint being written (nothing lost), but report the first error, not one
         # that closing raises after it (a full disk fails both).

@@ -20,6 +20,9 @@ compilation included).
 
     python benchmarks/charlm_reference.py --texts tinyshakespeare python-stdlib python-docs \\
         --cells lstm gru --layers 1 2 --steps 1000 --lr 3e-3 --clip 1
+
+``--seeds 0 1 2`` trains every configuration once per seed and adds a table of
+the means and ranges, to tell a difference between the sides from one between seeds.
 """
 
 from __future__ import annotations
@@ -142,6 +145,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=positive_float, help="both sides (default: jaxrnn's)")
     p.add_argument("--clip", type=nonnegative_float, help="global-norm clip, both sides (default: jaxrnn's)")
     p.add_argument("--seed", type=int, help="both sides (default: jaxrnn's)")
+    p.add_argument("--seeds", type=int, nargs="+",
+                   help="train each configuration once per seed, both sides, and add a table of their means and "
+                        "ranges (instead of --seed)")
     p.add_argument("--max-chars", type=positive_int, help="cap on the texts, both sides (default: jaxrnn's)")
     p.add_argument("--jaxrnn-flags", default="",
                    help="more flags for jaxrnn's side only (what the reference has no counterpart of, e.g. "
@@ -152,10 +158,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
+    if args.seeds and args.seed is not None:
+        raise UsageError("--seed and --seeds: give one of them")
+    if args.seeds and len(set(args.seeds)) < len(args.seeds):
+        raise UsageError(f"--seeds {' '.join(map(str, args.seeds))}: each seed once")
     folder = outputs.run_folder("charlm-reference", args.out)
     assert all(char_lm.RUN_SETTINGS[k] == v for k, v in FIXED.items()), "the reference's fixed recipe is not jaxrnn's"
     given = {k: getattr(args, k) for k in RECIPE}
     recipe = {k: char_lm.RUN_SETTINGS[k] if v is None else v for k, v in given.items()}
+    seeds = args.seeds or [recipe["seed"]]
+    if args.seeds:
+        recipe["seed"] = None  # one per run: saved["seeds"]
     results = []
     for text in args.texts:
         try:
@@ -164,39 +177,59 @@ def run(args: argparse.Namespace) -> dict:
             raise UsageError(str(e)) from None
         for cell in args.cells:
             for layers in args.layers:
-                row = {"text": text, "chars": len(corpus.text), "cell": cell, "layers": layers}
-                name = f"{text}-{cell}-{layers}"
-                if "jaxrnn" in args.sides:
-                    row["jaxrnn"] = train_jaxrnn(text, folder / name, cell=cell, layers=layers,
-                                                 hidden_size=args.hidden_size, steps=args.steps,
-                                                 eval_every=args.eval_every, data_dir=args.data_dir,
-                                                 recipe=given, extra=args.jaxrnn_flags.split())
-                if "torch" in args.sides:
-                    row["torch"] = train_torch(corpus, cell=cell, layers=layers, hidden_size=args.hidden_size,
-                                               steps=args.steps, eval_every=args.eval_every,
-                                               **{k: v for k, v in recipe.items() if k != "max_chars"})
-                results.append(row)
-                print(json.dumps(row, default=str), flush=True)
-    saved = {"recipe": recipe, "hidden_size": args.hidden_size, "steps": args.steps, "jaxrnn_flags": args.jaxrnn_flags,
-             "machine": speed.describe_machine(), "versions": speed.versions(), "results": results}
+                for seed in seeds:
+                    row = {"text": text, "chars": len(corpus.text), "cell": cell, "layers": layers, "seed": seed}
+                    name = f"{text}-{cell}-{layers}" + (f"-seed{seed}" if args.seeds else "")
+                    if "jaxrnn" in args.sides:
+                        row["jaxrnn"] = train_jaxrnn(text, folder / name, cell=cell, layers=layers,
+                                                     hidden_size=args.hidden_size, steps=args.steps,
+                                                     eval_every=args.eval_every, data_dir=args.data_dir,
+                                                     recipe=given | {"seed": seed}, extra=args.jaxrnn_flags.split())
+                    if "torch" in args.sides:
+                        row["torch"] = train_torch(corpus, cell=cell, layers=layers, hidden_size=args.hidden_size,
+                                                   steps=args.steps, eval_every=args.eval_every,
+                                                   **{k: v for k, v in recipe.items() if k != "max_chars"} | {"seed": seed})
+                    results.append(row)
+                    print(json.dumps(row, default=str), flush=True)
+    saved = {"recipe": recipe, "seeds": seeds, "hidden_size": args.hidden_size, "steps": args.steps,
+             "jaxrnn_flags": args.jaxrnn_flags, "machine": speed.describe_machine(), "versions": speed.versions(),
+             "results": results}
     outputs.write_outputs(folder, render(saved), saved)
     return saved
 
 
 def render(saved: dict) -> str:
-    """The comparison table: bpc and seconds per step each side, and their ratios (jaxrnn / torch)."""
+    """The comparison table: bpc and seconds per step each side, and their ratios (jaxrnn / torch); with
+    several seeds, a row per seed, then each configuration's mean bpc, its range, and the ratio of the means."""
+    several = len(saved.get("seeds", ())) > 1
     rows = []
     for r in saved["results"]:
         j, t = r.get("jaxrnn"), r.get("torch")
         fmt = lambda side, key, spec: format(side[key], spec) if side else "-"
-        rows.append([r["text"], r["cell"], r["layers"], fmt(j, "val_bpc", ".3f"), fmt(t, "val_bpc", ".3f"),
+        rows.append([r["text"], r["cell"], r["layers"], *([r["seed"]] if several else []),
+                     fmt(j, "val_bpc", ".3f"), fmt(t, "val_bpc", ".3f"),
                      f"{j['val_bpc'] / t['val_bpc']:.3f}" if j and t else "-",
                      fmt(j, "s_per_step", ".4f"), fmt(t, "s_per_step", ".4f"),
                      f"{j['s_per_step'] / t['s_per_step']:.2f}" if j and t else "-",
                      fmt(j, "wall_s", ".0f"), fmt(t, "wall_s", ".0f")])
-    header = ["text", "cell", "layers", "jaxrnn bpc", "torch bpc", "bpc ratio", "jaxrnn s/step", "torch s/step",
-              "step time ratio", "jaxrnn wall s", "torch wall s"]
-    return outputs.markdown_table(header, rows)
+    header = ["text", "cell", "layers", *(["seed"] if several else []), "jaxrnn bpc", "torch bpc", "bpc ratio",
+              "jaxrnn s/step", "torch s/step", "step time ratio", "jaxrnn wall s", "torch wall s"]
+    table = outputs.markdown_table(header, rows)
+    if not several:
+        return table
+    configs: dict[tuple, dict[str, list[float]]] = {}
+    for r in saved["results"]:
+        by_side = configs.setdefault((r["text"], r["cell"], r["layers"]), {"jaxrnn": [], "torch": []})
+        for side in by_side:
+            if r.get(side):
+                by_side[side].append(r[side]["val_bpc"])
+    spread = lambda v: f"{np.mean(v):.3f} ({min(v):.3f}-{max(v):.3f})" if v else "-"
+    means = [[*config, len(sides["jaxrnn"] or sides["torch"]), spread(sides["jaxrnn"]), spread(sides["torch"]),
+              f"{np.mean(sides['jaxrnn']) / np.mean(sides['torch']):.3f}" if sides["jaxrnn"] and sides["torch"] else "-"]
+             for config, sides in configs.items()]
+    return table + "\n" + outputs.markdown_table(
+        ["text", "cell", "layers", "seeds", "jaxrnn bpc, mean (range)", "torch bpc, mean (range)",
+         "ratio of the means"], means)
 
 
 def main(argv=None) -> dict:

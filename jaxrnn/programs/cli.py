@@ -18,6 +18,7 @@ what it would say at length, the one-line errors and notices say.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from jaxrnn.programs.arguments import ArgumentParser, HelpFormatter, UsageError
@@ -40,9 +41,10 @@ def missing_programs_extra() -> list[str]:
 def _run_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean a run started and failed: status 1, one line."""
     from jaxrnn.checkpoints import CheckpointError
+    from jaxrnn.programs.char_lm import PeerLost
     from jaxrnn.training import DivergenceError
 
-    return DivergenceError, CheckpointError
+    return DivergenceError, CheckpointError, PeerLost
 
 
 def build_parser() -> ArgumentParser:
@@ -97,6 +99,10 @@ def run_command(prog: str, func, args):
         sys.exit(2)
     except _run_errors() as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
+        if getattr(e, "leave_at_once", False):
+            sys.stderr.flush()
+            sys.stdout.flush()
+            os._exit(1)  # JAX's distributed shutdown would wait for the lost process, then abort
         sys.exit(1)
 
 
