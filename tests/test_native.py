@@ -626,9 +626,9 @@ def test_the_avx2_build_compiles_from_source_and_gives_the_same_bits(tmp_path, c
     """One source for every vector width, and every build rounds alike: the AVX2 build (JAXRNN_NATIVE_ISA=avx2)
     gives this process's bits (on an AVX-512 machine, the AVX-512 build's), values and gradients, NaN at the
     same places. ``JAXRNN_NATIVE_ISA=avx2 pytest tests/test_native.py`` runs every other test on that build.
-    By default one case (the masked reversed batch) of the LSTM, the GRU and the tanh cell; ``-m slow`` all of
-    BITS_CASES, and the vanilla cell's relu and identity too."""
-    kinds = ("lstm", "gru", "vanilla") if cases == 1 else ("lstm", "gru", *VANILLAS)  # relu, identity: -m slow
+    By default one case (the masked reversed batch) of the LSTM (four slots a unit) and the tanh cell (one);
+    ``-m slow`` all of BITS_CASES, of the GRU and the vanilla cell's relu and identity too."""
+    kinds = ("lstm", "vanilla") if cases == 1 else ("lstm", "gru", *VANILLAS)  # the GRU, relu, identity: -m slow
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_native as t; "
             f"from jaxrnn import native; print(native.isa(), native.unavailable_reason()); "
             + "; ".join(f"t._bits({kind!r}, {str(tmp_path / kind)!r}, {cases})" for kind in kinds))
