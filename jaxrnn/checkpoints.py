@@ -279,7 +279,8 @@ class Checkpoints:
     def finished_steps(self) -> list[int]:
         """The periodic checkpoints' steps written whole, without waiting for the one being written: those on
         disk (orbax writes each into a temporary folder and renames it when done)."""
-        return sorted(int(p.name) for p in pathlib.Path(self.latest.directory).iterdir() if p.name.isdigit() and p.is_dir())
+        folder = pathlib.Path(self.latest.directory)
+        return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir()) if folder.is_dir() else []
 
     @staticmethod
     def _wait(manager: ocp.CheckpointManager) -> None:

@@ -319,3 +319,15 @@ def test_runlog_after_a_line_cut_short_by_a_crash_loses_nothing_more(tmp_path):
     log.write(2, {"loss": 1.5})  # the resumed run logs step 2 again
     log.close()
     assert read_metrics(tmp_path) == {1: {"step": 1, "loss": 2.0}, 2: {"step": 2, "loss": 1.5}}
+
+
+def test_finished_steps_lists_the_checkpoints_written_whole_without_waiting(tmp_path):
+    """What a process that lost its peers names (char_lm.PeerLost): the steps on disk, not one orbax has
+    started to write (it lists that one in all_steps at once, and writes it into a temporary folder)."""
+    ckpt = Checkpoints(tmp_path)
+    assert ckpt.finished_steps() == []
+    ckpt.save(3, {"w": jnp.ones(2)})
+    ckpt.wait()
+    (tmp_path / "checkpoints" / "latest" / "6.orbax-checkpoint-tmp-1").mkdir()  # a write cut short
+    assert ckpt.finished_steps() == [3]
+    ckpt.close()
