@@ -202,8 +202,8 @@ def isa() -> str | None:
 # activation a step, is the cheapest: its kernels beat it from 16 rows over 32 steps, and at 12 rows over 100
 # (the small layout, by a quarter at H = 64, level at 256); at 8 rows they won by less than this machine's
 # spread, which does not pay for giving up forward-mode derivatives there. Measured on tanh; relu and the
-# identity, timed at 32 rows, took the same rule (benchmarks/vanilla_activations.py). kernel="native" runs
-# any call.
+# identity, timed at 32 rows (benchmarks/variants.py --activation), took the same rule. kernel="native"
+# runs any call.
 AUTO = {"lstm": ((8, 1), (1, 32)), "gru": ((16, 1),), "vanilla": ((16, 32), (12, 100))}
 
 
