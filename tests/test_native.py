@@ -211,6 +211,11 @@ MASKED = [
     ("vanilla:relu", 8, 37, 5, 130, "lengths+resets", False, True, 5),
     ("vanilla:identity", 3, 37, 4, 7, "lengths", False, True, 5),
     ("vanilla:identity", 33, 2, 3, 1, "resets", True, False, None),
+    # The weight gradients' chunks of steps (dw_chunk): the small layout's ring of two chunks reused (B = 4:
+    # chunks of 64 steps, three of them), and checkpointed calls from step 5 on, each over chunks of 7 steps
+    # (B = 33), H = 40 a strip's tail, the GRU's W_h from dG's slots 0, 1 and 3.
+    ("lstm", 4, 150, 3, 9, "lengths+resets", False, False, None),
+    ("gru", 33, 37, 3, 40, "lengths", False, True, 16),
 ]
 
 
@@ -274,9 +279,9 @@ def test_masks_with_nan_and_inf_and_odd_lengths_as_in_the_xla_loop(kind, case):
 # The small-batch layout against the wide one, each forced for every call (native.forced_layout): (kind, B, T, I, H,
 # masks, reverse, time_major, checkpoint_every, MASKED_SPECIALS case or None). Batches of 1 to 8, and 17 (a
 # second row in a lane of the bias gradient's sums); H of 1, 7, 9, 17 and 33 (a short 16-unit vector, two
-# shares); T of 1, 2, 37 and 70, in chunks of 5 and 6 too. Each costs about a second, mostly making its inputs: five by
-# default (chunks, NaN and inf, the small layout's widest batch, three blocks of W_i rows, the vanilla cell's
-# tiles), all with -m slow.
+# shares); T of 1, 2, 37, 70 and 100, in chunks of 5 and 6 too. Each costs about a second, mostly making its inputs:
+# six by default (chunks, NaN and inf, the small layout's widest batch, three blocks of W_i rows, the vanilla
+# cell's tiles, the weight gradients' ring reused), all with -m slow.
 LAYOUT_CASES = [
     ("lstm", 1, 37, 2, 7, "lengths+resets", True, True, 5, None),
     ("gru", 2, 37, 3, 33, "lengths+resets", False, False, 6, "nan-in-w_i"),
@@ -290,12 +295,14 @@ LAYOUT_CASES = [
     # The vanilla cell: forward tiles of 4 groups of 16 units and of one (H = 130: 9 groups, two shares), and
     # in the wide layout 8-unit tiles and a tail of 2 units, one at a time.
     ("vanilla", 3, 37, 5, 130, "lengths+resets", True, True, 6, "inf-in-w_h"),
+    # The weight gradients' chunks (dw_chunk: 32 steps at B = 8): four, the ring's two halves each used twice.
+    ("lstm", 8, 100, 5, 9, "lengths+resets", False, False, None, None),
 ]
 
 
 @needs_kernel
-@pytest.mark.parametrize("picked", [(0, 1, 4, 6, 8), pytest.param(range(len(LAYOUT_CASES)), marks=pytest.mark.slow)],
-                         ids=["five-cases", "every-case"])
+@pytest.mark.parametrize("picked", [(0, 1, 4, 6, 8, 9), pytest.param(range(len(LAYOUT_CASES)), marks=pytest.mark.slow)],
+                         ids=["six-cases", "every-case"])
 def test_the_small_batch_layout_gives_the_wide_layouts_bits(monkeypatch, request, picked):
     def inputs(kind, B, T, I, H, masks, reverse, time_major, chunk, special):
         _, params, xs, carry, lengths, resets = masked_setup(kind, B, T, I, H, masks)
@@ -381,10 +388,12 @@ def test_native_checkpointed_chunks_equal_one_call(kind, chunk, time_major):
 
 
 @needs_kernel
-def test_native_checkpointed_memory_is_one_chunk_and_a_piece(monkeypatch):
+def test_native_checkpointed_memory_is_one_chunk(monkeypatch):
     # Temp memory of a gradient at T = 400, B = 16, I = H = 32, checkpointed in chunks of 100 and of 400 (one
-    # chunk, kept from the forward pass), against the default's. dG is the (T, B, 4H) buffer that the default
-    # holds whole and the pieces of 100 steps hold a quarter of at a time.
+    # chunk, kept from the forward pass), against the default's: the default holds the kept activations
+    # (T, 5H, 16), the step operands (T, B, I + H) and at most two (T, B, H) arrays, no (T, B, 4H) gate
+    # gradients (the kernel adds the weight gradients from a ring of its own); the kept activations are held
+    # once, not twice, with one chunk, and a quarter of them with chunks of 100.
     monkeypatch.setattr(native, "PIECE_STEPS", 100)
     T, B, H = 400, 16, 32
     cell, params, xs, carry = setup(B, T, H, H)
@@ -393,9 +402,10 @@ def test_native_checkpointed_memory_is_one_chunk_and_a_piece(monkeypatch):
         loss = lambda p, x: jnp.sum(jaxrnn.scan(cell, p, x, checkpoint_every=chunk, kernel="native")[0] ** 2)
         compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, xs).compile()
         temp[chunk] = compiled.memory_analysis().temp_size_in_bytes
-    dg = T * B * 4 * H * 4
-    assert temp[T] < temp[None] - dg / 2  # the kept chunk is not held twice, and its dG is held a piece at a time
-    assert temp[100] < temp[T] - dg / 2  # a quarter of the sequence's activations
+    kept, operands, sequence = T * 5 * H * B * 4, T * B * 2 * H * 4, T * B * H * 4
+    assert temp[None] < kept + operands + 2 * sequence
+    assert temp[T] < temp[None] + kept / 2
+    assert temp[100] < temp[T] - kept / 2
 
 
 @needs_kernel
@@ -412,8 +422,9 @@ def test_check_grads_on_the_native_vjp(kind):
 @pytest.mark.parametrize("helpers", ["threads", "pool"])
 def test_native_results_do_not_depend_on_the_threads(monkeypatch, helpers, kind, B, H):
     """Both layouts (16 rows: wide; 3: small), with either kind of helper thread (the call's own, XLA's pool);
-    the vanilla cell's small-layout tiles of 4 groups of 16 units, in each of two threads' shares of 130 units."""
-    cell, params, xs, carry, lengths, resets = masked_setup(kind, B, 5, 4, H, "lengths+resets")
+    the vanilla cell's small-layout tiles of 4 groups of 16 units, in each of two threads' shares of 130 units;
+    20 steps: the wide layout's weight gradients in two chunks of 16 (the first sets, the second adds)."""
+    cell, params, xs, carry, lengths, resets = masked_setup(kind, B, 20, 4, H, "lengths+resets")
     xs = jnp.nan_to_num(xs)
     monkeypatch.setenv("JAXRNN_NATIVE_HELPERS", helpers)
     runs = []
@@ -650,14 +661,6 @@ def test_kernel_parts_benchmark_times_every_piece():
     from jaxrnn.programs import kernel_parts
 
     ms = kernel_parts.parts("gru", B=16, T=3, H=16, repeats=1)
-    assert set(ms) == {"forward", "forward, keeping", "backward", "weight-gradient matmul", "whole fwd+bwd",
-                       "backward loop (backward - matmul)"}
-    assert all(v > 0 for name, v in ms.items() if name != "backward loop (backward - matmul)")
-    assert ms["backward loop (backward - matmul)"] == ms["backward"] - ms["weight-gradient matmul"]
-
-
-def test_weight_gradient_is_the_sum_over_steps_of_operand_times_dg():
-    operands = random_inputs(jax.random.key(0), 3, 4, 5)  # (B, T, I+H)
-    dg = random_inputs(jax.random.key(1), 3, 4, 8)  # (B, T, 4H)
-    want = sum(np.outer(operands[b, t], dg[b, t]) for b in range(3) for t in range(4))
-    np.testing.assert_allclose(native.weight_gradient(operands, dg), want, atol=1e-5)
+    assert set(ms) == {"forward", "forward, keeping", "backward", "XLA's matmul of the weight gradients' shapes",
+                       "whole fwd+bwd"}
+    assert all(v > 0 for v in ms.values())

@@ -28,9 +28,10 @@ them for less than this CPU has, to test or time those builds on it:
 unset or ``native``, everything this CPU has.
 
 Differentiable (a custom VJP: the kernel's backward loop produces the gate
-gradients ``dG`` and, from the same pass over them, the input gradients; the
-weight gradients are then one large matmul, as cuDNN does), jit-able and
-vmap-able (sequentially); not differentiable twice.
+gradients ``dG`` and, from the same pass over them, the input gradients, and
+adds the weight gradients a chunk of steps at a time, each chunk one product
+as cuDNN's after its loop), jit-able and vmap-able (sequentially); not
+differentiable twice.
 
 Example::
 
@@ -365,21 +366,11 @@ def forward_call(kind, x, carry, w, batch_major: bool, keep: bool, in_loop: bool
     return ys, tuple(rest[: len(carry)]), *rest[len(carry) :]
 
 
-def weight_gradient(operands, dg):
-    """``[W_i; W_h]``'s gradient, (I+H, S H), from every step's matmul operand ``[x_t, h_{t-1}]`` and ``dG_t``
-    (S: the kind's slots, :func:`blocks`).
-
-    cuDNN's split, as in jaxrnn.unroll: one (I+H, T*B) x (T*B, S H) product after
-    the loop. Written as a 2-D matmul, which ran faster than the same
-    contraction as an einsum over (t, b) (docs/kernels.md). Either layout
-    works: operands and dG list (t, b) in one order.
-    """
-    return operands.reshape(-1, operands.shape[-1]).T @ dg.reshape(-1, dg.shape[-1])
-
-
 def backward_call(kind, kept, operands, w, d_ys, d_carry, batch_major: bool, in_loop: bool = False, start=0,
                   masks: Masks | None = None):
-    """The backward kernel's loop (which also gives the input gradient), then the weight gradients as one matmul.
+    """The backward kernel: its loop (which also gives the input gradient) and the weight gradients, from
+    each step's ``dG`` and the matmul operands ``[x_t, h_{t-1}]`` the forward call kept, a chunk of steps
+    at a time inside the call (docs/kernels.md).
 
     The raw call under :func:`unroll`'s derivative, public as :func:`forward_call` is.
 
@@ -391,27 +382,23 @@ def backward_call(kind, kept, operands, w, d_ys, d_carry, batch_major: bool, in_
     m = masks_for(d_carry) if masks is None else masks
     B, H = d_carry[0].shape
     w_i, w_h = w[0], w[1]
-    I = w_i.shape[0]
     rows = _rows(batch_major, B, kept.shape[0])
     initial = tuple(_f32(*v.shape) for v in m.initial)
     S = blocks(kind)[0]
-    outs = (_f32(*rows, S * H), _f32(*rows, I), *(_f32(B, H) for _ in d_carry), *initial, _f32(S * H))
+    outs = (_f32(*rows, w_i.shape[0]), *(_f32(B, H) for _ in d_carry), *initial, _f32(*w_i.shape),
+            _f32(*w_h.shape), _f32(S * H))
     cell, attributes = _split(kind)
     call = jax.ffi.ffi_call(f"jaxrnn_{cell}_backward", outs, vmap_method="sequential")
-    dg, d_x, *rest, d_sum = call(
-        kept, w_i, w_h, d_ys, jnp.asarray(start, jnp.int32), *d_carry, m.lengths, m.resets,
+    d_x, *rest, d_w_i, d_w_h, d_sum = call(
+        kept, operands, w_i, w_h, d_ys, jnp.asarray(start, jnp.int32), *d_carry, m.lengths, m.resets,
         threads=np.int64(threads()), pooled=pooled(in_loop), batch_major=batch_major, small=kept.ndim == 4,
         **attributes,
     )
     d_carry0, d_initial = tuple(rest[: len(d_carry)]), tuple(rest[len(d_carry) :])
-    d_w = weight_gradient(operands, dg)
-    if cell != "gru":  # dG's slots are the gates, for W_i, W_h and b alike
-        return d_x, d_carry0, (d_w[:I], d_w[I:], d_sum), d_initial
-    # The GRU's dG holds d r, d z, d(x W_in) and d(h W_hn): W_i's gradient takes
-    # the first three, W_h's the first two and the last. One product over all
-    # four costs a third more flops than two exact ones, and no copies of dG.
-    d_w_h = jnp.concatenate([d_w[I:, : 2 * H], d_w[I:, 3 * H :]], axis=1)
-    return d_x, d_carry0, (d_w[:I, : 3 * H], d_w_h, d_sum[: 3 * H], d_sum[3 * H :]), d_initial
+    if cell != "gru":  # dG's slots are the gates, for b as for W_i and W_h
+        return d_x, d_carry0, (d_w_i, d_w_h, d_sum), d_initial
+    # The GRU's dG holds d r, d z, d(x W_in) and d(h W_hn): b takes the first three, b_hn the last.
+    return d_x, d_carry0, (d_w_i, d_w_h, d_sum[: 3 * H], d_sum[3 * H :]), d_initial
 
 
 def _masks_cotangent(m: Masks, d_initial: tuple) -> Masks:
@@ -462,10 +449,10 @@ _unroll.defvjp(_unroll_fwd, _unroll_bwd)
 
 
 # A chunk's activations are kept in calls of at most this many steps, each
-# with its own gradient buffers for the backward pass (dG, S H floats per step
-# and row for a cell of S slots, and d x), so those buffers are a piece's, not a whole chunk's. Each piece
-# costs a little time, which is why short chunks are not cut up (the measured
-# trade-off: docs/performance.md, checkpoint_every).
+# with its own gradient buffer for the backward pass (d x), so that buffer is a
+# piece's, not a whole chunk's. Each piece costs a little time, which is why
+# short chunks are not cut up (the measured trade-off: docs/performance.md,
+# checkpoint_every).
 PIECE_STEPS = 250
 
 

@@ -40,8 +40,9 @@
 //
 // The backward pass mirrors it: per step, each share turns d h_t (and the
 // LSTM's d c_t) and the kept gate activations of its units into the gate pre-activation
-// gradients dG_t (written out for the weight gradients, which JAX computes
-// afterwards as one large matmul), then, once every share's dG_t is there,
+// gradients dG_t (into a ring of two chunks of steps, from which each share
+// adds a whole chunk's weight gradients at once: WeightGradient), then, once
+// every share's dG_t is there,
 // computes its units' part of d h_{t-1} = dG_t W_h^T and its share of
 // d x_t = dG_t W_i^T, and goes straight on to its units' dG_{t-1}: one
 // exchange per step, as forward.
@@ -227,24 +228,6 @@ JAXRNN_INLINE void store_first(float* p, V v) {
     if ((i + 1) * kWidth <= N) *reinterpret_cast<Unaligned*>(p + i * kWidth) = v.p[i];
     else if (i * kWidth < N) std::memcpy(p + i * kWidth, &v.p[i], sizeof(float) * (N - i * kWidth));
   }
-}
-
-// A store around the caches (p 64-byte aligned); stream_fence() orders them before what follows.
-JAXRNN_INLINE void stream(float* p, V v) {
-#if defined(__AVX512F__)
-  _mm512_stream_ps(p, v.p[0]);
-#elif defined(__AVX__)
-  for (int i = 0; i < kParts; ++i) _mm256_stream_ps(p + i * kWidth, v.p[i]);
-#elif defined(__SSE__)
-  for (int i = 0; i < kParts; ++i) _mm_stream_ps(p + i * kWidth, v.p[i]);
-#else
-  store(p, v);
-#endif
-}
-JAXRNN_INLINE void stream_fence() {
-#if defined(__SSE__)
-  _mm_sfence();
-#endif
 }
 
 // v from here on in registers: GCC would rather fold its loads into each FMA
@@ -1000,22 +983,161 @@ inline void pack_rows(const float* const* row, int R, int GH, float* block, int 
   }
 }
 
+// ------------------------------------------------------ weight gradients ----
+//
+// [W_i; W_h]'s gradient is the sum over steps and batch rows of [x_t, h_{t-1}]^T dG_t, one product after
+// the recurrence as in cuDNN, which the backward call computes itself, a chunk of steps at a time. Its
+// loop writes each step's dG rows into a ring of two chunks (DgRing). The loop runs backwards in time, so
+// chunk c's rows are all out once the phase of step t = c steps (its lowest) begins; in that phase each
+// share adds the chunk's product into its part of d W_i and d W_h, while gates(t - 1) starts chunk c - 1 in
+// the other half. Against dG as an output of the call with XLA's matmul after it: the rows are read back
+// from cache, not memory, and the call asks XLA for no T B S H floats of dG, which alone put an LSTM
+// training step's temp buffer at B = 32, T = 100, H = 256 over glibc's 32 MiB mmap threshold (13 of its
+// 39 MB), so that it was mapped and zeroed afresh on every call (docs/kernels.md has the figures). d W_i
+// takes dG's slots kXSlot and d W_h its slots kHSlot: one exact product each, where one product over the
+// GRU's four slots cost a third more.
+//
+// Each element of d W is one chain of FMAs, chunk by chunk from the last steps' down, within a chunk step
+// by step and row by row, whichever thread or tile computes it; both layouts chunk alike (dw_chunk), so
+// that they give the same bits here as everywhere else.
+
+// The small layout's chunk of steps for d x_t (and x_t W_i forward): about 64 rows of dG (or x).
+inline int x_chunk(int B) { return std::max(1, 64 / B); }
+
+// Steps per chunk of the weight gradients: about 256 rows of dG (a d W tile is loaded and stored once a
+// chunk, for 256 FMAs a register: under 1% of its work; not tuned further), and a whole number of
+// x_chunk(B), so that the small layout's d x_t chunks lie inside one.
+inline int dw_chunk(int B) {
+  B = std::max(B, 1);  // an empty batch: chunks of no rows, which set d W to zeros
+  const int x = x_chunk(B);
+  return x * std::max(1, 256 / (x * B));
+}
+
+// dG's rows, a chunk of `steps` steps at a time: step t's in half (t / steps) % 2.
+struct DgRing {
+  float* data;
+  int steps, B;
+  int64_t width;  // S H floats a row
+  // Floats for a call of T steps: two chunks, or T steps if fewer (the rows row() reaches).
+  static int64_t floats(int T, int B, int64_t width) {
+    return std::min<int64_t>(T, 2 * int64_t{dw_chunk(B)}) * B * width;
+  }
+  float* row(int t, int b) const {
+    const int64_t half = (t / steps) % 2;
+    return data + ((half * steps + t % steps) * B + b) * width;
+  }
+};
+
+// Tiles of d W: kDwRows rows by kDwVectors vectors of 16 columns (AVX-512: 24 of 32 registers of
+// accumulators; AVX2: 12 of 16). The shares split strips of kDwVectors vectors by blocks of kDwBlock rows.
+constexpr int kDwRows = 6;
+constexpr int kDwVectors = kWideRegisters ? 4 : 1;
+constexpr int kDwBlock = 8 * kDwRows;
+
+template <class Cell>
+struct WeightGradient {
+  static constexpr int G = Cell::kGates;
+  static constexpr int kStrip = 16 * kDwVectors;  // columns of a tile
+  int T, B, I, H;
+  Rows rows;               // of the operands (the backward call's `out`)
+  const float* operands;   // [x_t, h_{t-1}] rows of I + H floats, as the forward call kept them
+  DgRing ring;
+  float *dw_i, *dw_h;      // (I, G H), (H, G H)
+
+  // `ring` holds DgRing::floats(T, B, S H) floats. A call of no steps has no chunk: d W is zero.
+  WeightGradient(int T, int B, Rows rows, int I, int H, const float* operands, float* ring, float* dw_i,
+                 float* dw_h)
+      : T(T), B(B), I(I), H(H), rows(rows), operands(operands), ring{ring, dw_chunk(B), B, int64_t{Cell::kSlots} * H},
+        dw_i(dw_i), dw_h(dw_h) {
+    if (T == 0) {
+      std::fill(dw_i, dw_i + int64_t{I} * G * H, 0.f);
+      std::fill(dw_h, dw_h + int64_t{H} * G * H, 0.f);
+    }
+  }
+
+  int per_gate() const { return (H + kStrip - 1) / kStrip; }    // strips of a gate's block of H columns
+  int x_blocks() const { return (I + kDwBlock - 1) / kDwBlock; }
+  int blocks() const { return x_blocks() + (H + kDwBlock - 1) / kDwBlock; }  // of W_i's rows, then W_h's
+
+  // The backward loop's phase of step t, share j of n: the chunk starting at t, if one does.
+  void phase(int t, int j, int n) const {
+    if (t % ring.steps != 0) return;
+    const int t1 = std::min(T, t + ring.steps);
+    const Range mine = share(G * per_gate() * blocks(), j, n);  // strip-major: a share's strips keep their dG
+    for (int u = mine.lo; u < mine.hi; ++u) {
+      const int strip = u / blocks(), block = u % blocks();
+      const int gate = strip / per_gate(), c0 = strip % per_gate() * kStrip, cols = std::min(kStrip, H - c0);
+      const bool x = block < x_blocks();
+      const int r0 = (x ? block : block - x_blocks()) * kDwBlock, r1 = std::min(x ? I : H, r0 + kDwBlock);
+      const int64_t col = int64_t{x ? Cell::kXSlot[gate] : Cell::kHSlot[gate]} * H + c0;
+      float* out = (x ? dw_i : dw_h) + int64_t{r0} * G * H + gate * H + c0;
+      part(t, t1, (x ? 0 : I) + r0, r1 - r0, col, out, cols, t1 == T);
+    }
+  }
+
+  // Rows [0, M) of a strip of n columns at `out`, from operand columns [m0, m0 + M) and dG columns from
+  // `col`, over steps [t0, t1): set (`first`: the chunk of the last step, the first computed), else added to.
+  void part(int t0, int t1, int m0, int M, int64_t col, float* out, int n, bool first) const {
+    auto run = [&](auto vectors, auto tail) {
+      for (int r = 0; r < M; r += kDwRows)
+        with_rows<kDwRows>(std::min(kDwRows, M - r), [&](auto R) {
+          tile<decltype(R)::value, decltype(vectors)::value, decltype(tail)::value>(
+              t0, t1, m0 + r, col, out + int64_t{r} * G * H, n, first);
+        });
+    };
+    if (n == kStrip) return run(std::integral_constant<int, kDwVectors>{}, std::false_type{});
+    with_rows<kDwVectors>((n + 15) / 16, [&](auto vectors) { run(vectors, std::true_type{}); });  // a count of vectors
+  }
+
+  template <int R, int NV, bool kTail>
+  void tile(int t0, int t1, int m0, int64_t col, float* out, int n, bool first) const {
+    const int64_t K = I + H, ld = int64_t{G} * H;
+    auto lanes = [n](int s) { return std::min(16, n - 16 * s); };
+    V acc[R][NV];
+    for (int r = 0; r < R; ++r)
+      for (int s = 0; s < NV; ++s)
+        acc[r][s] = first ? zero() : kTail ? load_first(out + r * ld + 16 * s, lanes(s)) : load(out + r * ld + 16 * s);
+    for (int t = t0; t < t1; ++t) {
+      const float* at = operands + rows.at(t) * K + m0;
+      for (int b = 0; b < B; ++b) {
+        const float* a = at + b * rows.b * K;
+        const float* d = ring.row(t, b) + col;
+        V v[NV];
+#pragma GCC unroll 4
+        for (int s = 0; s < NV; ++s) v[s] = kTail ? load_first(d + 16 * s, lanes(s)) : load(d + 16 * s);
+        // Unrolled whole, so that the accumulators stay in registers (GCC otherwise kept them in memory).
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) {
+          const V ar = splat(a[r]);
+#pragma GCC unroll 4
+          for (int s = 0; s < NV; ++s) acc[r][s] = fma(ar, v[s], acc[r][s]);
+        }
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int s = 0; s < NV; ++s) {
+        if (kTail) store_first(out + r * ld + 16 * s, lanes(s), acc[r][s]);
+        else store(out + r * ld + 16 * s, acc[r][s]);
+      }
+  }
+};
+
 template <class Cell>
 struct Backward {
   static constexpr int G = Cell::kGates, S = Cell::kSlots, kKept = Cell::kKept;
   int T, B, I, H, Bp;
-  Rows in, out;     // of dys; of dg and dx
+  Rows in, out;     // of dys; of dx and the operands
   const float *res, *dys;
   const float *w_i, *w_h;
   float* wp;        // [W_i; W_h] packed as (G H, kRows) blocks of rows, see pack()
-  float* dg;        // S H per step: LSTM d(i, f, g, o) pre-activations; GRU d r, d z, d(x W_in), d(h W_hn);
-                    // vanilla d(x W_i + h W_h + b)
+  const WeightGradient<Cell>* dw;  // and its ring of dG rows, S H each: LSTM d(i, f, g, o) pre-activations;
+                                   // GRU d r, d z, d(x W_in), d(h W_hn); vanilla d(x W_i + h W_h + b)
   float* dx;        // I per step
   float* dh;        // (H, Bp): d h_t from step t+1, then d h_{t-1}
   float* dc;        // (H, Bp): LSTM d c_t; GRU the part of d h_{t-1} that bypasses W_h, z d h_t; vanilla unused
   float* dxt;       // (I, Bp): d x_t, feature-major, on its way out
   float* g[2];      // (S H, Bp) twice: dG_t^T, all slots, double-buffered
-  float* db;        // (S H, 16): sums of dg, each lane over its own batch rows (real ones only)
+  float* db;        // (S H, 16): sums of dG, each lane over its own batch rows (real ones only)
   const Masks* m;
   float *dh_init, *dc_init;  // (H, Bp): the initial carry's gradient from the steps that reset to it
 
@@ -1032,11 +1154,9 @@ struct Backward {
 
   // The step's derivative for units [ulo, uhi), given d h_t (its output's
   // cotangent plus what step t+1 sent back). Units go 16 at a time so that
-  // d ys is read, and dg written, through 16 x 16 transposes a row of 16
+  // d ys is read, and dG's rows written, through 16 x 16 transposes a row of 16
   // floats at once: rows are H or S H floats apart, and 16 single-float stores
-  // that far apart land in one L1 set. dg goes out with streaming stores: the
-  // weight gradients read it back from memory anyway (T B S H floats), and
-  // plain stores would first read every line in. The padded batch rows are
+  // that far apart land in one L1 set. The padded batch rows are
   // computed too, and need not be finite (their zero inputs times an infinite
   // weight are NaN): they stay out of the bias gradient, the one sum across
   // lanes; everything else reads them lane by lane and never writes them out.
@@ -1051,8 +1171,8 @@ struct Backward {
   void gates(int t, int ulo, int uhi, float* gt) const {
     const float* r = res + int64_t{t} * kKept * H * Bp;
     const float* dy = dys + in.at(t) * H;
-    float* to = dg + out.at(t) * S * H;
-    const int64_t dy_ld = in.b * H, to_ld = out.b * S * H;
+    float* to = dw->ring.row(t, 0);
+    const int64_t dy_ld = in.b * H, to_ld = int64_t{S} * H;
     V dy_block[16], dg_block[S][16] = {};  // [unit], [slot][unit]: 16 lanes each
     for (int u0 = ulo; u0 < uhi; u0 += 16) {
       const int n = std::min(16, uhi - u0);
@@ -1078,12 +1198,7 @@ struct Backward {
         }
         for (int q = 0; q < S; ++q) {
           float* o = to + b0 * to_ld + q * H + u0;
-          if (n == 16 && reinterpret_cast<uintptr_t>(o) % 64 == 0 && to_ld % 16 == 0) {
-            transpose16(dg_block[q]);
-            for (int l = 0; l < lanes; ++l) stream(o + l * to_ld, dg_block[q][l]);
-          } else {
-            scatter16(dg_block[q], n, lanes, o, to_ld);
-          }
+          scatter16(dg_block[q], n, lanes, o, to_ld);
         }
       }
     }
@@ -1164,7 +1279,8 @@ struct Backward {
   // (every share's, written in phase p - 1), then its units' dG_{t-1} into
   // the other buffer. The input gradient comes out of the same pass over dG_t
   // as d h_{t-1}: as a separate (T B, 4H) x (4H, I) product in XLA it ran at
-  // 80% of this machine's matmul rate.
+  // 80% of this machine's matmul rate. In the phase of a chunk's first step, its
+  // dG all out, the share adds the chunk's weight gradients into its strips.
   void phase(int64_t p, int j, int n) const {
     const Range mine = share((H + kRows - 1) / kRows, j, n), xs = share((I + kRows - 1) / kRows, j, n);
     const int ulo = std::min(H, mine.lo * kRows), uhi = std::min(H, mine.hi * kRows);
@@ -1187,7 +1303,7 @@ struct Backward {
       transpose_out(dxt, Bp, xlo, xhi, B, dx + out.at(t) * I, out.b * I, m->valid_row(t));
     }
     if (t > 0) gates(t - 1, ulo, uhi, g[(t - 1) & 1]);
-    stream_fence();  // the streaming stores of dg, before the phase counts as done
+    if (p > 0) dw->phase(t, j, n);
   }
 };
 
@@ -1239,8 +1355,6 @@ void for_row_tiles(int B, F&& f) {
   for (int b0 = 0; b0 < B; b0 += R) with_rows<R>(std::min(R, B - b0), [&](auto rows) { f(b0, rows); });
 }
 
-// The steps of a chunk (x_part, x_rows): about 64 rows of x, or of dG.
-inline int x_chunk(int B) { return std::max(1, 64 / B); }
 
 template <class Cell>
 struct ForwardSmall {
@@ -1412,11 +1526,12 @@ template <class Cell>
 struct BackwardSmall {
   static constexpr int G = Cell::kGates, S = Cell::kSlots, kKept = Cell::kKept;
   int T, B, I, H;
-  Rows in, out;  // of dys; of dg and dx
+  Rows in, out;  // of dys; of dx and the operands
   const float *res, *dys;
   const float *w_i, *w_h;
   float* wp;        // [W_i; W_h] as (G H, 16) blocks of 16 rows (pack_rows): W_i's, then W_h's (block())
-  float *dg, *dx;   // as Backward's
+  const WeightGradient<Cell>* dw;  // and its ring of dG rows, as Backward's
+  float* dx;
   float *dh, *dc;   // (B, H), as Backward's
   float* g[2];      // (B, S H) twice: dG_t's rows, double-buffered
   float* db;        // (16, S H): lane l sums dG of the rows b with b % 16 = l, as Backward's lanes
@@ -1436,7 +1551,7 @@ struct BackwardSmall {
     }
   }
 
-  // As Backward::gates, a row at a time (no transposes: d ys and dg rows are the vectors' layout).
+  // As Backward::gates, a row at a time (no transposes: d ys and dG rows are the vectors' layout).
   void gates(int t, int ulo, int uhi, float* gt) const {
     if (m->lengths()) gates<true>(t, ulo, uhi, gt);
     else gates<false>(t, ulo, uhi, gt);
@@ -1447,7 +1562,7 @@ struct BackwardSmall {
       const uint16_t live = m->live_row(t, b);
       const float* kept_b = res + (int64_t{t} * B + b) * kKept * H;
       const float* dy = dys + (in.at(t) + b * in.b) * H;
-      float* to = dg + (out.at(t) + b * out.b) * S * H;
+      float* to = dw->ring.row(t, b);
       float* sums = db + int64_t{b % 16} * S * H;
       float* gb = gt + int64_t{b} * S * H;
       for (int u0 = ulo; u0 < uhi; u0 += 16) {
@@ -1520,7 +1635,7 @@ struct BackwardSmall {
     });
   }
 
-  // Blocks [lo, hi) of d x_s's rows for the steps s in [t0, t1), from their dG rows in dg: a chunk of
+  // Blocks [lo, hi) of d x_s's rows for the steps s in [t0, t1), from their dG rows in the ring: a chunk of
   // steps at a time (x_chunk), which reads W_i once per chunk. Zero at padded steps, as Backward's.
   void x_rows(int t0, int t1, int lo, int hi) const {
     const int n_rows = (t1 - t0) * B;  // row i: step t0 + i / B, batch row i % B
@@ -1534,7 +1649,7 @@ struct BackwardSmall {
         uint16_t live[NB];
         for (int r = 0; r < NB; ++r) {
           const int t = t0 + (i0 + r) / B, b = (i0 + r) % B;
-          rows[r] = dg + (out.at(t) + b * out.b) * S * H;
+          rows[r] = dw->ring.row(t, b);
           to[r] = dx + (out.at(t) + b * out.b) * I;
           live[r] = m->live_row(t, b);
           for (int q = 0; q < NR; ++q) acc[q][r] = zero();
@@ -1579,6 +1694,7 @@ struct BackwardSmall {
       if (t % x_chunk(B) == 0) x_rows(t, std::min(T, t + x_chunk(B)), xs.lo, xs.hi);
     }
     if (t > 0) gates(t - 1, ulo, uhi, g[(t - 1) & 1]);
+    if (p > 0) dw->phase(t, j, n);
   }
 };
 
@@ -1610,7 +1726,7 @@ std::vector<float> feature_major(const float* src, int B, int H, int Bp) {
 void batch_major_out(const float* src, int B, int H, int Bp, float* dst) { transpose_out(src, Bp, 0, H, B, dst, H); }
 
 // Ask for transparent huge pages under a large output buffer the call is about to write (the kept
-// activations, the matmul operands, dG). XLA allocates its temp buffer afresh on every call, and glibc
+// activations, the matmul operands). XLA allocates its temp buffer afresh on every call, and glibc
 // maps blocks over 32 MiB (a training step's temp buffer often is one) fresh from the kernel each time:
 // 4 KiB pages cost a fault each as they are first written, about 12,000 a call for an LSTM at B = 32,
 // T = 100, H = 256. Huge pages come a 2 MiB extent per fault. Only whole pages inside the buffer are
@@ -1628,15 +1744,19 @@ void advise_huge_pages(const void* p, int64_t bytes) {
   if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
 }
 
-// A call's packed weights, (I+H) x G*H floats, leased from buffers kept across calls. Allocated afresh
-// they would be fresh pages on every call once they pass glibc's largest heap block (32 MiB, an LSTM at
-// H = 1024): zeroed and faulted in 4 KiB at a time, about 8,200 faults a forward call. A lease takes the
+// A call's scratch (its packed weights, (I+H) x G*H floats; the backward's ring of dG rows), leased from
+// buffers kept across calls. Allocated afresh they would be fresh pages on every call once they pass
+// glibc's largest heap block (32 MiB: the weights of an LSTM at H = 1024), zeroed and faulted in 4 KiB at a
+// time, about 8,200 faults a forward call, and a vector would zero them besides. A lease takes the
 // smallest free buffer that fits; when none fits it frees the largest (too small) one and allocates, so
-// the pool holds at most as many buffers as calls ever ran at once. The contents are stale: every caller
-// overwrites the whole buffer before reading it.
-class PackedWeights {
+// the pool holds at most as many buffers as leases were ever held at once, none over kKept floats (a
+// larger one, a ring of dG rows for thousands of batch rows, say, goes back to the system: its fresh
+// pages cost little beside the work of such a call). The contents are stale: every caller writes what it
+// reads first.
+class Scratch {
+  static constexpr int64_t kKept = int64_t{16} << 20;  // 64 MiB of floats
  public:
-  explicit PackedWeights(int64_t n) {
+  explicit Scratch(int64_t n) {
     Buffer too_small;  // freed outside the lock
     {
       std::lock_guard<std::mutex> lock(pool().mutex);
@@ -1652,15 +1772,16 @@ class PackedWeights {
     }
     if (!buffer_.data) buffer_ = Buffer{std::unique_ptr<float[]>(new float[n]), n};
   }
-  ~PackedWeights() {
+  ~Scratch() {
+    if (buffer_.size > kKept) return;
     std::lock_guard<std::mutex> lock(pool().mutex);
     auto& free = pool().free;
     auto at = std::lower_bound(free.begin(), free.end(), buffer_.size,
                                [](const Buffer& b, int64_t size) { return b.size < size; });
     free.insert(at, std::move(buffer_));  // kept sorted by size: the first that fits is the smallest
   }
-  PackedWeights(const PackedWeights&) = delete;
-  PackedWeights& operator=(const PackedWeights&) = delete;
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
   float* get() { return buffer_.data.get(); }
 
  private:
@@ -1690,7 +1811,7 @@ void forward(ffi::ThreadPool& pool, const float* x, Shape seq, int I, int H, con
   const int Bp = round16(seq.B), K = I + H;
   if (res) advise_huge_pages(res, int64_t{seq.T} * Cell::kKept * H * Bp * 4);
   if (operands) advise_huge_pages(operands, int64_t{seq.T} * seq.B * K * 4);
-  PackedWeights wp(int64_t{K} * Cell::kGates * H);
+  Scratch wp(int64_t{K} * Cell::kGates * H);
   std::vector<float> a0(int64_t{K} * Bp, 0.f), a1(int64_t{K} * Bp, 0.f);
   transpose_in(h0, seq.B, H, a0.data() + int64_t{I} * Bp, Bp, 0, H);
   std::vector<float> c = c0 ? feature_major(c0, seq.B, H, Bp) : std::vector<float>();
@@ -1708,8 +1829,6 @@ void forward(ffi::ThreadPool& pool, const float* x, Shape seq, int I, int H, con
   if (c_last) batch_major_out(c.data(), seq.B, H, Bp, c_last);
 }
 
-// The backward loop of either cell. dc_last, dc0 and dc_init: LSTM only; dh_init and dc_init (the initial
-// carry's gradient from the steps that reset to it): written only with resets.
 // The bias gradient from its per-lane sums: out[k] = the sum of element k's 16 lanes, lane 0 first, each
 // at lanes[k * k_stride + l * lane_stride]. Both layouts sum here, so that they sum in one order.
 void sum_lanes(const float* lanes, int n, int64_t k_stride, int64_t lane_stride, float* out) {
@@ -1720,13 +1839,18 @@ void sum_lanes(const float* lanes, int n, int64_t k_stride, int64_t lane_stride,
   }
 }
 
+// The backward loop of either cell, with the weight gradients from the forward call's `operands`.
+// dc_last, dc0 and dc_init: LSTM only; dh_init and dc_init (the initial carry's gradient from the steps that
+// reset to it): written only with resets.
 template <class Cell>
-void backward(ffi::ThreadPool& pool, const float* res, Shape seq, int I, int H, const float* w_i, const float* w_h,
-              const float* dys, const float* dh_last, const float* dc_last, const Masks& masks, float* dg, float* dx,
-              float* dh0, float* dc0, float* dh_init, float* dc_init, float* db, int64_t threads, bool pooled) {
+void backward(ffi::ThreadPool& pool, const float* res, const float* operands, Shape seq, int I, int H,
+              const float* w_i, const float* w_h, const float* dys, const float* dh_last, const float* dc_last,
+              const Masks& masks, float* dx, float* dh0, float* dc0, float* dh_init, float* dc_init, float* dw_i,
+              float* dw_h, float* db, int64_t threads, bool pooled) {
   const int Bp = round16(seq.B), S = Cell::kSlots;
-  advise_huge_pages(dg, int64_t{seq.T} * seq.B * S * H * 4);
-  PackedWeights wp(int64_t{I + H} * Cell::kGates * H);
+  Scratch wp(int64_t{I + H} * Cell::kGates * H);
+  Scratch ring(DgRing::floats(seq.T, seq.B, int64_t{S} * H));
+  const WeightGradient<Cell> dw(seq.T, seq.B, seq.out, I, H, operands, ring.get(), dw_i, dw_h);
   std::vector<float> dh = feature_major(dh_last, seq.B, H, Bp);
   std::vector<float> dc = dc_last ? feature_major(dc_last, seq.B, H, Bp) : std::vector<float>(int64_t{H} * Bp, 0.f);
   std::vector<float> dhi, dci;
@@ -1736,7 +1860,7 @@ void backward(ffi::ThreadPool& pool, const float* res, Shape seq, int I, int H, 
   }
   std::vector<float> dxt(int64_t{I} * Bp, 0.f), g0(int64_t{S} * H * Bp, 0.f), g1(int64_t{S} * H * Bp, 0.f),
       lanes(int64_t{S} * H * 16, 0.f);
-  Backward<Cell> bw{seq.T, seq.B, I, H, Bp, seq.in, seq.out, res, dys, w_i, w_h, wp.get(), dg, dx,
+  Backward<Cell> bw{seq.T, seq.B, I, H, Bp, seq.in, seq.out, res, dys, w_i, w_h, wp.get(), &dw, dx,
                     dh.data(), dc.data(), dxt.data(), {g0.data(), g1.data()}, lanes.data(), &masks,
                     dhi.empty() ? nullptr : dhi.data(), dci.empty() ? nullptr : dci.data()};
   const int n = threads_for(threads, H);
@@ -1758,7 +1882,7 @@ void forward_small(ffi::ThreadPool& pool, const float* x, Shape seq, int I, int 
   const int B = seq.B, K = I + H, groups = ForwardSmall<Cell>::groups(H);
   if (res) advise_huge_pages(res, int64_t{seq.T} * Cell::kKept * H * B * 4);
   if (operands) advise_huge_pages(operands, int64_t{seq.T} * B * K * 4);
-  PackedWeights wp(int64_t{groups} * 16 * K * Cell::kGates);
+  Scratch wp(int64_t{groups} * 16 * K * Cell::kGates);
   std::vector<float> h0s(h0, h0 + int64_t{B} * H), h1s(int64_t{B} * H, 0.f), zeros(I, 0.f);
   std::vector<float> xw(int64_t{x_chunk(B)} * B * groups * Cell::kSlots * 16);
   std::vector<float> c = c0 ? std::vector<float>(c0, c0 + int64_t{B} * H) : std::vector<float>();
@@ -1772,14 +1896,15 @@ void forward_small(ffi::ThreadPool& pool, const float* x, Shape seq, int I, int 
 }
 
 template <class Cell>
-void backward_small(ffi::ThreadPool& pool, const float* res, Shape seq, int I, int H, const float* w_i,
-                    const float* w_h, const float* dys, const float* dh_last, const float* dc_last,
-                    const Masks& masks, float* dg, float* dx, float* dh0, float* dc0, float* dh_init,
-                    float* dc_init, float* db, int64_t threads, bool pooled) {
+void backward_small(ffi::ThreadPool& pool, const float* res, const float* operands, Shape seq, int I, int H,
+                    const float* w_i, const float* w_h, const float* dys, const float* dh_last,
+                    const float* dc_last, const Masks& masks, float* dx, float* dh0, float* dc0, float* dh_init,
+                    float* dc_init, float* dw_i, float* dw_h, float* db, int64_t threads, bool pooled) {
   const int B = seq.B, S = Cell::kSlots;
   const int64_t BH = int64_t{B} * H;
-  advise_huge_pages(dg, int64_t{seq.T} * B * S * H * 4);
-  PackedWeights wp(int64_t{(I + 15) / 16 + (H + 15) / 16} * 16 * Cell::kGates * H);
+  Scratch wp(int64_t{(I + 15) / 16 + (H + 15) / 16} * 16 * Cell::kGates * H);
+  Scratch ring(DgRing::floats(seq.T, B, int64_t{S} * H));
+  const WeightGradient<Cell> dw(seq.T, seq.B, seq.out, I, H, operands, ring.get(), dw_i, dw_h);
   std::vector<float> dh(dh_last, dh_last + BH);
   std::vector<float> dc = dc_last ? std::vector<float>(dc_last, dc_last + BH) : std::vector<float>(BH, 0.f);
   std::vector<float> dhi, dci;
@@ -1788,7 +1913,7 @@ void backward_small(ffi::ThreadPool& pool, const float* res, Shape seq, int I, i
     if (dc_init) dci.assign(BH, 0.f);
   }
   std::vector<float> g0(S * BH, 0.f), g1(S * BH, 0.f), lanes(int64_t{16} * S * H, 0.f);
-  BackwardSmall<Cell> bw{seq.T, B, I, H, seq.in, seq.out, res, dys, w_i, w_h, wp.get(), dg, dx,
+  BackwardSmall<Cell> bw{seq.T, B, I, H, seq.in, seq.out, res, dys, w_i, w_h, wp.get(), &dw, dx,
                          dh.data(), dc.data(), {g0.data(), g1.data()}, lanes.data(), &masks,
                          dhi.empty() ? nullptr : dhi.data(), dci.empty() ? nullptr : dci.data()};
   const int n = threads_for(threads, H);
@@ -1844,27 +1969,29 @@ ffi::Error GruForward(ffi::ThreadPool pool, F32 x, S32 start, F32 h0, F32 h_init
   return ffi::Error::Success();
 }
 
-ffi::Error LstmBackward(ffi::ThreadPool pool, F32 res, F32 w_i, F32 w_h, F32 dys, S32 start, F32 dh_last,
-                        F32 dc_last, S32 lengths, U8 resets, Out dg, Out dx, Out dh0, Out dc0, Out dh_init,
-                        Out dc_init, Out db, int64_t threads, bool pooled, bool batch_major, bool small) {
+ffi::Error LstmBackward(ffi::ThreadPool pool, F32 res, F32 operands, F32 w_i, F32 w_h, F32 dys, S32 start,
+                        F32 dh_last, F32 dc_last, S32 lengths, U8 resets, Out dx, Out dh0, Out dc0, Out dh_init,
+                        Out dc_init, Out dw_i, Out dw_h, Out db, int64_t threads, bool pooled, bool batch_major,
+                        bool small) {
   const Shape seq = steps(dys, start, dx, batch_major);
   const auto run = small ? backward_small<Lstm> : backward<Lstm>;
-  run(pool, res.typed_data(), seq, w_i.dimensions()[0], dys.dimensions()[2], w_i.typed_data(),
-      w_h.typed_data(), dys.typed_data(), dh_last.typed_data(), dc_last.typed_data(),
-      masks_of(lengths, resets, seq), dg->typed_data(), dx->typed_data(), dh0->typed_data(),
-      dc0->typed_data(), dh_init->typed_data(), dc_init->typed_data(), db->typed_data(), threads, pooled);
+  run(pool, res.typed_data(), operands.typed_data(), seq, w_i.dimensions()[0], dys.dimensions()[2],
+      w_i.typed_data(), w_h.typed_data(), dys.typed_data(), dh_last.typed_data(), dc_last.typed_data(),
+      masks_of(lengths, resets, seq), dx->typed_data(), dh0->typed_data(), dc0->typed_data(),
+      dh_init->typed_data(), dc_init->typed_data(), dw_i->typed_data(), dw_h->typed_data(), db->typed_data(),
+      threads, pooled);
   return ffi::Error::Success();
 }
 
-ffi::Error GruBackward(ffi::ThreadPool pool, F32 res, F32 w_i, F32 w_h, F32 dys, S32 start, F32 dh_last,
-                       S32 lengths, U8 resets, Out dg, Out dx, Out dh0, Out dh_init, Out db, int64_t threads,
-                       bool pooled, bool batch_major, bool small) {
+ffi::Error GruBackward(ffi::ThreadPool pool, F32 res, F32 operands, F32 w_i, F32 w_h, F32 dys, S32 start,
+                       F32 dh_last, S32 lengths, U8 resets, Out dx, Out dh0, Out dh_init, Out dw_i, Out dw_h,
+                       Out db, int64_t threads, bool pooled, bool batch_major, bool small) {
   const Shape seq = steps(dys, start, dx, batch_major);
   const auto run = small ? backward_small<Gru> : backward<Gru>;
-  run(pool, res.typed_data(), seq, w_i.dimensions()[0], dys.dimensions()[2], w_i.typed_data(),
-      w_h.typed_data(), dys.typed_data(), dh_last.typed_data(), nullptr, masks_of(lengths, resets, seq),
-      dg->typed_data(), dx->typed_data(), dh0->typed_data(), nullptr, dh_init->typed_data(), nullptr,
-      db->typed_data(), threads, pooled);
+  run(pool, res.typed_data(), operands.typed_data(), seq, w_i.dimensions()[0], dys.dimensions()[2],
+      w_i.typed_data(), w_h.typed_data(), dys.typed_data(), dh_last.typed_data(), nullptr,
+      masks_of(lengths, resets, seq), dx->typed_data(), dh0->typed_data(), nullptr, dh_init->typed_data(),
+      nullptr, dw_i->typed_data(), dw_h->typed_data(), db->typed_data(), threads, pooled);
   return ffi::Error::Success();
 }
 
@@ -1896,17 +2023,18 @@ ffi::Error VanillaForward(ffi::ThreadPool pool, F32 x, S32 start, F32 h0, F32 h_
   });
 }
 
-ffi::Error VanillaBackward(ffi::ThreadPool pool, F32 res, F32 w_i, F32 w_h, F32 dys, S32 start, F32 dh_last,
-                           S32 lengths, U8 resets, Out dg, Out dx, Out dh0, Out dh_init, Out db, int64_t threads,
-                           bool pooled, bool batch_major, bool small, int64_t activation) {
+ffi::Error VanillaBackward(ffi::ThreadPool pool, F32 res, F32 operands, F32 w_i, F32 w_h, F32 dys, S32 start,
+                           F32 dh_last, S32 lengths, U8 resets, Out dx, Out dh0, Out dh_init, Out dw_i, Out dw_h,
+                           Out db, int64_t threads, bool pooled, bool batch_major, bool small,
+                           int64_t activation) {
   const Shape seq = steps(dys, start, dx, batch_major);
   return with_activation(activation, [&](auto cell) {
     using Cell = decltype(cell);
     const auto run = small ? backward_small<Cell> : backward<Cell>;
-    run(pool, res.typed_data(), seq, w_i.dimensions()[0], dys.dimensions()[2], w_i.typed_data(),
-        w_h.typed_data(), dys.typed_data(), dh_last.typed_data(), nullptr, masks_of(lengths, resets, seq),
-        dg->typed_data(), dx->typed_data(), dh0->typed_data(), nullptr, dh_init->typed_data(), nullptr,
-        db->typed_data(), threads, pooled);
+    run(pool, res.typed_data(), operands.typed_data(), seq, w_i.dimensions()[0], dys.dimensions()[2],
+        w_i.typed_data(), w_h.typed_data(), dys.typed_data(), dh_last.typed_data(), nullptr,
+        masks_of(lengths, resets, seq), dx->typed_data(), dh0->typed_data(), nullptr, dh_init->typed_data(),
+        nullptr, dw_i->typed_data(), dw_h->typed_data(), db->typed_data(), threads, pooled);
   });
 }
 
@@ -1936,12 +2064,12 @@ extern "C" int jaxrnn_cell_blocks(int kind) {
   }
 }
 
-// Sequence arrays (x, ys, dys, dg, dx, operands) are (T, B, .), or (B, T, .) with batch_major; x and dys
+// Sequence arrays (x, ys, dys, dx, operands) are (T, B, .), or (B, T, .) with batch_major; x and dys
 // may hold more steps than the call runs, which starts at their step `start`.
 // kept: (T, kKept H, Bp), or (T, B, kKept, H) with `small` (the small-batch layout, which the backward call of a
 // forward call's kept activations must be given too), kKept the cell's (5: LSTM, GRU; 1: vanilla); operands:
-// (.., I + H); both (0,) without keep (inference). dg and the sum of dg: S H per row, S the cell's slots (4:
-// LSTM, GRU; 1: vanilla).
+// (.., I + H); both (0,) without keep (inference). The weight gradients are w_i's and w_h's shapes; the sum
+// of dG (the bias gradient) S H floats, S the cell's slots (4: LSTM, GRU; 1: vanilla).
 // Masks (see Masks): lengths (B,) int32 and resets (T_all, B) uint8, time-major in either layout, each
 // (0,) when not given; the initial carry (h_init, c_init) and its gradient: (B, H) with resets, else (0,).
 using In = ffi::Buffer<ffi::F32>;
@@ -1984,15 +2112,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_gru_forward, GruForward,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_lstm_backward, LstmBackward,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<In>()                       // kept
+                                  .Arg<In>().Arg<In>()             // kept, operands
                                   .Arg<In>().Arg<In>()             // w_i, w_h
                                   .Arg<In>().Arg<Int>()            // d ys, start
                                   .Arg<In>().Arg<In>()             // d h_T, d c_T
                                   .Arg<Int>().Arg<Flags>()         // lengths, resets
-                                  .Ret<Ret>().Ret<Ret>()           // dg (.., 4H), d x (.., I)
+                                  .Ret<Ret>()                      // d x (.., I)
                                   .Ret<Ret>().Ret<Ret>()           // d h0, d c0
                                   .Ret<Ret>().Ret<Ret>()           // d h_init, d c_init
-                                  .Ret<Ret>()                      // sum of dg (4H,)
+                                  .Ret<Ret>().Ret<Ret>()           // d w_i (I, 4H), d w_h (H, 4H)
+                                  .Ret<Ret>()                      // d b: the sum of dG (4H,)
                                   .Attr<int64_t>("threads")
                                   .Attr<bool>("pooled")
                                   .Attr<bool>("batch_major")
@@ -2001,12 +2130,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_lstm_backward, LstmBackward,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_gru_backward, GruBackward,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<In>().Arg<In>().Arg<In>()   // kept, w_i, w_h
+                                  .Arg<In>().Arg<In>()             // kept, operands
+                                  .Arg<In>().Arg<In>()             // w_i, w_h
                                   .Arg<In>().Arg<Int>().Arg<In>()  // d ys, start, d h_T
                                   .Arg<Int>().Arg<Flags>()         // lengths, resets
-                                  .Ret<Ret>().Ret<Ret>()           // dg (.., 4H), d x (.., I)
+                                  .Ret<Ret>()                      // d x (.., I)
                                   .Ret<Ret>().Ret<Ret>()           // d h0, d h_init
-                                  .Ret<Ret>()                      // sum of dg (4H,)
+                                  .Ret<Ret>().Ret<Ret>()           // d w_i (I, 3H), d w_h (H, 3H)
+                                  .Ret<Ret>()                      // the sum of dG (4H,): d b, d b_hn
                                   .Attr<int64_t>("threads")
                                   .Attr<bool>("pooled")
                                   .Attr<bool>("batch_major")
@@ -2031,12 +2162,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_vanilla_forward, VanillaForward,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_vanilla_backward, VanillaBackward,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<In>().Arg<In>().Arg<In>()   // kept, w_i, w_h
+                                  .Arg<In>().Arg<In>()             // kept, operands
+                                  .Arg<In>().Arg<In>()             // w_i, w_h
                                   .Arg<In>().Arg<Int>().Arg<In>()  // d ys, start, d h_T
                                   .Arg<Int>().Arg<Flags>()         // lengths, resets
-                                  .Ret<Ret>().Ret<Ret>()           // dg (.., H), d x (.., I)
+                                  .Ret<Ret>()                      // d x (.., I)
                                   .Ret<Ret>().Ret<Ret>()           // d h0, d h_init
-                                  .Ret<Ret>()                      // sum of dg (H,)
+                                  .Ret<Ret>().Ret<Ret>()           // d w_i (I, H), d w_h (H, H)
+                                  .Ret<Ret>()                      // d b: the sum of dG (H,)
                                   .Attr<int64_t>("threads")
                                   .Attr<bool>("pooled")
                                   .Attr<bool>("batch_major")

@@ -4,11 +4,12 @@
 
 Times, interleaved as ``jaxrnn speed`` does (median of ``--repeats`` rounds):
 the forward kernel alone (inference), the forward keeping what the backward
-needs, the backward (the kernel's reverse loop, which also gives ``d x``, then
-the weight gradients as one matmul), that matmul alone, and the whole
-``jax.grad`` of a sum of the outputs. The backward loop's own time is the
-backward less the matmul. Batch-major, as ``jaxrnn.scan`` calls it; B=32,
-H=I=256 by default. Needs the native kernels (an x86-64 CPU with AVX-512, or AVX2 and FMA).
+needs, the backward (the kernel's reverse loop, which also gives ``d x`` and,
+a chunk of steps at a time, the weight gradients), XLA's matmul of the weight
+gradients' shapes (what those products alone take at XLA's matmul rate), and
+the whole ``jax.grad`` of a sum of the outputs. Batch-major, as
+``jaxrnn.scan`` calls it; B=32, H=I=256 by default. Needs the native kernels
+(an x86-64 CPU with AVX-512, or AVX2 and FMA).
 """
 
 from __future__ import annotations
@@ -34,22 +35,21 @@ def parts(kind: str, B: int, T: int, H: int, repeats: int) -> dict[str, float]:
     _, _, kept, operands = keeping(x)
     d_carry = tuple(jnp.zeros_like(c) for c in carry)
     backward = jax.jit(lambda kept, operands, d_ys: native.backward_call(kind, kept, operands, w, d_ys, d_carry, True))
-    dg = jax.random.normal(jax.random.key(3), (B, T, native.blocks(kind)[0] * H))
-    matmul = jax.jit(native.weight_gradient)
+    G = w[0].shape[1] // H
+    dg = jax.random.normal(jax.random.key(3), (B * T, G * H))
+    matmul = jax.jit(lambda operands, dg: operands.reshape(-1, operands.shape[-1]).T @ dg)
     whole = jax.jit(jax.grad(lambda w, x: native.unroll(kind, True, x, carry, w)[0].sum(), argnums=(0, 1)))
     calls = {
         "forward": lambda: forward(x),
         "forward, keeping": lambda: keeping(x),
         "backward": lambda: backward(kept, operands, d_ys),
-        "weight-gradient matmul": lambda: matmul(operands, dg),
+        "XLA's matmul of the weight gradients' shapes": lambda: matmul(operands, dg),
         "whole fwd+bwd": lambda: whole(w, x),
     }
     calls = {name: (lambda f=f: jax.block_until_ready(f())) for name, f in calls.items()}
     for f in calls.values():  # compile and warm up
         f(), f()
-    ms = interleaved_ms(calls, repeats, timed=2, settle=True)
-    ms["backward loop (backward - matmul)"] = ms["backward"] - ms["weight-gradient matmul"]
-    return ms
+    return interleaved_ms(calls, repeats, timed=2, settle=True)
 
 
 def main(argv=None) -> None:
