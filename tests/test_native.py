@@ -440,6 +440,22 @@ def test_native_results_do_not_depend_on_the_threads(monkeypatch, helpers, kind,
                 np.testing.assert_array_equal(a, b)
 
 
+def test_helpers_come_from_xlas_pool_unless_asked(monkeypatch):
+    monkeypatch.delenv("JAXRNN_NATIVE_HELPERS", raising=False)
+    assert native.pooled()
+    for value in ("pool", ""):
+        monkeypatch.setenv("JAXRNN_NATIVE_HELPERS", value)
+        assert native.pooled()
+    monkeypatch.setenv("JAXRNN_NATIVE_HELPERS", "threads")
+    assert not native.pooled()
+    with native.forced_helpers("pool"):
+        assert native.pooled()
+    assert not native.pooled()
+    monkeypatch.setenv("JAXRNN_NATIVE_HELPERS", "own")
+    with pytest.raises(ValueError, match="JAXRNN_NATIVE_HELPERS='own'"):
+        native.pooled()
+
+
 @needs_kernel
 @pytest.mark.parametrize("B", [3, 17], ids=["small", "wide"])
 def test_the_vanilla_derivative_at_h_zero_with_an_infinite_cotangent_is_the_xla_loops(B):

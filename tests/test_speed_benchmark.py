@@ -1,6 +1,7 @@
 """Smoke run of the speed benchmark on tiny sizes (speed targets are checked by the benchmark, not here)."""
 
 import json
+import os
 
 import jax.numpy as jnp
 import pytest
@@ -96,15 +97,17 @@ def test_variants_time_every_combination_against_the_peers(tmp_path, capsys):
     out = tmp_path / "variants.json"
     variants.main(["--cells", "gru", "--batch", "2", "--hidden", "4", "--lengths", "3", "--mode", "fwd+bwd",
                    "--unroll", "1", "2", "--projection", "hoisted", "per_step", "--step-vjp", "cell", "autodiff",
-                   "--kernel", "xla", "native", "native-small", "native-wide", "--peers", "flax", "--repeats", "1",
+                   "--kernel", "xla", "native", "native-small", "native-wide", "native-threads", "--peers", "flax",
+                   "--repeats", "1",
                    "--block", "2", "--json", str(out)])
     (row,) = json.loads(out.read_text())["results"]
     native_runs = jaxrnn.native.unavailable_reason() is None  # each layout forced, whatever the batch
     names = {f"unroll={u} {p} fused{s}" for u in (1, 2) for p in ("hoisted", "per_step") for s in ("", " autodiff-step")}
     assert set(row["ms"]) == names | {"flax"} | ({"native-small", "native-wide"} if native_runs else set())
     reason = jaxrnn.native.unavailable_reason()
+    too_small = "the call (2 rows, 3 steps) is smaller than kernel='auto' takes: at least 16 rows"
     assert row["missing"] == {  # said, not dropped
-        "native": "the call (2 rows, 3 steps) is smaller than kernel='auto' takes: at least 16 rows",
+        "native": too_small, "native-threads": too_small,
         **({} if native_runs else {"native-small": reason, "native-wide": reason})}
     assert "| **" in capsys.readouterr().out  # the fastest variant is marked
 
@@ -119,6 +122,20 @@ def test_variants_time_the_vanilla_cell_with_the_activation_asked_for(tmp_path, 
                    "--mode", "fwd", "--unroll", "1", "--projection", "per_step", "--kernel", "xla", "native-wide",
                    "--peers", "flax", "--repeats", "1", "--block", "2", "--json", str(tmp_path / "v.json")])
     assert made and set(made) == {"relu"}  # the loop's variant and the kernels' (or the reason they cannot run)
+
+
+@pytest.mark.skipif(jaxrnn.native.unavailable_reason() is not None, reason="needs the native kernels")
+def test_variants_native_threads_compiles_the_kernels_with_helpers_of_their_own(monkeypatch):
+    """native-threads is the default kernel call but for where its helpers come from, and leaves the setting
+    as it found it."""
+    from jaxrnn.programs import variants
+
+    monkeypatch.setenv("JAXRNN_NATIVE_HELPERS", "pool")
+    own, _ = variants._make_native_threads("lstm", 16, 3, 4, True)
+    default, args = variants._make_native("lstm", 16, 3, 4, True)
+    assert "pooled = false" in own.as_text() and "pooled = true" not in own.as_text()
+    assert "pooled = true" in default.lower(*args).as_text()
+    assert jaxrnn.native.pooled() and os.environ["JAXRNN_NATIVE_HELPERS"] == "pool"
 
 
 def test_workloads_smoke(tmp_path, capsys):

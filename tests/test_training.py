@@ -302,7 +302,10 @@ def test_data_parallel_over_four_cpu_devices_equals_one_device():
 
 
 def test_runlog_jsonl_and_tensorboard(tmp_path):
-    log = RunLog(tmp_path)
+    plain = RunLog(tmp_path / "plain")  # TensorBoard only when asked
+    plain.close()
+    assert not plain.has_tensorboard and not (tmp_path / "plain" / "tensorboard").exists()
+    log = RunLog(tmp_path, tensorboard=True)
     log.write(1, {"loss": np.float32(2.5), "finite": True})
     log.write(2, {"loss": float("nan")})
     log.write(1, {"loss": 2.0})  # a resumed run repeats step 1: the later line wins
@@ -315,7 +318,7 @@ def test_runlog_jsonl_and_tensorboard(tmp_path):
 
 def test_runlog_after_a_line_cut_short_by_a_crash_loses_nothing_more(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')  # killed mid-write
-    log = RunLog(tmp_path, tensorboard=False)
+    log = RunLog(tmp_path)
     log.write(2, {"loss": 1.5})  # the resumed run logs step 2 again
     log.close()
     assert read_metrics(tmp_path) == {1: {"step": 1, "loss": 2.0}, 2: {"step": 2, "loss": 1.5}}

@@ -25,7 +25,9 @@ stops them from asking for transparent huge pages under their large outputs
 them for less than this CPU has, to test or time those builds on it:
 ``avx2`` (``-mno-avx512f``: AVX2 and FMA, as on a CPU without AVX-512) or
 ``sse2`` (``-mno-avx``: no AVX, no FMA; such a build says it cannot run);
-unset or ``native``, everything this CPU has.
+unset or ``native``, everything this CPU has. ``JAXRNN_NATIVE_HELPERS=threads``
+gives each call helper threads of its own instead of XLA's pool's
+(:func:`pooled`; any other value than ``pool`` or ``threads`` is an error).
 
 Differentiable (a custom VJP: the kernel's backward loop produces the gate
 gradients ``dG`` and, from the same pass over them, the input gradients, and
@@ -62,7 +64,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrnn import chunks
+from jaxrnn import _checks, chunks
 from jaxrnn.cells import is_stock
 
 SOURCE = Path(__file__).with_name("rnn_cpu.cc")
@@ -281,15 +283,40 @@ def _require() -> None:
         raise RuntimeError(f"jaxrnn's native kernels cannot run here: {reason}")
 
 
-def pooled(in_loop: bool) -> bool:
-    """Whether a kernel call's helper threads come from XLA's intra-op pool rather than its own.
+def pooled() -> bool:
+    """Whether a kernel call's helper threads come from XLA's intra-op pool (the default) or are its own.
 
-    A call inside an XLA loop (the checkpointed chunks) takes the pool's
-    threads: otherwise it pays for them spinning between iterations. A call on
-    its own is faster with a helper of its own (docs/kernels.md has the
-    figures). ``JAXRNN_NATIVE_HELPERS=threads`` or ``pool`` sets it for every call.
+    XLA's pool threads spin for a while after each of its ops before they
+    sleep: a helper of the call's own would compete with them for the cores
+    (the loops inside a checkpointed call, and the other ops of a training
+    step, leave them spinning), where a pool thread spends that time on the
+    kernel's work. ``JAXRNN_NATIVE_HELPERS=threads`` (or :func:`forced_helpers`)
+    gives every call helpers of its own, to compare; docs/kernels.md has the
+    figures that chose the pool. Read when a call is traced: a function
+    jitted before keeps the setting of its first trace.
     """
-    return {"pool": True, "threads": False}.get(os.environ.get("JAXRNN_NATIVE_HELPERS", ""), in_loop)
+    helpers = _FORCED_HELPERS or os.environ.get("JAXRNN_NATIVE_HELPERS", "") or "pool"
+    if helpers not in HELPERS:
+        raise ValueError(f"JAXRNN_NATIVE_HELPERS={helpers!r}: expected one of {HELPERS}")
+    return helpers == "pool"
+
+
+HELPERS = ("pool", "threads")
+_FORCED_HELPERS: str | None = None
+
+
+@contextlib.contextmanager
+def forced_helpers(helpers: str):
+    """Within it, every kernel call traced takes its helper threads as ``helpers`` says (``"pool"`` or
+    ``"threads"``), whatever ``JAXRNN_NATIVE_HELPERS`` says: to compare them (``benchmarks/variants.py``).
+    Like :func:`forced_layout`, it acts when a call is traced."""
+    global _FORCED_HELPERS
+    _checks.check_choice("helpers", helpers, HELPERS)
+    saved, _FORCED_HELPERS = _FORCED_HELPERS, helpers
+    try:
+        yield
+    finally:
+        _FORCED_HELPERS = saved
 
 
 def weights(cell, params) -> tuple:
@@ -335,7 +362,7 @@ def masks_for(carry: tuple, lengths=None, resets=None) -> Masks:
     )
 
 
-def forward_call(kind, x, carry, w, batch_major: bool, keep: bool, in_loop: bool = False, start=0, steps=None,
+def forward_call(kind, x, carry, w, batch_major: bool, keep: bool, start=0, steps=None,
                  masks: Masks | None = None):
     """One forward kernel call: ``(ys, carry, kept, operands)``, the last two empty without ``keep``.
 
@@ -360,13 +387,13 @@ def forward_call(kind, x, carry, w, batch_major: bool, keep: bool, in_loop: bool
     call = jax.ffi.ffi_call(f"jaxrnn_{cell}_forward", outs, vmap_method="sequential")
     ys, *rest = call(
         x, jnp.asarray(start, jnp.int32), *carry, *m.initial, m.lengths, m.resets, *w,
-        threads=np.int64(threads()), pooled=pooled(in_loop), keep=keep, batch_major=batch_major, small=small,
+        threads=np.int64(threads()), pooled=pooled(), keep=keep, batch_major=batch_major, small=small,
         **attributes,
     )
     return ys, tuple(rest[: len(carry)]), *rest[len(carry) :]
 
 
-def backward_call(kind, kept, operands, w, d_ys, d_carry, batch_major: bool, in_loop: bool = False, start=0,
+def backward_call(kind, kept, operands, w, d_ys, d_carry, batch_major: bool, start=0,
                   masks: Masks | None = None):
     """The backward kernel: its loop (which also gives the input gradient) and the weight gradients, from
     each step's ``dG`` and the matmul operands ``[x_t, h_{t-1}]`` the forward call kept, a chunk of steps
@@ -391,7 +418,7 @@ def backward_call(kind, kept, operands, w, d_ys, d_carry, batch_major: bool, in_
     call = jax.ffi.ffi_call(f"jaxrnn_{cell}_backward", outs, vmap_method="sequential")
     d_x, *rest, d_w_i, d_w_h, d_sum = call(
         kept, operands, w_i, w_h, d_ys, jnp.asarray(start, jnp.int32), *d_carry, m.lengths, m.resets,
-        threads=np.int64(threads()), pooled=pooled(in_loop), batch_major=batch_major, small=kept.ndim == 4,
+        threads=np.int64(threads()), pooled=pooled(), batch_major=batch_major, small=kept.ndim == 4,
         **attributes,
     )
     d_carry0, d_initial = tuple(rest[: len(d_carry)]), tuple(rest[len(d_carry) :])
@@ -494,7 +521,7 @@ def _keep_chunk(kind, batch_major, x, carry, w, m, start: int, steps: int, ys=No
     for offset in range(0, steps, size):
         first, length = start + offset, min(size, steps - offset)
         y, carry, kept, operands = forward_call(
-            kind, x, carry, w, batch_major, keep=True, in_loop=True, start=first, steps=length, masks=m
+            kind, x, carry, w, batch_major, keep=True, start=first, steps=length, masks=m
         )
         pieces.append((first, kept, operands))
         ys = ys if ys is None else jax.lax.dynamic_update_slice_in_dim(ys, y, first, 1 if batch_major else 0)
@@ -512,7 +539,7 @@ def _checkpointed_fwd(kind, batch_major, chunk, x, carry, w, m):
 
     def run(state, start, length):  # one chunk's forward; returns the carry it started from
         first, ys = state
-        y, carry, _, _ = forward_call(kind, x, first, w, batch_major, keep=False, in_loop=True, start=start,
+        y, carry, _, _ = forward_call(kind, x, first, w, batch_major, keep=False, start=start,
                                       steps=length, masks=m)
         return (carry, jax.lax.dynamic_update_slice_in_dim(ys, y, start, axis)), first
 
@@ -536,7 +563,7 @@ def _checkpointed_bwd(kind, batch_major, chunk, residuals, cotangents):
         for start, kept, operands in reversed(pieces):
             d_carry, d_w, d_x, d_initial = state
             dx, d_carry, dw, di = backward_call(
-                kind, kept, operands, w, d_ys, d_carry, batch_major, in_loop=True, start=start, masks=m
+                kind, kept, operands, w, d_ys, d_carry, batch_major, start=start, masks=m
             )
             state = d_carry, add(d_w, dw), jax.lax.dynamic_update_slice_in_dim(d_x, dx, start, axis), add(d_initial, di)
         return state

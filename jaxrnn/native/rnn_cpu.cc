@@ -35,8 +35,8 @@
 // exchange is h_t, which every share of the next step reads: the shares of
 // step t+1 start when all of step t's are done (Phases, below), with h and the
 // transposed x_t double-buffered so that step t+1's are written while step
-// t's are still read. Helper threads are the call's own, or XLA's intra-op
-// pool's for calls inside an XLA loop (run_phases).
+// t's are still read. Helper threads are XLA's intra-op pool's (the default,
+// `pooled`) or the call's own (JAXRNN_NATIVE_HELPERS=threads): run_phases.
 //
 // The backward pass mirrors it: per step, each share turns d h_t (and the
 // LSTM's d c_t) and the kept gate activations of its units into the gate pre-activation

@@ -240,6 +240,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sanity", action="store_true",
                    help="overfit the first 2,000 characters for --steps steps and check the loss falls")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also log to TensorBoard (<out>/tensorboard; needs tensorboardX or torch); it costs a "
+                        "small model a noticeable share of its step on a CPU (docs/experiments.md), so it is off "
+                        "unless asked, on --resume too")
     dist = p.add_argument_group(
         "multi-process runs", "data parallel over several processes, each with its own devices; the same "
         "command in every process, but for --process-id (docs/distributed.md)")
@@ -480,7 +484,9 @@ def train(args) -> dict:
                     print(f"resumed from step {start} ({ckpt_dir})", flush=True)
                 if start >= args.steps:
                     notice(f"the run is already at step {start} (--steps {args.steps}); nothing to train")
-        log = RunLog(out) if primary else NoLog()
+        log = RunLog(out, tensorboard=args.tensorboard) if primary else NoLog()
+        if args.tensorboard and primary and not log.has_tensorboard:
+            notice("--tensorboard: neither tensorboardX nor torch is installed; logging to metrics.jsonl only")
         try:
             result = _train_loop(args, lm, corpus, state, start, optimizer, lr_at, batch_at, val_chunks, ckpt, log)
         except jax.errors.JaxRuntimeError as e:

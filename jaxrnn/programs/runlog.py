@@ -1,4 +1,4 @@
-"""Run logs: JSONL metrics, TensorBoard event files when a writer is installed.
+"""Run logs: JSONL metrics, and TensorBoard event files if asked and a writer is installed.
 
 ``metrics.jsonl`` gets one JSON object per logged step, flushed at once so a
 crash loses nothing already logged (in a multi-process run, process 0 writes it; the others
@@ -37,9 +37,10 @@ def _plain(value: Any) -> Any:
 
 
 class RunLog:
-    """Append metrics to ``<directory>/metrics.jsonl`` (and TensorBoard, if available)."""
+    """Append metrics to ``<directory>/metrics.jsonl`` (and, with ``tensorboard``, to TensorBoard event
+    files under ``<directory>/tensorboard`` if tensorboardX or torch is installed)."""
 
-    def __init__(self, directory: str | pathlib.Path, tensorboard: bool = True):
+    def __init__(self, directory: str | pathlib.Path, tensorboard: bool = False):
         self.directory = pathlib.Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / "metrics.jsonl"

@@ -446,7 +446,8 @@ def start_record(kind: str, args, **extra) -> tuple[dict, pathlib.Path]:
     """The JSON a benchmark run writes (where, when, versions, precision; ``results`` filled as
     measured) and its path: ``args.json`` or ``runs/<kind>-<timestamp>.json``."""
     out = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": describe_machine(),
-           "versions": versions(), "precision": args.precision, "repeats": args.repeats, "block": args.block,
+           "versions": versions(), "native_helpers": "pool" if jaxrnn.native.pooled() else "threads",
+           "precision": args.precision, "repeats": args.repeats, "block": args.block,
            "argv": sys.argv[1:], **extra, "results": []}
     path = run_path(kind, args.json, suffix=".json")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,8 @@ def variant_makers(unrolls, projections, backwards, step_vjps=("cell",), kernels
     for layout in ("small", "wide"):
         if f"native-{layout}" in kernels:
             makers[f"native-{layout}"] = functools.partial(_make_native_layout, layout, activation=activation)
+    if "native-threads" in kernels:
+        makers["native-threads"] = functools.partial(_make_native_threads, activation=activation)
     return makers
 
 
@@ -61,6 +63,17 @@ def _make_native_layout(layout, kind, B, T, H, with_grad, activation="tanh"):
         return reason
     fn, args = speed.make_jaxrnn(kind, B, T, H, with_grad, kernel="native", activation=activation)
     with jaxrnn.native.forced_layout(layout):
+        return fn.lower(*args).compile(), args
+
+
+def _make_native_threads(kind, B, T, H, with_grad, activation="tanh"):
+    """The kernels with helper threads of their own instead of XLA's pool's (:func:`jaxrnn.native.pooled`):
+    compiled here, inside :func:`jaxrnn.native.forced_helpers`, since that is read when a call is traced."""
+    made = _make_native(kind, B, T, H, with_grad, activation)
+    if isinstance(made, str):
+        return made
+    fn, args = made
+    with jaxrnn.native.forced_helpers("threads"):
         return fn.lower(*args).compile(), args
 
 
@@ -113,10 +126,12 @@ def main(argv=None) -> None:
     p.add_argument("--step-vjp", nargs="+", choices=("cell", "autodiff"), default=["cell"],
                    help="the fused backward's per-step derivative: the cell's own StepVJP, or jax.vjp of its "
                         "elementwise part (differs for the GRU, which keeps its activations)")
-    p.add_argument("--kernel", nargs="+", choices=("xla", "native", "native-small", "native-wide"), default=["xla"],
+    p.add_argument("--kernel", nargs="+", choices=("xla", "native", "native-small", "native-wide", "native-threads"),
+                   default=["xla"],
                    help="xla: the lax.scan loop, one variant per combination above; native: jaxrnn.native's "
                         "one-call LSTM (reported missing, with the reason, where it cannot run); native-small, "
-                        "native-wide: the kernels in that layout (jaxrnn.native.layout_for), on any batch")
+                        "native-wide: the kernels in that layout (jaxrnn.native.layout_for), on any batch; "
+                        "native-threads: the kernels with helper threads of their own, not XLA's pool's")
     p.add_argument("--activation", choices=tuple(jaxrnn.cells.ACTIVATIONS), default="tanh",
                    help="the vanilla cell's, in jaxrnn's variants (the peers' vanilla cells are tanh's)")
     p.add_argument("--peers", nargs="+", choices=speed.PEERS, default=["flax", "torch"])
