@@ -1017,14 +1017,21 @@ inline int dw_chunk(int B) {
 struct DgRing {
   float* data;
   int steps, B;
-  int64_t width;  // S H floats a row
+  int64_t ld;  // floats from a row to the next: stride(S H)
+  // A row of `width` floats padded to an odd number of 64-byte lines, so that the rows the weight
+  // gradients' tiles read one after another fall in different cache sets: at S H = 1024 (an LSTM's at
+  // H = 256) unpadded rows 4 KiB apart all fell in one set of L1, which holds 8 of them.
+  static int64_t stride(int64_t width) {
+    const int64_t lines = (width + 15) / 16;
+    return 16 * (lines | 1);
+  }
   // Floats for a call of T steps: two chunks, or T steps if fewer (the rows row() reaches).
   static int64_t floats(int T, int B, int64_t width) {
-    return std::min<int64_t>(T, 2 * int64_t{dw_chunk(B)}) * B * width;
+    return std::min<int64_t>(T, 2 * int64_t{dw_chunk(B)}) * B * stride(width);
   }
   float* row(int t, int b) const {
     const int64_t half = (t / steps) % 2;
-    return data + ((half * steps + t % steps) * B + b) * width;
+    return data + ((half * steps + t % steps) * B + b) * ld;
   }
 };
 
@@ -1047,7 +1054,7 @@ struct WeightGradient {
   // `ring` holds DgRing::floats(T, B, S H) floats. A call of no steps has no chunk: d W is zero.
   WeightGradient(int T, int B, Rows rows, int I, int H, const float* operands, float* ring, float* dw_i,
                  float* dw_h)
-      : T(T), B(B), I(I), H(H), rows(rows), operands(operands), ring{ring, dw_chunk(B), B, int64_t{Cell::kSlots} * H},
+      : T(T), B(B), I(I), H(H), rows(rows), operands(operands), ring{ring, dw_chunk(B), B, DgRing::stride(int64_t{Cell::kSlots} * H)},
         dw_i(dw_i), dw_h(dw_h) {
     if (T == 0) {
       std::fill(dw_i, dw_i + int64_t{I} * G * H, 0.f);
@@ -1172,7 +1179,7 @@ struct Backward {
     const float* r = res + int64_t{t} * kKept * H * Bp;
     const float* dy = dys + in.at(t) * H;
     float* to = dw->ring.row(t, 0);
-    const int64_t dy_ld = in.b * H, to_ld = int64_t{S} * H;
+    const int64_t dy_ld = in.b * H, to_ld = dw->ring.ld;
     V dy_block[16], dg_block[S][16] = {};  // [unit], [slot][unit]: 16 lanes each
     for (int u0 = ulo; u0 < uhi; u0 += 16) {
       const int n = std::min(16, uhi - u0);
