@@ -1,7 +1,9 @@
 """jaxrnn: recurrent networks for JAX, as pure functions.
 
-Cells (:func:`vanilla`, :func:`lstm`, :func:`gru`) are records of pure
-functions; :func:`scan` unrolls any of them; :class:`RNN` stacks them;
+Cells (:func:`vanilla`, :func:`lstm`, :func:`gru`, and the linear
+:func:`mingru` and :func:`minlstm`) are records of pure functions; :func:`scan`
+unrolls any of them (a linear one also all steps at once, by
+:mod:`jaxrnn.linear`'s parallel prefix scan); :class:`RNN` stacks them;
 :mod:`jaxrnn.diagnostics` measures how gradients flow back through time;
 :mod:`jaxrnn.heads` (losses for every sequence shape), :mod:`jaxrnn.seq2seq`
 (encoder-decoder with attention) and :mod:`jaxrnn.streaming` build on them;
@@ -14,7 +16,8 @@ this public API alone; nothing here imports them.
 """
 
 from jaxrnn import native
-from jaxrnn.cells import CELLS, Cell, LSTMState, StepVJP, chrono_init, gru, identity_init, lstm, vanilla
+from jaxrnn.cells import (CELLS, Cell, LSTMState, StepVJP, chrono_init, gru, identity_init, lstm, mingru,
+                          minlstm, vanilla)
 from jaxrnn.interop import carry_from_flax, carry_to_flax, from_flax, from_torch, to_flax, to_torch
 from jaxrnn.layers import RNN
 from jaxrnn.unroll import scan
@@ -54,6 +57,8 @@ __all__ = [
     "gru",
     "identity_init",
     "lstm",
+    "mingru",
+    "minlstm",
     "native",
     "scan",
     "to_flax",

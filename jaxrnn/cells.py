@@ -17,7 +17,8 @@ composes projection and recurrence for a single step.
 
 Parameters of every cell are ``{"w_i": (I, G*H), "w_h": (H, G*H), "b": (G*H,)}``
 with the ``G`` gate blocks side by side along the last axis (GRU adds
-``"b_hn": (H,)``). Inputs multiply from the left: ``x @ w_i``. PyTorch keeps two
+``"b_hn": (H,)``; the linear cells, :func:`mingru` and :func:`minlstm`, have
+no ``w_h``). Inputs multiply from the left: ``x @ w_i``. PyTorch keeps two
 biases, ``b_ih + b_hh``; wherever they are only ever summed we keep the sum, so
 ``b`` is one vector (see :mod:`jaxrnn.interop`).
 """
@@ -133,6 +134,13 @@ class Cell(NamedTuple):
         (the GRU has one); None differentiates ``elementwise`` with
         ``jax.vjp``. See :meth:`elementwise_vjp` for when it is used.
       options: the constructor's options as ``(name, value)`` pairs.
+      linear: for a cell whose carry is linear in the previous one,
+        ``linear(params, xp) -> (a, b)``: the coefficients of
+        ``h_t = a_t * h_(t-1) + b_t`` from the projected inputs alone (any
+        leading axes), which :func:`jaxrnn.scan` can solve for all steps at
+        once (``parallel="associative"``). Such a cell has no ``w_h``: its
+        ``elementwise`` is that update and ignores ``hh_t``, which is empty.
+        None (the vanilla cell, the LSTM, the GRU): not linear.
 
     Example: a custom cell is the stock one with its elementwise part replaced;
     every derived function follows it::
@@ -159,11 +167,16 @@ class Cell(NamedTuple):
     gates: Callable[[Params, Carry, Array, Array], dict[str, Array]] = _no_gates
     step_vjp: StepVJP | None = None
     options: tuple[tuple[str, Any], ...] = ()
+    linear: Callable[[Params, Array], tuple[Array, Array]] | None = None
 
     def hh(self, params: Params, carry: Carry, xp_t: Array) -> Array:
-        """The step's one matmul, ``hidden(carry) @ w_h``, in the dtype of the projected input ``xp_t``."""
+        """The step's one matmul, ``hidden(carry) @ w_h``, in the dtype of the projected input ``xp_t``;
+        empty, (..., 0), for a cell without recurrent weights (a linear one)."""
         dtype = jnp.result_type(xp_t)
-        return self.hidden(carry).astype(dtype) @ params["w_h"].astype(dtype)
+        h = self.hidden(carry)
+        if "w_h" not in params:
+            return jnp.zeros(h.shape[:-1] + (0,), dtype)
+        return h.astype(dtype) @ params["w_h"].astype(dtype)
 
     def recur(self, params: Params, carry: Carry, xp_t: Array) -> tuple[Carry, Array]:
         """One step given the projected input ``xp_t`` (..., G*H): ``elementwise(carry, xp_t, hh)``."""
@@ -242,18 +255,26 @@ def _make_cell(
     separate_hn_bias: bool = False,
     step_vjp: Callable[[Any], StepVJP] | None = None,
     memory_cell: bool = False,
+    linear: Callable | None = None,
 ) -> Cell:
-    """Everything the three cells share: shapes, initialisation, projection, carry.
+    """Everything the cells share: shapes, initialisation, projection, carry.
 
     ``step_vjp(dtype)`` hand-derives the elementwise part's derivative; without
     it the fused backward pass differentiates ``elementwise`` with ``jax.vjp``.
     ``memory_cell``: the carry is an :class:`LSTMState` ``(h, c)``, else ``h``.
+    ``linear(params, xp, dtype) -> (a, b)``: a cell linear in its carry, with no
+    ``w_h``; its ``elementwise`` (pass None) is ``h_t = a_t * h_(t-1) + b_t``.
     """
     H, G = hidden_size, num_gates
     _checks.check_choice("init", init, INIT_SCHEMES)
+    if linear is not None:
+        def elementwise(params, h, xp_t, hh_t, dtype):
+            a, b = linear(params, xp_t, dtype)
+            h = a * h + b
+            return h, h
 
     def param_shapes(input_size: int) -> dict[str, tuple[int, ...]]:
-        shapes = {"w_i": (input_size, G * H), "w_h": (H, G * H)}
+        shapes = {"w_i": (input_size, G * H)} | ({} if linear else {"w_h": (H, G * H)})
         if use_bias:
             shapes["b"] = (G * H,)
             if separate_hn_bias:
@@ -271,10 +292,9 @@ def _make_cell(
         else:
             k_in = kernel_init or jax.nn.initializers.glorot_uniform()
             k_rec = recurrent_init or jax.nn.initializers.orthogonal()
-        params = {
-            "w_i": _per_gate(k_in, k_i, (input_size, H), G, param_dtype),
-            "w_h": _per_gate(k_rec, k_h, (H, H), G, param_dtype),
-        }
+        params = {"w_i": _per_gate(k_in, k_i, (input_size, H), G, param_dtype)}
+        if linear is None:
+            params["w_h"] = _per_gate(k_rec, k_h, (H, H), G, param_dtype)
         if use_bias:
             if init == "torch":
                 uniform = _torch_uniform(H)
@@ -319,6 +339,7 @@ def _make_cell(
         gates=lambda params, carry, xp_t, hh_t: gates(params, carry, xp_t, hh_t, dtype),
         step_vjp=step_vjp(dtype) if step_vjp else None,
         options=options + (("use_bias", use_bias), ("init", init), ("dtype", dtype)),
+        linear=None if linear is None else lambda params, xp: linear(params, xp, dtype),
     )
     origin = _Origin(kind, H, G, cell.options, hand_vjp=step_vjp is not None)
     for fn in _math(cell):
@@ -349,13 +370,22 @@ def _math(cell: Cell) -> tuple[Callable, ...]:
     """The functions that decide what a cell computes and how it is differentiated
     (``init`` and ``gates`` do not)."""
     vjp = () if cell.step_vjp is None else (cell.step_vjp.keep, cell.step_vjp.backward)
-    return (cell.param_shapes, cell.project, cell.elementwise, cell.initial_carry, cell.hidden, *vjp)
+    linear = () if cell.linear is None else (cell.linear,)
+    return (cell.param_shapes, cell.project, cell.elementwise, cell.initial_carry, cell.hidden, *vjp, *linear)
+
+
+def linear_matches(cell: Cell) -> bool:
+    """Whether ``cell.linear`` computes what ``cell.elementwise`` does: false once a constructor's
+    ``elementwise`` was replaced and its ``linear`` kept (the parallel scan would solve the old cell); true
+    for a ``linear`` of the user's own, which is trusted."""
+    made_for = _origin(cell.linear)
+    return made_for is None or made_for is _origin(cell.elementwise)
 
 
 def is_stock(cell: Cell) -> bool:
     """Whether ``cell`` computes exactly what its constructor made it compute.
 
-    True for any cell made by :func:`vanilla`, :func:`lstm` or :func:`gru`,
+    True for any cell made by :func:`vanilla`, :func:`lstm`, :func:`gru`, :func:`mingru` or :func:`minlstm`,
     also after ``_replace`` of ``init`` or ``gates``; false once any function
     that takes part in a step (``project``, ``elementwise``, ``hidden``,
     ``step_vjp``, ...) was replaced or removed, or ``kind``, ``hidden_size``,
@@ -676,4 +706,150 @@ def gru(
     )
 
 
-CELLS: Mapping[str, Callable[..., Cell]] = {"vanilla": vanilla, "lstm": lstm, "gru": gru}
+def _g(v: Array) -> Array:
+    """minGRU's candidate activation: v + 1/2 for v >= 0, sigmoid(v) below; positive and continuous."""
+    return jnp.where(v >= 0, v + 0.5, jax.nn.sigmoid(v))
+
+
+CANDIDATES: Mapping[str, Callable[[Array], Array]] = {"g": _g, "identity": ACTIVATIONS["identity"],
+                                                      "tanh": ACTIVATIONS["tanh"]}
+
+
+def mingru(
+    hidden_size: int,
+    *,
+    candidate: str = "g",
+    use_bias: bool = True,
+    kernel_init: Initializer | None = None,
+    dtype: Any = jnp.float32,
+    param_dtype: Any = jnp.float32,
+) -> Cell:
+    r"""The minGRU (Feng et al. 2024, "Were RNNs all we needed?"): a GRU whose gate and candidate read
+    only ``x_t``, so that ``h_t`` is linear in ``h_{t-1}``:
+
+    .. math::
+
+        \begin{array}{ll}
+        z_t = \sigma(x_t W_z + b_z) \\
+        \tilde h_t = g(x_t W_{\tilde h} + b_{\tilde h}), \quad g(v) = v + \tfrac12 \ (v \ge 0), \ \sigma(v) \ (v < 0) \\
+        h_t = (1 - z_t) \odot h_{t-1} + z_t \odot \tilde h_t
+        \end{array}
+
+    Without ``h_{t-1}`` in the gates, all steps' coefficients come from one
+    matmul over the sequence, and ``jaxrnn.scan(..., parallel="associative")``
+    solves the recurrence in O(log T) sequential depth; the sequential loop
+    gives the same values. What it trades: the gates cannot react to the state,
+    so a layer can only gate what its input shows (stack layers for more).
+
+    Example::
+
+      >>> import jax, jaxrnn
+      >>> cell = jaxrnn.mingru(16)
+      >>> params = cell.init(jax.random.key(0), 3)
+      >>> xs = jax.numpy.ones((2, 50, 3))
+      >>> ys, h = jaxrnn.scan(cell, params, xs)
+      >>> ys_p, h_p = jaxrnn.scan(cell, params, xs, parallel="associative")
+      >>> bool(jax.numpy.allclose(ys, ys_p, rtol=1e-5, atol=1e-6))
+      True
+
+    Arguments:
+      hidden_size: H.
+      candidate: the candidate's activation: ``"g"`` (the paper's, positive
+        everywhere, which its log-space form of the scan needs), ``"identity"``
+        (the paper's plain form) or ``"tanh"``.
+      use_bias, kernel_init, dtype, param_dtype: as for :func:`vanilla`:
+        Glorot-uniform input weights, zero bias (the cell has no recurrent
+        weights ``w_h``, and no PyTorch counterpart whose scheme ``init``
+        could follow). Gate order along ``w_i``'s fused axis: ``z``, ``h~``.
+
+    Returns:
+      A :class:`Cell` whose carry is ``h`` of shape (B, H), with ``linear``
+      set: ``a_t = 1 - z_t``, ``b_t = z_t h~_t``.
+    """
+    _checks.check_positive_int("hidden_size", hidden_size)
+    _checks.check_choice("candidate", candidate, tuple(CANDIDATES))
+    H, phi = hidden_size, CANDIDATES[candidate]
+
+    def linear(params, xp, dtype):
+        v = xp[..., :H]
+        return jax.nn.sigmoid(-v), jax.nn.sigmoid(v) * phi(xp[..., H:])  # 1 - z as sigmoid(-v): no cancellation
+
+    def gates(params, h, xp_t, hh_t, dtype):
+        return {"update": jax.nn.sigmoid(xp_t[..., :H])}
+
+    return _make_cell(
+        "mingru", hidden_size, 2, None, gates,
+        use_bias=use_bias, init="default", kernel_init=kernel_init, recurrent_init=None,
+        bias_offsets={}, dtype=dtype, param_dtype=param_dtype, options=(("candidate", candidate),), linear=linear,
+    )
+
+
+def minlstm(
+    hidden_size: int,
+    *,
+    candidate: str = "g",
+    use_bias: bool = True,
+    kernel_init: Initializer | None = None,
+    dtype: Any = jnp.float32,
+    param_dtype: Any = jnp.float32,
+) -> Cell:
+    r"""The minLSTM (Feng et al. 2024): an LSTM whose gates read only ``x_t``, with the forget and input
+    gates normalised to sum to one and no output gate, so that ``h_t`` is linear in ``h_{t-1}``:
+
+    .. math::
+
+        \begin{array}{ll}
+        f_t = \sigma(x_t W_f + b_f), \quad i_t = \sigma(x_t W_i + b_i) \\
+        f'_t = f_t / (f_t + i_t), \quad i'_t = i_t / (f_t + i_t) \\
+        \tilde h_t = g(x_t W_{\tilde h} + b_{\tilde h}) \\
+        h_t = f'_t \odot h_{t-1} + i'_t \odot \tilde h_t
+        \end{array}
+
+    As for :func:`mingru`, ``jaxrnn.scan(..., parallel="associative")`` solves
+    it for all steps at once. The normalisation keeps ``h`` a convex
+    combination of candidates, so its scale does not drift with T.
+
+    Example::
+
+      >>> import jax, jaxrnn
+      >>> cell = jaxrnn.minlstm(16)
+      >>> params = cell.init(jax.random.key(0), 3)
+      >>> ys, h = jaxrnn.scan(cell, params, jax.numpy.ones((2, 5, 3)), parallel="associative")
+      >>> ys.shape, sorted(params)
+      ((2, 5, 16), ['b', 'w_i'])
+
+    Arguments:
+      hidden_size, candidate, use_bias, kernel_init, dtype, param_dtype:
+        as for :func:`mingru`. Gate order along ``w_i``'s fused axis: ``f``, ``i``, ``h~``.
+
+    Returns:
+      A :class:`Cell` whose carry is ``h`` of shape (B, H), with ``linear``
+      set: ``a_t = f'_t``, ``b_t = i'_t h~_t``.
+    """
+    _checks.check_positive_int("hidden_size", hidden_size)
+    _checks.check_choice("candidate", candidate, tuple(CANDIDATES))
+    H, phi = hidden_size, CANDIDATES[candidate]
+
+    def normalised(xp):
+        # f / (f + i) = sigmoid(log f - log i), from the log-gates: no 0 / 0 where both gates underflow
+        d = jax.nn.log_sigmoid(xp[..., H : 2 * H]) - jax.nn.log_sigmoid(xp[..., :H])
+        return jax.nn.sigmoid(-d), jax.nn.sigmoid(d)  # f', i'
+
+    def linear(params, xp, dtype):
+        f, i = normalised(xp)
+        return f, i * phi(xp[..., 2 * H :])
+
+    def gates(params, h, xp_t, hh_t, dtype):
+        f, i = normalised(xp_t)
+        return {"forget": f, "input": i}
+
+    return _make_cell(
+        "minlstm", hidden_size, 3, None, gates,
+        use_bias=use_bias, init="default", kernel_init=kernel_init, recurrent_init=None,
+        bias_offsets={}, dtype=dtype, param_dtype=param_dtype, options=(("candidate", candidate),), linear=linear,
+    )
+
+
+CELLS: Mapping[str, Callable[..., Cell]] = {
+    "vanilla": vanilla, "lstm": lstm, "gru": gru, "mingru": mingru, "minlstm": minlstm,
+}

@@ -167,6 +167,8 @@ def _check_stock(name: str, cell: Cell, library: str) -> None:
             f"{name}: its functions were replaced (jaxrnn.cells.is_stock is false), so no {library} cell is "
             f"known to compute what it computes; only cells as jaxrnn.vanilla, lstm and gru make them convert"
         )
+    if cell.kind not in ("vanilla", "lstm", "gru"):
+        raise ValueError(f"{name}: {library} has no {cell.kind} cell; only jaxrnn.vanilla, lstm and gru convert")
 
 
 def to_flax(cell: Cell, params: dict[str, jax.Array], *, optimized_lstm: bool = False) -> tuple[Any, dict]:

@@ -114,8 +114,8 @@ class RNN:
           initial_state: (L * D, B, H) per carry leaf, as :meth:`initial_state`.
           key: a PRNG key; enables dropout (leave None for inference).
           scan_options: passed to each layer's :func:`jaxrnn.scan`: ``unroll``,
-            ``backward``, ``checkpoint_every`` (the memory option), ``projection``
-            and ``kernel``.
+            ``backward``, ``checkpoint_every`` (the memory option), ``projection``,
+            ``kernel`` and ``parallel`` (a linear cell's steps all at once).
 
         Returns:
           ``(outputs, final_state)``: outputs (B, T, D * H); final_state

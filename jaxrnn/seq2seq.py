@@ -86,7 +86,8 @@ class Seq2Seq:
       encoder_layers: stacked encoder layers.
       bidirectional: bidirectional encoder (outputs 2H wide).
       attention: ``None``, ``"bahdanau"`` or ``"luong"``.
-      cell: ``"lstm"``, ``"gru"`` or ``"vanilla"`` (encoder and decoder).
+      cell: a name of :data:`jaxrnn.CELLS` (encoder and decoder): ``"lstm"``,
+        ``"gru"``, ``"vanilla"``, or a linear cell, ``"mingru"`` or ``"minlstm"``.
     """
 
     src_vocab: int

@@ -33,8 +33,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxrnn import _checks, chunks, native
-from jaxrnn.cells import Carry, Cell, Params, is_stock
+from jaxrnn import _checks, chunks, linear, native
+from jaxrnn.cells import Carry, Cell, Params, is_stock, linear_matches
 
 Array = jax.Array
 
@@ -84,6 +84,7 @@ def scan(
     checkpoint_every: int | None = None,
     projection: str = "auto",
     kernel: str = "auto",
+    parallel: str | None = None,
 ) -> tuple[Array, Carry]:
     r"""Run ``cell`` over a sequence: ``(carry_t, y_t) = cell.step(params, carry_{t-1}, x_t)``.
 
@@ -126,7 +127,8 @@ def scan(
         ``cell.elementwise_vjp()`` (the GRU's own keeps its gate
         activations, so its backward pass evaluates no sigmoid or tanh again).
         ``"autodiff"``: JAX's own derivative of the loop.
-        Same values; ``resets`` always uses autodiff.
+        Same values; ``resets``, and a cell without ``w_h`` (a linear one),
+        always use autodiff.
       checkpoint_every: memory saving: run the loop in chunks of this many
         steps, each projecting its own inputs, and keep only each chunk's
         first carry for the backward pass, recomputing the rest
@@ -156,6 +158,15 @@ def scan(
         which ``jax.vmap`` batches), else the loop. The kernel is differentiable
         once; for higher derivatives (or forward mode) pass ``"xla"``.
         Same values either way (to float rounding).
+      parallel: None (default): the loop, one step after another.
+        ``"associative"``: for a cell linear in its carry (``cell.linear``:
+        :func:`~jaxrnn.mingru`, :func:`~jaxrnn.minlstm`), all steps at once by
+        a parallel prefix scan (:mod:`jaxrnn.linear`): O(log T) sequential
+        depth for O(T) work, with the masks inside the scan; differentiated by
+        JAX. Same values as the loop (to float rounding); ``unroll``,
+        ``backward``, ``projection`` and ``kernel="auto"`` are the loop's and
+        do not apply, and ``checkpoint_every`` or ``kernel="native"`` with it
+        is an error.
 
     Returns:
       ``(ys, final_carry)``: ys (B, T, H) (or (T, B, H)); final_carry as
@@ -168,7 +179,7 @@ def scan(
         ys, carry = scan(
             cell, params, xs[None], **batch_of_one(cell, xs, initial_carry=initial_carry, lengths=lengths, resets=resets),
             reverse=reverse, unroll=unroll, backward=backward, checkpoint_every=checkpoint_every,
-            projection=projection, kernel="xla" if kernel == "auto" else kernel,
+            projection=projection, kernel="xla" if kernel == "auto" else kernel, parallel=parallel,
         )
         return ys[0], jax.tree_util.tree_map(lambda v: v[0], carry)
     if xs.ndim != 3:
@@ -182,6 +193,24 @@ def scan(
     _checks.check_choice("kernel", kernel, KERNELS)
     if checkpoint_every is not None:
         _checks.check_positive_int("checkpoint_every", checkpoint_every)
+    if parallel is not None:
+        _checks.check_choice("parallel", parallel, PARALLEL)
+        if cell.linear is None:
+            raise ValueError(f"parallel={parallel!r}: the {cell.kind} cell is not linear in its carry "
+                             "(cell.linear is None); the linear cells are jaxrnn.mingru and jaxrnn.minlstm")
+        if not linear_matches(cell):
+            raise ValueError(f"parallel={parallel!r}: the cell's elementwise was replaced, and its linear (the "
+                             "coefficients the scan solves with) was made for the old one; replace both, or "
+                             "run the loop (parallel=None)")
+        for option, value, loop_only in (("checkpoint_every", checkpoint_every, checkpoint_every is not None),
+                                         ("kernel", repr(kernel), kernel == "native")):
+            if loop_only:
+                raise ValueError(f"parallel={parallel!r} with {option}={value}: that is an option of the "
+                                 "loop; pass one or the other")
+        prep = prepare(cell, params, xs, initial_carry=initial_carry, lengths=lengths, resets=resets,
+                       reverse=reverse, time_major=time_major)
+        final_carry, ys = _associative(cell, params, prep)
+        return _finish(ys, final_carry, prep, reverse, time_major)
     if kernel != "xla":
         steps, batch = xs.shape[:2] if time_major else xs.shape[1::-1]
         reason = native.unsupported(cell, params, batch, xs.dtype, steps=steps, backward=backward,
@@ -197,18 +226,34 @@ def scan(
     )
     if checkpoint_every is not None:
         final_carry, ys = _checkpointed(
-            cell, params, prep, checkpoint_every, unroll, per_chunk=hoisted, fused=backward == "fused"
+            cell, params, prep, checkpoint_every, unroll, per_chunk=hoisted,
+            fused=backward == "fused" and "w_h" in params,  # the fused backward is W_h's
         )
-    elif backward == "fused" and prep.resets is None:
+    elif backward == "fused" and prep.resets is None and "w_h" in params:
         final_carry, ys = fused_recurrence(
             cell, params, prep.xp, prep.initial_carry, prep.valid, unroll, projected=prep.projected
         )
     else:
         body = make_body(cell, params, prep)
         final_carry, ys = jax.lax.scan(body, prep.initial_carry, (prep.xp, prep.valid, prep.resets), unroll=unroll)
+    return _finish(ys, final_carry, prep, reverse, time_major)
+
+
+def _finish(ys: Array, final_carry: Carry, prep: Prepared, reverse: bool, time_major: bool) -> tuple[Array, Carry]:
+    """Time-major outputs, in processing order (reversed rows reversed), back in the caller's order and
+    layout."""
     if reverse:
         ys = jnp.flip(ys, axis=0) if prep.perm is None else _gather_time(ys, prep.perm)
     return (ys if time_major else jnp.swapaxes(ys, 0, 1)), final_carry
+
+
+def _associative(cell: Cell, params: Params, prep: Prepared) -> tuple[Carry, Array]:
+    """A linear cell's every step at once (:func:`jaxrnn.linear.recurrence`): ``(final_carry, ys)``."""
+    a, b = cell.linear(params, prep.xp)
+    hs = linear.recurrence(a, b, prep.initial_carry, valid=prep.valid, resets=prep.resets)
+    ys = hs if prep.valid is None else jnp.where(prep.valid[..., None], hs, jnp.zeros((), hs.dtype))
+    # Padded steps are identities, so the last step's carry is each row's at its last valid step.
+    return (hs[-1] if hs.shape[0] else prep.initial_carry), ys
 
 
 def batch_of_one(cell: Cell, xs: Array, *, initial_carry: Carry | None = None, lengths: Array | None = None,
@@ -238,6 +283,7 @@ def batch_of_one(cell: Cell, xs: Array, *, initial_carry: Carry | None = None, l
 
 PROJECTIONS = ("auto", "hoisted", "per_step")
 KERNELS = ("auto", "xla", "native")
+PARALLEL = ("associative",)
 
 
 def _native(cell: Cell, params: Params, xs: Array, initial_carry, lengths, resets, reverse: bool, time_major: bool,

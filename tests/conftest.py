@@ -1,4 +1,4 @@
-"""Shared test helpers: small random inputs and the three cells."""
+"""Shared test helpers: small random inputs and one cell of each kind."""
 
 import os
 
@@ -21,6 +21,7 @@ CELL_FACTORIES = {
     "vanilla-relu": lambda h: jaxrnn.vanilla(h, "relu"),
     "lstm": lambda h: jaxrnn.lstm(h),
     "gru": lambda h: jaxrnn.gru(h),
+    "mingru": lambda h: jaxrnn.mingru(h),  # a linear cell (no W_h); the minLSTM's tests are test_linear's
 }
 
 

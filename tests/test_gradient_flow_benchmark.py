@@ -13,7 +13,7 @@ from jaxrnn.programs.cli import main as cli_main
 def test_gradient_flow_smoke(tmp_path, capsys):
     out = tmp_path / "run"
     cli_main([
-        "gradient-flow", "--cells", "vanilla", "lstm-fb1", "--radii", "0.5", "1.5", "--lengths", "5", "40",
+        "gradient-flow", "--cells", "vanilla", "lstm-fb1", "mingru", "--radii", "0.5", "1.5", "--lengths", "5", "40",
         "--hidden-size", "8", "--batch-size", "4", "--train-steps", "100", "--train-length", "10", "--seeds", "0",
         "--cost-length", "50", "--out", str(out),
     ])
@@ -22,8 +22,8 @@ def test_gradient_flow_smoke(tmp_path, capsys):
         assert (out / name).stat().st_size > 0, name
     results = json.loads((out / "results.json").read_text())
     rows = {(r["phase"], r["model"], r["T"]): r for r in results["summaries"]}
-    # 2 cells + 2 sweep radii at init, the 2 cells again after training, 2 lengths each
-    assert len(rows) == (4 + 2) * 2
+    # 3 cells + 2 sweep radii at init, the 3 cells again after training, 2 lengths each
+    assert len(rows) == (5 + 3) * 2
     assert all(math.isfinite(r["decay_per_step"]) for r in rows.values())
     # rho = 0.5 vanishes much faster than rho = 1.5 (a contraction against an expansion)
     assert rows[("init", "vanilla tanh rho=0.5", 40)]["decay_per_step"] < rows[("init", "vanilla tanh rho=1.5", 40)]["decay_per_step"] - 0.1
@@ -32,6 +32,12 @@ def test_gradient_flow_smoke(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| vanilla tanh (orthogonal) | init |" in printed and str(out) in printed
     assert len(results["profiles"]["init|lstm (forget bias 1)|40"]) == 40
+    # the linear cell: its slowest unit's log10 |a_t| is the decay of the gradient's norm (to the fit)
+    for phase in ("init", "trained"):
+        decay = results["linear_decay"][f"{phase}|mingru"]
+        assert decay["mean"] <= decay["slowest_unit"] < 0
+        assert abs(decay["slowest_unit"] - rows[(phase, "mingru", 40)]["decay_per_step"]) < 0.05
+    assert "slowest unit's mean log10 |a_t|" in printed
 
 
 def test_models_reject_unknown_cells():

@@ -1,7 +1,8 @@
 """The gradient-flow benchmark: how far back does the gradient reach, per cell and length?
 
 For vanilla tanh (orthogonal recurrent matrix, and a sweep of its spectral
-radius), LSTM (forget bias 0 and 1) and GRU, on the adding problem, at
+radius), LSTM (forget bias 0 and 1), GRU, and the linear minGRU and minLSTM
+(whose gradient decays by exactly ``|a_t|`` per step), on the adding problem, at
 initialisation and after a short training run, it measures with
 :mod:`jaxrnn.diagnostics`:
 
@@ -46,7 +47,7 @@ class Model:
     """One row of the benchmark: a cell kind and how to initialise it."""
 
     name: str
-    kind: str  # "vanilla" | "lstm" | "gru": models of a kind share compiled functions
+    kind: str  # "vanilla" | "lstm" | "gru" | "mingru" | "minlstm": models of a kind share compiled functions
     radius: float | None = None  # vanilla: spectral radius of the orthogonal W_h
     forget_bias: float = 1.0  # lstm
 
@@ -58,6 +59,8 @@ def models(cells: list[str], radii: list[float]) -> list[Model]:
         "lstm-fb0": Model("lstm (forget bias 0)", "lstm", forget_bias=0.0),
         "lstm-fb1": Model("lstm (forget bias 1)", "lstm", forget_bias=1.0),
         "gru": Model("gru", "gru"),
+        "mingru": Model("mingru", "mingru"),
+        "minlstm": Model("minlstm", "minlstm"),
     }
     unknown = set(cells) - set(table)
     if unknown:
@@ -72,7 +75,7 @@ def build(model: Model, hidden_size: int) -> jaxrnn.Cell:
         return jaxrnn.vanilla(hidden_size, recurrent_init=jax.nn.initializers.orthogonal(scale=model.radius))
     if model.kind == "lstm":
         return jaxrnn.lstm(hidden_size, forget_bias=model.forget_bias)
-    return jaxrnn.gru(hidden_size)
+    return jaxrnn.CELLS[model.kind](hidden_size)
 
 
 def init_model(model: Model, hidden_size: int, key: jax.Array) -> dict:
@@ -91,7 +94,7 @@ class Compiled:
 
     def __init__(self, hidden_size: int):
         self.hidden_size = hidden_size
-        self.cells = {k: jaxrnn.CELLS[k](hidden_size) for k in ("vanilla", "lstm", "gru")}
+        self.cells = {k: jaxrnn.CELLS[k](hidden_size) for k in ("vanilla", "lstm", "gru", "mingru", "minlstm")}
         self._cache: dict[tuple, Callable] = {}
 
     def _get(self, name: str, kind: str, make: Callable) -> Callable:
@@ -107,6 +110,11 @@ class Compiled:
     def profile(self, kind: str) -> Callable:
         return self._get("profile", kind, lambda cell: lambda p, xs, y: diagnostics.gradient_profile(
             cell, p["cell"], xs, self.loss_fn(p["readout"], y)))
+
+    def log10_decay(self, kind: str) -> Callable:
+        """A linear cell's ``log10 |a_t|`` (B, T, H): its gradient's decay per step, unit by unit."""
+        return self._get("log10_decay", kind, lambda cell: lambda p, xs: jnp.log10(jnp.abs(
+            cell.linear(p["cell"], cell.project(p["cell"], xs))[0])))
 
     def jacobian(self, kind: str) -> Callable:
         return self._get("jacobian", kind, lambda cell: lambda p, xs: diagnostics.jacobian_spectral_norms(
@@ -185,6 +193,7 @@ def run(args) -> pathlib.Path:
         "machine": {"platform": platform.platform(), "devices": [str(d) for d in jax.devices()],
                     "jax": jax.__version__},
         "summaries": [], "profiles": {}, "jacobian": {}, "training": {}, "underflow": [], "cost": [],
+        "linear_decay": {},
     }
     csv_file = (out / "profiles.csv").open("w", newline="")
     writer = csv.writer(csv_file)
@@ -205,6 +214,10 @@ def run(args) -> pathlib.Path:
                     "flagged_steps": int(np.asarray(prof.plain_underflow).sum()),
                     "min_log10_norm": float(np.nanmin(prof.log10_norm)),
                 })
+            if length == max(lengths) and compiled.cells[model.kind].linear is not None:
+                log10_a = np.asarray(compiled.log10_decay(model.kind)(params, batch.xs))  # (B, T, H)
+                results["linear_decay"].setdefault(f"{phase}|{model.name}", []).append(
+                    {"mean": float(log10_a.mean()), "slowest_unit": float(log10_a.mean(axis=(0, 1)).max())})
             if length == jac_length:
                 sig = compiled.jacobian(model.kind)(params, batch.xs)
                 results["jacobian"].setdefault(f"{phase}|{model.name}", []).append(np.asarray(sig).mean(0))
@@ -237,6 +250,8 @@ def run(args) -> pathlib.Path:
         results["profiles"][key] = mean.tolist()
     csv_file.close()
     results["jacobian"] = {k: np.mean(v, axis=0).tolist() for k, v in results["jacobian"].items()}
+    results["linear_decay"] = {k: {m: float(np.mean([s[m] for s in v])) for m in v[0]}
+                               for k, v in results["linear_decay"].items()}
     results["final_mse"] = {k: [float(np.mean(run[-100:])) for run in v] for k, v in results["training"].items()}
     results["training"] = {k: np.mean(v, axis=0).tolist() for k, v in results["training"].items()}
 
@@ -281,6 +296,17 @@ def tables(results: dict, lengths: list[int]) -> str:
         lines.append(table(["cell"] + [f"seed {s}" for s in seeds],
                            [[name] + [f"{v:.4f}" for v in finals] for name, finals in results["final_mse"].items()],
                            "l" + "r" * len(seeds)))
+    if results.get("linear_decay"):
+        T = max(lengths)
+        lines.append(f"\n**the linear cells' decay from their coefficients** (T = {T}): ``dL/dh_(t-1) = a_t dL/dh_t`` "
+                     "unit by unit, so each unit's gradient falls by log10 |a_t| per step; the norm follows the "
+                     "slowest units\n")
+        fitted = {(r["phase"], r["model"]): r["decay_per_step"] for r in rows if r["T"] == T}
+        lines.append(table(["cell", "phase", "mean log10 |a_t|", "slowest unit's mean log10 |a_t|",
+                            "fitted decay per step of the norm"],
+                           [[key.split("|")[1], key.split("|")[0], f"{v['mean']:+.4f}", f"{v['slowest_unit']:+.4f}",
+                             f"{fitted.get(tuple(key.split('|')), float('nan')):+.4f}"]
+                            for key, v in results["linear_decay"].items()], "llrrr"))
     if results["underflow"]:
         lines.append("\n**float32 underflow** (T = {}): steps where plain float32 autodiff returns exactly 0, "
                      "which the renormalised profile measures\n".format(results["underflow"][0]["T"]))
@@ -335,8 +361,9 @@ def plot(results: dict, all_models, trained_models, lengths, jac_length, out: pa
     if len(radii):
         ax.plot(radii, np.log10(radii), "k--", lw=1, label="linear RNN: log10(rho)")
     gated = [r for r in summ if r["kind"] != "vanilla" and r["T"] == sweep_length]
-    for r, ls in zip(gated, [":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3))]):
-        ax.axhline(r["decay_per_step"], ls=ls, lw=1.4, color="tab:red",
+    for r, ls in zip(gated, [":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (3, 1)), (0, (6, 2))]):
+        linear = jaxrnn.CELLS[r["kind"]](1).linear is not None  # linear cells in blue, gated ones in red
+        ax.axhline(r["decay_per_step"], ls=ls, lw=1.4, color="tab:blue" if linear else "tab:red",
                    label=f"{r['model']} (T={sweep_length})")
     ax.axhline(0, color="gray", lw=0.8)
     ax.set_xlabel("spectral radius of W_h (orthogonal x rho)")
@@ -376,8 +403,8 @@ def plot(results: dict, all_models, trained_models, lengths, jac_length, out: pa
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cells", nargs="+", default=["vanilla", "lstm-fb0", "lstm-fb1", "gru"],
-                        choices=["vanilla", "lstm-fb0", "lstm-fb1", "gru"], help="models to train and profile")
+    names = ["vanilla", "lstm-fb0", "lstm-fb1", "gru", "mingru", "minlstm"]
+    parser.add_argument("--cells", nargs="+", default=names, choices=names, help="models to train and profile")
     parser.add_argument("--radii", nargs="*", type=arguments.positive_float, default=[0.5, 0.75, 1.0, 1.25, 1.5],
                         help="spectral radii of W_h for the vanilla tanh sweep (at init)")
     parser.add_argument("--lengths", nargs="+", type=arguments.positive_int, default=[10, 30, 100, 300, 1000])

@@ -1,0 +1,126 @@
+"""The linear cells' parallel prefix scan against their loop, and against the sequential GRU and LSTM.
+
+    python benchmarks/parallel.py --cells mingru minlstm --lengths 100 1000 10000 100000 --batch 8 --hidden 64
+
+For each cell, batch, width and length, forward and forward+backward
+(gradients of the summed squared outputs with respect to parameters and
+inputs), interleaved in one process as ``jaxrnn speed`` times its peers:
+
+- ``loop``: ``jaxrnn.scan`` one step after another (the ``lax.scan`` loop);
+- ``associative``: ``jaxrnn.scan(..., parallel="associative")``;
+- ``jaxrnn gru`` / ``jaxrnn lstm``: the nonlinear cell a linear one stands in
+  for (minGRU: the GRU, minLSTM: the LSTM), run as jaxrnn runs it (on a CPU,
+  its native kernel where it applies);
+- ``flax``: flax's ``nn.RNN`` over that nonlinear cell.
+
+The table gives each one's milliseconds and the loop's time over the
+associative scan's, and the run ends with the lengths at which the scan was
+the faster. Writes the JSON and a figure (time against T, log-log).
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+from tqdm.auto import tqdm
+
+from jaxrnn.programs import arguments, speed
+from jaxrnn.programs.outputs import markdown_table, pyplot, save_figure
+
+LINEAR_CELLS = ("mingru", "minlstm")
+NONLINEAR = {"mingru": "gru", "minlstm": "lstm"}  # the cell each linear one stands in for
+
+
+def makers(kind: str) -> dict:
+    """``{name: maker(kind, B, T, H, with_grad)}``, as :func:`jaxrnn.programs.speed.run_case` takes them."""
+    other = NONLINEAR[kind]
+    return {
+        "loop": lambda k, B, T, H, g: speed.make_jaxrnn(k, B, T, H, g),
+        "associative": lambda k, B, T, H, g: speed.make_jaxrnn(k, B, T, H, g, parallel="associative"),
+        f"jaxrnn {other}": lambda k, B, T, H, g: speed.make_jaxrnn(other, B, T, H, g),
+        "flax": lambda k, B, T, H, g: speed.make_flax(other, B, T, H, g),
+    }
+
+
+def table(results: list[dict]) -> str:
+    head = ["cell", "mode", "B", "H", "T", "loop ms", "associative ms", "loop / associative",
+            "nonlinear cell", "jaxrnn ms", "flax ms"]
+    rows = []
+    for r in results:
+        ms, other = r["ms"], NONLINEAR[r["cell"]]
+        fmt = lambda name: f"{ms[name]:.2f}" if name in ms else r["missing"].get(name, "-")
+        ratio = f"{ms['loop'] / ms['associative']:.2f}x" if "loop" in ms and "associative" in ms else "-"
+        rows.append([r["cell"], r["mode"], r["B"], r["H"], r["T"], fmt("loop"), fmt("associative"), ratio,
+                     other, fmt(f"jaxrnn {other}"), fmt("flax")])
+    return markdown_table(head, rows)
+
+
+def scan_wins(results: list[dict]) -> dict[str, list[int]]:
+    """``{"cell mode B=.. H=..": the lengths T at which the associative scan beat the loop}``."""
+    out: dict[str, list[int]] = {}
+    for r in sorted(results, key=lambda r: r["T"]):
+        wins = out.setdefault(f"{r['cell']} {r['mode']} B={r['B']} H={r['H']}", [])
+        if r["ms"].get("associative", float("inf")) < r["ms"].get("loop", 0.0):
+            wins.append(r["T"])
+    return out
+
+
+def plot(results: list[dict], path) -> None:
+    """Time against T, log-log, one panel per (cell, mode, B, H)."""
+    plt = pyplot()
+    panels = list(dict.fromkeys((r["cell"], r["mode"], r["B"], r["H"]) for r in results))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
+    for ax, (cell, mode, B, H) in zip(axes[0], panels):
+        rows = sorted((r for r in results if (r["cell"], r["mode"], r["B"], r["H"]) == (cell, mode, B, H)),
+                      key=lambda r: r["T"])
+        for name in makers(cell):
+            pts = [(r["T"], r["ms"][name]) for r in rows if name in r["ms"]]
+            if pts:
+                ax.loglog(*zip(*pts), marker="o", label=name)
+        ax.set_xlabel("T (steps)")
+        ax.set_ylabel("ms")
+        ax.set_title(f"{cell} {mode}, B={B} H={H}", fontsize=9)
+        ax.legend(fontsize=7)
+    save_figure(fig, path)
+
+
+def run(args) -> dict:
+    out, path = speed.start_record("parallel", args)
+    results = out["results"]
+    cases = [(c, B, H, T, g) for c in args.cells for B in args.batch for H in args.hidden for T in args.lengths
+             for g in ([False, True] if args.mode == "both" else [args.mode == "fwd+bwd"])]
+    print(f"{jax.devices()[0].device_kind}; {args.precision}; median of {args.repeats} interleaved rounds\n",
+          flush=True)
+    with speed.matmul_precision(args.precision):
+        for kind, B, H, T, grad in tqdm(cases, desc="parallel", unit="case"):
+            made = makers(kind)
+            results.append(speed.run_case(kind, B, T, H, grad, list(made), args.repeats, args.block, made))
+            tqdm.write(table(results[-1:]))
+            path.write_text(json.dumps(out, indent=1))  # as measured: a run cut short keeps its rows
+    out["scan_wins"] = scan_wins(results)
+    path.write_text(json.dumps(out, indent=1))
+    plot(results, path.with_suffix(".png"))
+    print(table(results))
+    print("lengths at which the associative scan beat the loop: "
+          + "; ".join(f"{k}: {', '.join(map(str, v)) or 'none'}" for k, v in out["scan_wins"].items()))
+    print(f"wrote {path} and {path.with_suffix('.png')}")
+    return out
+
+
+def main(argv=None) -> None:
+    p = arguments.ArgumentParser(prog="parallel", description=__doc__.split("\n\n")[0])
+    p.add_argument("--cells", nargs="+", choices=LINEAR_CELLS, default=list(LINEAR_CELLS))
+    p.add_argument("--batch", nargs="+", type=arguments.positive_int, default=[8])
+    p.add_argument("--hidden", nargs="+", type=arguments.positive_int, default=[64])
+    p.add_argument("--lengths", nargs="+", type=arguments.positive_int, default=[100, 1000, 10_000])
+    p.add_argument("--mode", choices=("fwd", "fwd+bwd", "both"), default="both")
+    p.add_argument("--repeats", type=arguments.positive_int, default=5)
+    p.add_argument("--block", type=arguments.int_at_least(2), default=3)
+    p.add_argument("--precision", choices=speed.PRECISIONS, default="float32")
+    p.add_argument("--json", help="where to write the JSON (default runs/parallel-<timestamp>.json)")
+    run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
