@@ -122,7 +122,7 @@ def test_lstm_beats_the_baseline_on_adding_at_T50():
 
 def test_long_range_smoke(tmp_path):
     folder = long_range.main(["--tasks", "copy_memory", "temporal_order",
-                              "--models", "lstm-chrono", "--lengths", "20", "--seeds", "2",
+                              "--models", "lstm-chrono", "mingru", "--lengths", "20", "--seeds", "2",
                               "--steps", "20", "--eval-every", "10", "--hidden", "8", "--out", str(tmp_path)])
     text = (folder / "results.md").read_text()
     for heading in ("### copy_memory", "### temporal_order", "Gradient decay on temporal_order"):
@@ -131,5 +131,6 @@ def test_long_range_smoke(tmp_path):
     import json
 
     saved = json.loads((folder / "results.json").read_text())
-    assert len(saved["results"]) == 2 and saved["profiles"]["length"] == 20
+    assert len(saved["results"]) == 4 and saved["profiles"]["length"] == 20
+    assert set(long_range.DEFAULT_MODELS) < set(long_range.MODELS) and "mingru" not in long_range.DEFAULT_MODELS
     assert all(np.isfinite(p["untrained"]["decay_per_step"]) for p in saved["profiles"]["models"].values())
