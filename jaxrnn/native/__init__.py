@@ -283,6 +283,10 @@ def _require() -> None:
         raise RuntimeError(f"jaxrnn's native kernels cannot run here: {reason}")
 
 
+HELPERS = ("pool", "threads")
+_FORCED_HELPERS: str | None = None
+
+
 def pooled() -> bool:
     """Whether a kernel call's helper threads come from XLA's intra-op pool (the default) or are its own.
 
@@ -299,10 +303,6 @@ def pooled() -> bool:
     if helpers not in HELPERS:
         raise ValueError(f"JAXRNN_NATIVE_HELPERS={helpers!r}: expected one of {HELPERS}")
     return helpers == "pool"
-
-
-HELPERS = ("pool", "threads")
-_FORCED_HELPERS: str | None = None
 
 
 @contextlib.contextmanager

@@ -52,21 +52,24 @@ class Model:
     forget_bias: float = 1.0  # lstm
 
 
+#: The named models, as ``--cells`` names them.
+MODELS: dict[str, Model] = {
+    "vanilla": Model("vanilla tanh (orthogonal)", "vanilla", radius=1.0),
+    "lstm-fb0": Model("lstm (forget bias 0)", "lstm", forget_bias=0.0),
+    "lstm-fb1": Model("lstm (forget bias 1)", "lstm", forget_bias=1.0),
+    "gru": Model("gru", "gru"),
+    "mingru": Model("mingru", "mingru"),
+    "minlstm": Model("minlstm", "minlstm"),
+}
+
+
 def models(cells: list[str], radii: list[float]) -> list[Model]:
     """The benchmark's models: the named cells, then the vanilla spectral-radius sweep."""
-    table = {
-        "vanilla": Model("vanilla tanh (orthogonal)", "vanilla", radius=1.0),
-        "lstm-fb0": Model("lstm (forget bias 0)", "lstm", forget_bias=0.0),
-        "lstm-fb1": Model("lstm (forget bias 1)", "lstm", forget_bias=1.0),
-        "gru": Model("gru", "gru"),
-        "mingru": Model("mingru", "mingru"),
-        "minlstm": Model("minlstm", "minlstm"),
-    }
-    unknown = set(cells) - set(table)
+    unknown = set(cells) - set(MODELS)
     if unknown:
-        raise ValueError(f"cells: unknown {sorted(unknown)}, expected some of {sorted(table)}")
+        raise ValueError(f"cells: unknown {sorted(unknown)}, expected some of {sorted(MODELS)}")
     sweep = [r for r in radii if not (r == 1.0 and "vanilla" in cells)]  # rho = 1 is "vanilla" itself
-    return [table[c] for c in cells] + [Model(f"vanilla tanh rho={r:g}", "vanilla", radius=r) for r in sweep]
+    return [MODELS[c] for c in cells] + [Model(f"vanilla tanh rho={r:g}", "vanilla", radius=r) for r in sweep]
 
 
 def build(model: Model, hidden_size: int) -> jaxrnn.Cell:
@@ -94,7 +97,7 @@ class Compiled:
 
     def __init__(self, hidden_size: int):
         self.hidden_size = hidden_size
-        self.cells = {k: jaxrnn.CELLS[k](hidden_size) for k in ("vanilla", "lstm", "gru", "mingru", "minlstm")}
+        self.cells = {k: jaxrnn.CELLS[k](hidden_size) for k in {m.kind for m in MODELS.values()}}
         self._cache: dict[tuple, Callable] = {}
 
     def _get(self, name: str, kind: str, make: Callable) -> Callable:
@@ -403,8 +406,8 @@ def plot(results: dict, all_models, trained_models, lengths, jac_length, out: pa
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    names = ["vanilla", "lstm-fb0", "lstm-fb1", "gru", "mingru", "minlstm"]
-    parser.add_argument("--cells", nargs="+", default=names, choices=names, help="models to train and profile")
+    parser.add_argument("--cells", nargs="+", default=list(MODELS), choices=list(MODELS),
+                        help="models to train and profile")
     parser.add_argument("--radii", nargs="*", type=arguments.positive_float, default=[0.5, 0.75, 1.0, 1.25, 1.5],
                         help="spectral radii of W_h for the vanilla tanh sweep (at init)")
     parser.add_argument("--lengths", nargs="+", type=arguments.positive_int, default=[10, 30, 100, 300, 1000])
