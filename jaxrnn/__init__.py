@@ -3,7 +3,8 @@
 Cells (:func:`vanilla`, :func:`lstm`, :func:`gru`, and the linear
 :func:`mingru` and :func:`minlstm`) are records of pure functions; :func:`scan`
 unrolls any of them (a linear one also all steps at once, by
-:mod:`jaxrnn.linear`'s parallel prefix scan); :class:`RNN` stacks them;
+:mod:`jaxrnn.linear`'s parallel prefix scan, any one by :mod:`jaxrnn.newton`'s
+Newton iterations); :class:`RNN` stacks them;
 :mod:`jaxrnn.diagnostics` measures how gradients flow back through time;
 :mod:`jaxrnn.heads` (losses for every sequence shape), :mod:`jaxrnn.seq2seq`
 (encoder-decoder with attention) and :mod:`jaxrnn.streaming` build on them;
@@ -28,7 +29,8 @@ __version__ = "0.1.0"
 # linen needs flax, training optax, checkpoints orbax (tests/test_imports.py holds this).
 # `jaxrnn.linen.RNN` and `from jaxrnn import linen` both work as before. They stay out of __all__:
 # `from jaxrnn import *` would load them all, and bind `nnx` and `linen` over flax's own names.
-_LAZY_SUBMODULES = ("checkpoints", "diagnostics", "heads", "linen", "nnx", "seq2seq", "streaming", "tasks", "training")
+_LAZY_SUBMODULES = ("checkpoints", "diagnostics", "heads", "linen", "newton", "nnx", "seq2seq", "streaming", "tasks",
+                    "training")
 
 
 def __getattr__(name: str):

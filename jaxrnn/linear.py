@@ -39,10 +39,16 @@ METHODS = ("sequential", "associative")
 
 def compose(first: tuple[Array, ...], second: tuple[Array, ...]) -> tuple[Array, ...]:
     """The steps ``first`` then ``second``, each ``(a, b)`` for ``h -> a h + b``, or ``(a, b, starts)``
-    with ``starts`` true where the step (or a step of it) starts afresh: then ``b`` is its whole result."""
+    with ``starts`` true where the step (or a step of it) starts afresh: then ``b`` is its whole result.
+
+    ``a`` multiplies elementwise, or, with one axis more than ``b``, is a matrix (..., D, D) applied to
+    ``b``'s last axis (the Jacobians of :mod:`jaxrnn.newton`)."""
     a1, b1, *s1 = first
     a2, b2, *s2 = second
-    a, b = a2 * a1, a2 * b1 + b2
+    if a2.ndim == b2.ndim + 1:
+        a, b = a2 @ a1, (a2 @ b1[..., None])[..., 0] + b2
+    else:
+        a, b = a2 * a1, a2 * b1 + b2
     if not s2:
         return a, b
     return jnp.where(s2[0], a2, a), jnp.where(s2[0], b2, b), s1[0] | s2[0]

@@ -166,7 +166,12 @@ def scan(
         JAX. Same values as the loop (to float rounding); ``unroll``,
         ``backward``, ``projection`` and ``kernel="auto"`` are the loop's and
         do not apply, and ``checkpoint_every`` or ``kernel="native"`` with it
-        is an error.
+        is an error. ``"deer"``, ``"quasi-deer"``, ``"elk"``, ``"quasi-elk"``:
+        any cell, all steps at once by Newton's method
+        (:func:`jaxrnn.newton.solve` with its defaults and ``fallback=True``:
+        a solve that does not converge gives the loop's trajectory; call
+        ``newton.solve`` itself for its report, tolerance and warm start).
+        Differentiable in reverse mode only.
 
     Returns:
       ``(ys, final_carry)``: ys (B, T, H) (or (T, B, H)); final_carry as
@@ -195,6 +200,18 @@ def scan(
         _checks.check_positive_int("checkpoint_every", checkpoint_every)
     if parallel is not None:
         _checks.check_choice("parallel", parallel, PARALLEL)
+        for option, value, loop_only in (("checkpoint_every", checkpoint_every, checkpoint_every is not None),
+                                         ("kernel", repr(kernel), kernel == "native")):
+            if loop_only:
+                raise ValueError(f"parallel={parallel!r} with {option}={value}: that is an option of the "
+                                 "loop; pass one or the other")
+        if parallel != "associative":
+            from jaxrnn import newton  # imports this module
+
+            ys, final_carry, _ = newton.solve(cell, params, xs, method=parallel, initial_carry=initial_carry,
+                                              lengths=lengths, resets=resets, reverse=reverse,
+                                              time_major=time_major, fallback=True)
+            return ys, final_carry
         if cell.linear is None:
             raise ValueError(f"parallel={parallel!r}: the {cell.kind} cell is not linear in its carry "
                              "(cell.linear is None); the linear cells are jaxrnn.mingru and jaxrnn.minlstm")
@@ -202,11 +219,6 @@ def scan(
             raise ValueError(f"parallel={parallel!r}: the cell's elementwise was replaced, and its linear (the "
                              "coefficients the scan solves with) was made for the old one; replace both, or "
                              "run the loop (parallel=None)")
-        for option, value, loop_only in (("checkpoint_every", checkpoint_every, checkpoint_every is not None),
-                                         ("kernel", repr(kernel), kernel == "native")):
-            if loop_only:
-                raise ValueError(f"parallel={parallel!r} with {option}={value}: that is an option of the "
-                                 "loop; pass one or the other")
         prep = prepare(cell, params, xs, initial_carry=initial_carry, lengths=lengths, resets=resets,
                        reverse=reverse, time_major=time_major)
         final_carry, ys = _associative(cell, params, prep)
@@ -283,7 +295,8 @@ def batch_of_one(cell: Cell, xs: Array, *, initial_carry: Carry | None = None, l
 
 PROJECTIONS = ("auto", "hoisted", "per_step")
 KERNELS = ("auto", "xla", "native")
-PARALLEL = ("associative",)
+NEWTON_METHODS = ("deer", "quasi-deer", "elk", "quasi-elk")  # jaxrnn.newton's
+PARALLEL = ("associative", *NEWTON_METHODS)
 
 
 def _native(cell: Cell, params: Params, xs: Array, initial_carry, lengths, resets, reverse: bool, time_major: bool,

@@ -17,8 +17,8 @@ def test_gradient_flow_smoke(tmp_path, capsys):
         "--hidden-size", "8", "--batch-size", "4", "--train-steps", "100", "--train-length", "10", "--seeds", "0",
         "--cost-length", "50", "--out", str(out),
     ])
-    for name in ("gradient_decay.png", "spectral_radius.png", "jacobian.png", "training.png",
-                 "results.json", "profiles.csv", "table.md"):
+    for name in ("gradient_decay.png", "gradient_decay_by_length.png", "spectral_radius.png", "jacobian.png",
+                 "training.png", "results.json", "profiles.csv", "table.md"):
         assert (out / name).stat().st_size > 0, name
     results = json.loads((out / "results.json").read_text())
     rows = {(r["phase"], r["model"], r["T"]): r for r in results["summaries"]}

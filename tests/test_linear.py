@@ -159,7 +159,7 @@ def test_parallel_errors_name_the_argument():
     cell = jaxrnn.mingru(3)
     params = cell.init(jax.random.key(0), 2)
     with pytest.raises(ValueError, match="parallel: expected one of"):
-        jaxrnn.scan(cell, params, xs, parallel="deer")
+        jaxrnn.scan(cell, params, xs, parallel="newton")
     with pytest.raises(ValueError, match="checkpoint_every=2"):
         jaxrnn.scan(cell, params, xs, parallel="associative", checkpoint_every=2)
 
@@ -287,4 +287,9 @@ def test_the_parallel_benchmark_smoke(tmp_path, capsys):
     (row,) = json.loads(out.read_text())["results"]
     assert set(row["ms"]) == {"loop", "associative", "jaxrnn gru", "flax"} and row["mode"] == "fwd"
     assert out.with_suffix(".png").stat().st_size > 0
-    assert "lengths at which the associative scan beat the loop" in capsys.readouterr().out
+    assert "lengths at which a parallel method beat the loop" in capsys.readouterr().out
+    parallel.main(["--cells", "gru", "--batch", "2", "--hidden", "3", "--lengths", "4", "--mode", "fwd",
+                   "--repeats", "1", "--block", "2", "--json", str(out)])
+    (row,) = json.loads(out.read_text())["results"]
+    assert set(row["ms"]) == {"loop", "deer", "quasi-deer", "jaxrnn gru", "flax"}
+    assert all(v["converged"] and v["iterations"] <= 4 for v in row["iterations"].values())

@@ -238,7 +238,8 @@ def grads_of(cell, params, xs, **kwargs):
     return jax.grad(loss, argnums=(0, 1, 2))(params, xs, h0)
 
 
-@pytest.mark.parametrize("projection", ["hoisted", "per_step"])
+# The hoisted projection with -m slow: by default, tests/test_cells.py runs the fused backward with it.
+@pytest.mark.parametrize("projection", [pytest.param("hoisted", marks=pytest.mark.slow), "per_step"])
 def test_fused_backward_equals_autodiff(make_cell, projection):
     cell = make_cell(H)
     params, xs = setup(cell)
@@ -269,7 +270,7 @@ def test_check_grads_on_the_fused_backward(make_cell, projection):
     check_grads(f, (params, xs), order=1, modes=("rev",), atol=1e-2, rtol=1e-2)
 
 
-@pytest.mark.parametrize("projection", ["hoisted", "per_step"])
+@pytest.mark.parametrize("projection", [pytest.param("hoisted", marks=pytest.mark.slow), "per_step"])
 def test_checkpointed_chunks_equal_the_plain_loop(projection):
     cell = jaxrnn.lstm(H)
     params, xs = setup(cell)  # T = 7: chunks of 3 pad the front; 10 is longer than T (one chunk)

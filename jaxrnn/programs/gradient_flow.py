@@ -266,8 +266,8 @@ def run(args) -> pathlib.Path:
     (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
     plot(results, all_models, trained_models, lengths, jac_length, out)
     print(table)
-    print(f"\nwrote {out}/: gradient_decay.png, spectral_radius.png, jacobian.png, training.png, "
-          "results.json, profiles.csv, table.md")
+    print(f"\nwrote {out}/: gradient_decay.png, gradient_decay_by_length.png, spectral_radius.png, jacobian.png, "
+          "training.png, results.json, profiles.csv, table.md")
     return out
 
 
@@ -329,7 +329,29 @@ def plot(results: dict, all_models, trained_models, lengths, jac_length, out: pa
     colors = plt.cm.viridis(np.linspace(0, 0.9, len(lengths)))
     phases = ["init", "trained"] if trained_models else ["init"]
 
-    # 1. log10 gradient norm against distance from the loss: a panel per cell, a line per length.
+    # 1. The headline: log10 gradient norm against (linear) distance from the loss at the longest length, every
+    # cell on the same axes, a panel per phase: exponential decay is a straight line whose slope is the decay
+    # per step, and the cells compare by eye.
+    longest = max(lengths)
+    named = [m for m in all_models if m.radius in (None, 1.0)]  # the cells, not the radius sweep's variants
+    palette = {m.name: plt.cm.tab10(i) for i, m in enumerate(named)}
+    fig, axes = plt.subplots(1, len(phases), figsize=(7 * len(phases), 4.6), squeeze=False, sharey=True)
+    for ax, phase in zip(axes[0], phases):
+        for model in named:
+            prof = results["profiles"].get(f"{phase}|{model.name}|{longest}")
+            if prof is not None:
+                ax.plot(np.arange(longest)[::-1], prof, color=palette[model.name], lw=1.4, label=model.name)
+        ax.axhline(np.log10(np.finfo(np.float32).tiny), color="black", ls=":", lw=1,
+                   label="float32 smallest normal")
+        ax.set_title(f"{phase}, T = {longest}", fontsize=10)
+        ax.set_xlabel("distance from the loss (steps)")
+        ax.set_ylabel("log10 ||dL/ds_t||")
+        ax.legend(fontsize=7)
+    fig.suptitle("Gradient reaching each step back from a loss at the last step (adding problem): "
+                 "the slope is the decay per step")
+    save_figure(fig, out / "gradient_decay.png")
+
+    # 1b. The same per cell, a line per length, against log distance (short lengths visible beside long ones).
     fig, axes = plt.subplots(len(phases), len(trained_models), figsize=(4 * len(trained_models), 3.4 * len(phases)),
                              squeeze=False, sharey=True)
     for row, phase in enumerate(phases):
@@ -349,7 +371,7 @@ def plot(results: dict, all_models, trained_models, lengths, jac_length, out: pa
     axes[0, -1].text(0.98, 0.02, "red: float32 smallest normal", transform=axes[0, -1].transAxes,
                      ha="right", fontsize=7, color="red")
     fig.suptitle("Gradient reaching each step back from a loss at the last step (adding problem)")
-    save_figure(fig, out / "gradient_decay.png")
+    save_figure(fig, out / "gradient_decay_by_length.png")
 
     # 2. decay per step against the spectral radius of W_h (vanilla tanh), gated cells as references.
     summ = [r for r in results["summaries"] if r["phase"] == "init"]
