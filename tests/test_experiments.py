@@ -114,8 +114,11 @@ def test_forecasting_smoke_and_baselines(tmp_path):
 
     y = forecasting.monthly_co2()
     assert len(y) == 526 and np.isfinite(y).all()
-    results = forecasting.run(forecasting.parser().parse_args(["--steps", "20", "--hidden", "8",
+    results = forecasting.run(forecasting.parser().parse_args(["--steps", "20", "--hidden", "8", "--max-order", "0",
                                                                "--out", str(tmp_path)]))
+    assert results["sarima_orders"] == ((0, 1, 0), (0, 1, 0, 12))  # the only order the grid held
+    assert set(results["mae"]) == {"GRU", "windowed MLP", "SARIMA(0, 1, 0)x(0, 1, 0, 12)", "naive (last value)",
+                                   "seasonal naive (12 months back)"}
     split = results["train_months"]
     origins = np.arange(split, len(y) - 12)
     naive_1 = np.abs(y[origins + 1] - y[origins]).mean()
