@@ -128,6 +128,20 @@ def test_forecasting_smoke_and_baselines(tmp_path):
     assert (tmp_path / "forecasting.png").exists()
 
 
+def test_why_recurrence_smoke_and_task(tmp_path):
+    from experiments import why_recurrence
+
+    xs, target, d = why_recurrence.batch(np.random.default_rng(0), 5, 12, 11)
+    # the marked bit sits d steps before the end, alone in the second channel, and is the target
+    np.testing.assert_array_equal(xs[np.arange(5), 11 - d, 1] > 0, target > 0)
+    assert (np.count_nonzero(xs[..., 1], axis=1) == 1).all()
+    results = why_recurrence.run(why_recurrence.parser().parse_args(
+        ["--steps", "3", "--windows", "4", "--hidden", "4", "--test-size", "50", "--out", str(tmp_path)]))
+    assert set(results["window"]) == {"logistic regression, k=4", "MLP, k=4", "GRU, H=4"}
+    assert all(0 <= v <= 1 for part in ("window", "length") for acc in results[part].values() for v in acc.values())
+    assert (tmp_path / "window.png").exists() and (tmp_path / "length.png").exists()
+
+
 def test_seq2seq_smoke_and_tasks(tmp_path):
     from experiments import seq2seq
 
@@ -149,7 +163,8 @@ def test_seq2seq_smoke_and_tasks(tmp_path):
     assert (tmp_path / "accuracy.png").exists() and (tmp_path / "attention.png").exists()
 
 
-@pytest.mark.parametrize("name", ["clipping", "curriculum", "forecasting", "seq2seq", "state_reset", "tagging"])
+@pytest.mark.parametrize("name", ["clipping", "curriculum", "forecasting", "seq2seq", "state_reset", "tagging",
+                                  "why_recurrence"])
 def test_experiment_scripts_show_defaults_and_refuse_bad_arguments_in_one_line(name, capsys, monkeypatch):
     import argparse
     import importlib
