@@ -3,6 +3,7 @@
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -116,11 +117,16 @@ def test_forecasting_smoke_and_baselines(tmp_path):
     assert len(y) == 526 and np.isfinite(y).all()
     results = forecasting.run(forecasting.parser().parse_args(["--steps", "20", "--hidden", "8", "--max-order", "0",
                                                                "--out", str(tmp_path)]))
-    assert results["sarima_orders"] == ((0, 1, 0), (0, 1, 0, 12))  # the only order the grid held
-    assert set(results["mae"]) == {"GRU", "windowed MLP", "SARIMA(0, 1, 0)x(0, 1, 0, 12)", "naive (last value)",
-                                   "seasonal naive (12 months back)"}
     split = results["train_months"]
     origins = np.arange(split, len(y) - 12)
+    assert results["sarima_orders"] == ((0, 1, 0), (0, 1, 0, 12))  # the only order the grid held
+    # That model's forecast from origin t is y[t] + y[t+h-12] - y[t-12] (h <= 12): from data up to t only.
+    by_hand = np.stack([y[origins] + y[origins + h - 12] - y[origins - 12] for h in range(1, 13)], axis=1)
+    truth = np.stack([y[origins + h] for h in range(1, 13)], axis=1)
+    np.testing.assert_allclose(results["mae"]["SARIMA(0, 1, 0)x(0, 1, 0, 12)"], np.abs(by_hand - truth).mean(axis=0),
+                               atol=1e-3)
+    assert set(results["mae"]) == {"GRU", "windowed MLP", "SARIMA(0, 1, 0)x(0, 1, 0, 12)", "naive (last value)",
+                                   "seasonal naive (12 months back)"}
     naive_1 = np.abs(y[origins + 1] - y[origins]).mean()
     seasonal_1 = np.abs(y[origins + 1] - y[origins + 1 - 12]).mean()
     assert results["mae"]["naive (last value)"][0] == pytest.approx(naive_1)
@@ -133,7 +139,22 @@ def test_why_recurrence_smoke_and_task(tmp_path):
 
     xs, target, d = why_recurrence.batch(np.random.default_rng(0), 5, 12, 11)
     # the marked bit sits d steps before the end, alone in the second channel, and is the target
+    assert ((d >= 1) & (d <= 11)).all()
     np.testing.assert_array_equal(xs[np.arange(5), 11 - d, 1] > 0, target > 0)
+    # a window sees the last k steps only (zero-padded in front of a shorter sequence)
+    init, logit = why_recurrence.windowed(4, 8)
+    p = init(jax.random.key(0))
+    moved = xs.copy()
+    moved[:, :-4] = 7.0
+    np.testing.assert_allclose(logit(p, xs), logit(p, moved), rtol=1e-6)
+    np.testing.assert_allclose(logit(p, xs[:, -3:]), logit(p, np.pad(xs[:, -3:], ((0, 0), (1, 0), (0, 0)))), rtol=1e-6)
+    # accuracy by distance, and by steps before the mark, from a model right exactly where the mark is within
+    # its last 4 steps (d <= 3)
+    oracle = (None, lambda p, x: jnp.where(x[:, -4:, 1].sum(axis=1) != 0, x[:, -4:, 1].sum(axis=1), -1.0))
+    by_d = why_recurrence.accuracy_by_distance(oracle, None, 12, 11, 400, 0)
+    assert by_d["1-3"] == 1.0 and by_d["4-7"] < 0.7 and by_d["8-15"] < 0.7
+    by_before = why_recurrence.accuracy_by_distance(oracle, None, 12, 11, 400, 0, before=True)
+    assert by_before["8-15"] == 1.0 and by_before["0-0"] < 0.7  # T - 1 - d >= 8 means d <= 3
     assert (np.count_nonzero(xs[..., 1], axis=1) == 1).all()
     results = why_recurrence.run(why_recurrence.parser().parse_args(
         ["--steps", "3", "--windows", "4", "--hidden", "4", "--test-size", "50", "--out", str(tmp_path)]))

@@ -335,7 +335,8 @@ def plot(results: dict, all_models, trained_models, lengths, jac_length, out: pa
     longest = max(lengths)
     named = [m for m in all_models if m.radius in (None, 1.0)]  # the cells, not the radius sweep's variants
     palette = {m.name: plt.cm.tab10(i) for i, m in enumerate(named)}
-    fig, axes = plt.subplots(1, len(phases), figsize=(7 * len(phases), 4.6), squeeze=False, sharey=True)
+    # Each panel its own y range: trained, the gated cells' curves span a few decades, at init hundreds.
+    fig, axes = plt.subplots(1, len(phases), figsize=(7 * len(phases), 4.6), squeeze=False)
     for ax, phase in zip(axes[0], phases):
         for model in named:
             prof = results["profiles"].get(f"{phase}|{model.name}|{longest}")
@@ -352,10 +353,10 @@ def plot(results: dict, all_models, trained_models, lengths, jac_length, out: pa
     save_figure(fig, out / "gradient_decay.png")
 
     # 1b. The same per cell, a line per length, against log distance (short lengths visible beside long ones).
-    fig, axes = plt.subplots(len(phases), len(trained_models), figsize=(4 * len(trained_models), 3.4 * len(phases)),
+    fig, axes = plt.subplots(len(phases), len(named), figsize=(4 * len(named), 3.4 * len(phases)),
                              squeeze=False, sharey=True)
     for row, phase in enumerate(phases):
-        for col, model in enumerate(trained_models):
+        for col, model in enumerate(named):
             ax = axes[row, col]
             for length, color in zip(lengths, colors):
                 prof = results["profiles"].get(f"{phase}|{model.name}|{length}")
