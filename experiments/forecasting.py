@@ -34,7 +34,7 @@ from jaxrnn.programs import arguments
 
 from jaxrnn.programs.outputs import markdown_table, pyplot, run_folder, save_figure, write_outputs
 
-from experiments._common import experiment_parser
+from experiments._common import experiment_parser, fit
 
 SEASON = 12
 
@@ -55,6 +55,17 @@ def windows(series: np.ndarray, ends: np.ndarray, window: int, horizon: int):
     return xs, ys
 
 
+def random_batches(xs: np.ndarray, ys: np.ndarray, batch_size: int, seed: int):
+    """``batch_at(step)`` for :func:`experiments._common.fit`: rows drawn at random, a generator of its own."""
+    rng = np.random.default_rng(seed)
+
+    def batch_at(step: int):
+        idx = rng.integers(0, len(xs), batch_size)
+        return xs[idx], ys[idx]
+
+    return batch_at
+
+
 def windowed_mlp(args, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np.ndarray:
     """An MLP on the same standardised windows, trained as the GRU is (Adam, clip 1, same steps, batch and
     rate); its standardised forecasts for ``x_test``."""
@@ -71,14 +82,9 @@ def windowed_mlp(args, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndar
         x, target = b
         return jnp.mean((predict(p, x) - target) ** 2), (carry, {})
 
-    optimizer = training.make_optimizer("adam", args.lr, clip_norm=1.0)
-    step = training.make_train_step(loss_fn, optimizer)
-    state = training.init_state(params, optimizer, jax.random.key(args.seed))
-    rng = np.random.default_rng(args.seed + 1)
-    for _ in range(args.steps):
-        idx = rng.integers(0, len(x_train), args.batch_size)
-        state, _ = step(state, (x_train[idx], y_train[idx]))
-    return np.asarray(predict(state.params, x_test))
+    _, params = fit(loss_fn, params, training.make_optimizer("adam", args.lr, clip_norm=1.0),
+                    random_batches(x_train, y_train, args.batch_size, args.seed + 1), args.steps, desc="MLP")
+    return np.asarray(predict(params, x_test))
 
 
 def sarima_forecasts(y: np.ndarray, split: int, origins: np.ndarray, horizon: int, max_order: int):
@@ -131,17 +137,10 @@ def run(args) -> dict:
         x, target = b
         return jnp.mean(((predict(p, x) - target) / y_scale) ** 2), (carry, {})
 
-    optimizer = training.make_optimizer("adam", args.lr, clip_norm=1.0)
-    step = training.make_train_step(loss_fn, optimizer)
-    state = training.init_state(params, optimizer, key)
-    rng = np.random.default_rng(args.seed)
-    losses = []
-    for _ in range(args.steps):
-        idx = rng.integers(0, len(x_train), args.batch_size)
-        state, metrics = step(state, (x_train[idx], y_train[idx]))
-        losses.append(metrics["loss"])  # kept on device: no host sync per step
+    history, trained = fit(loss_fn, params, training.make_optimizer("adam", args.lr, clip_norm=1.0),
+                           random_batches(x_train, y_train, args.batch_size, args.seed), args.steps, desc="GRU")
 
-    rnn = np.asarray(predict(state.params, x_test)) + y[test_ends][:, None]
+    rnn = np.asarray(predict(trained, x_test)) + y[test_ends][:, None]
     mlp = windowed_mlp(args, x_train / x_scale, y_train / y_scale, x_test / x_scale) * y_scale + y[test_ends][:, None]
     orders, sarima = sarima_forecasts(y, split, test_ends, H, args.max_order)
     truth = y_test + y[test_ends][:, None]
@@ -173,7 +172,7 @@ def run(args) -> dict:
     ax_mae.legend(fontsize=8)
     save_figure(fig, folder / "forecasting.png")
     results = {"config": vars(args), "mae": {k: v.tolist() for k, v in mae.items()}, "sarima_orders": orders,
-               "final_train_loss": float(losses[-1]), "train_months": split, "test_months": len(y) - split}
+               "final_train_loss": history[-1]["loss"], "train_months": split, "test_months": len(y) - split}
     write_outputs(folder, table, results)
     return results
 

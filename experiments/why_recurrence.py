@@ -36,7 +36,7 @@ from jaxrnn import training
 from jaxrnn.programs import arguments
 from jaxrnn.programs.outputs import markdown_table, pyplot, run_folder, save_figure, write_outputs
 
-from experiments._common import experiment_parser
+from experiments._common import experiment_parser, fit
 
 # Each bucket ends one short of a power of two: a window of k = 2^j steps sees d <= k - 1, so each bucket is
 # wholly inside or wholly outside each window swept.
@@ -104,15 +104,14 @@ def train(model, args, T: int | tuple[int, int], max_distance: int, seed: int):
         z = logit(p, xs)
         return jnp.mean(jnp.logaddexp(0.0, z) - target * z), (carry, {})  # binary cross-entropy
 
-    optimizer = training.make_optimizer("adam", args.lr, clip_norm=1.0)
-    step = training.make_train_step(loss_fn, optimizer)
-    state = training.init_state(init(jax.random.key(seed)), optimizer, jax.random.key(seed))
     rng = np.random.default_rng(seed)
-    for _ in range(args.steps):
+
+    def batch_at(step: int):
         length = T if isinstance(T, int) else int(rng.integers(T[0], T[1] + 1))
-        xs, target, _ = batch(rng, args.batch_size, length, min(max_distance, length - 1))
-        state, _ = step(state, (xs, target))
-    return state.params
+        return batch(rng, args.batch_size, length, min(max_distance, length - 1))[:2]
+
+    return fit(loss_fn, init(jax.random.key(seed)), training.make_optimizer("adam", args.lr, clip_norm=1.0),
+               batch_at, args.steps, desc="train")[1]
 
 
 def accuracy_by_distance(model, params, T: int, max_distance: int, n: int, seed: int,
