@@ -37,6 +37,11 @@ Array = jax.Array
 METHODS = ("sequential", "associative")
 
 
+def apply(a: Array, h: Array) -> Array:
+    """``a h``: elementwise, or, when ``a`` has one axis more than ``h``, a matrix (..., D, D) times ``h``."""
+    return (a @ h[..., None])[..., 0] if a.ndim == h.ndim + 1 else a * h
+
+
 def compose(first: tuple[Array, ...], second: tuple[Array, ...]) -> tuple[Array, ...]:
     """The steps ``first`` then ``second``, each ``(a, b)`` for ``h -> a h + b``, or ``(a, b, starts)``
     with ``starts`` true where the step (or a step of it) starts afresh: then ``b`` is its whole result.
@@ -45,10 +50,7 @@ def compose(first: tuple[Array, ...], second: tuple[Array, ...]) -> tuple[Array,
     ``b``'s last axis (the Jacobians of :mod:`jaxrnn.newton`)."""
     a1, b1, *s1 = first
     a2, b2, *s2 = second
-    if a2.ndim == b2.ndim + 1:
-        a, b = a2 @ a1, (a2 @ b1[..., None])[..., 0] + b2
-    else:
-        a, b = a2 * a1, a2 * b1 + b2
+    a, b = (a2 @ a1 if a2.ndim == b2.ndim + 1 else a2 * a1), apply(a2, b1) + b2
     if not s2:
         return a, b
     return jnp.where(s2[0], a2, a), jnp.where(s2[0], b2, b), s1[0] | s2[0]

@@ -112,9 +112,7 @@ class _Diagonal:
     def mm(a, b):
         return a * b
 
-    @staticmethod
-    def mv(a, v):
-        return a * v
+    mv = staticmethod(linear.apply)
 
     @staticmethod
     def t(a):
@@ -136,9 +134,7 @@ class _Dense:
     def mm(a, b):
         return a @ b
 
-    @staticmethod
-    def mv(a, v):
-        return (a @ v[..., None])[..., 0]
+    mv = staticmethod(linear.apply)
 
     @staticmethod
     def t(a):
