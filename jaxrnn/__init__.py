@@ -1,7 +1,7 @@
 """jaxrnn: recurrent networks for JAX, as pure functions.
 
 Cells (:func:`vanilla`, :func:`lstm`, :func:`gru`, and the linear
-:func:`mingru` and :func:`minlstm`) are records of pure functions; :func:`scan`
+:func:`mingru`, :func:`minlstm` and :func:`lru`) are records of pure functions; :func:`scan`
 unrolls any of them (a linear one also all steps at once, by
 :mod:`jaxrnn.linear`'s parallel prefix scan, any one by :mod:`jaxrnn.newton`'s
 Newton iterations); :class:`RNN` stacks them;
@@ -17,8 +17,8 @@ this public API alone; nothing here imports them.
 """
 
 from jaxrnn import native
-from jaxrnn.cells import (CELLS, Cell, LSTMState, StepVJP, chrono_init, gru, identity_init, lstm, mingru,
-                          minlstm, vanilla)
+from jaxrnn.cells import (CELLS, Cell, LSTMState, StepVJP, chrono_init, gru, identity_init, lru, lstm,
+                          mingru, minlstm, vanilla)
 from jaxrnn.interop import carry_from_flax, carry_to_flax, from_flax, from_torch, to_flax, to_torch
 from jaxrnn.layers import RNN
 from jaxrnn.unroll import scan
@@ -58,6 +58,7 @@ __all__ = [
     "from_torch",
     "gru",
     "identity_init",
+    "lru",
     "lstm",
     "mingru",
     "minlstm",

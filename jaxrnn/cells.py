@@ -17,14 +17,15 @@ composes projection and recurrence for a single step.
 
 Parameters of every cell are ``{"w_i": (I, G*H), "w_h": (H, G*H), "b": (G*H,)}``
 with the ``G`` gate blocks side by side along the last axis (GRU adds
-``"b_hn": (H,)``; the linear cells, :func:`mingru` and :func:`minlstm`, have
-no ``w_h``). Inputs multiply from the left: ``x @ w_i``. PyTorch keeps two
+``"b_hn": (H,)``; the linear cells, :func:`mingru`, :func:`minlstm` and
+:func:`lru`, have no ``w_h``, and the LRU adds its eigenvalues' parameters). Inputs multiply from the left: ``x @ w_i``. PyTorch keeps two
 biases, ``b_ih + b_hh``; wherever they are only ever summed we keep the sum, so
 ``b`` is one vector (see :mod:`jaxrnn.interop`).
 """
 
 from __future__ import annotations
 
+import math
 import weakref
 from typing import Any, Callable, Mapping, NamedTuple
 
@@ -32,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrnn import _checks
+from jaxrnn.linear import step as linear_step
 
 Array = jax.Array
 Params = dict[str, Array]
@@ -138,8 +140,11 @@ class Cell(NamedTuple):
         ``linear(params, xp) -> (a, b)``: the coefficients of
         ``h_t = a_t * h_(t-1) + b_t`` from the projected inputs alone (any
         leading axes), which :func:`jaxrnn.scan` can solve for all steps at
-        once (``parallel="associative"``). Such a cell has no ``w_h``: its
-        ``elementwise`` is that update and ignores ``hh_t``, which is empty.
+        once (``parallel="associative"``). Complex ``a`` and ``b`` (..., H/2)
+        act on the complex state whose real and imaginary parts the carry
+        holds side by side (:func:`jaxrnn.linear.as_complex`; the LRU). Such a
+        cell has no ``w_h``: its ``elementwise`` is that update
+        (:func:`jaxrnn.linear.step`) and ignores ``hh_t``, which is empty.
         None (the vanilla cell, the LSTM, the GRU): not linear.
 
     Example: a custom cell is the stock one with its elementwise part replaced;
@@ -256,6 +261,7 @@ def _make_cell(
     step_vjp: Callable[[Any], StepVJP] | None = None,
     memory_cell: bool = False,
     linear: Callable | None = None,
+    extra_init: Callable[[Array], Params] | None = None,
 ) -> Cell:
     """Everything the cells share: shapes, initialisation, projection, carry.
 
@@ -264,13 +270,16 @@ def _make_cell(
     ``memory_cell``: the carry is an :class:`LSTMState` ``(h, c)``, else ``h``.
     ``linear(params, xp, dtype) -> (a, b)``: a cell linear in its carry, with no
     ``w_h``; its ``elementwise`` (pass None) is ``h_t = a_t * h_(t-1) + b_t``.
+    ``extra_init(key) -> params``: parameters beyond the projections (the LRU's),
+    in ``param_dtype``; their shapes are read from it.
     """
     H, G = hidden_size, num_gates
     _checks.check_choice("init", init, INIT_SCHEMES)
+    extra_shapes = {} if extra_init is None else {
+        name: v.shape for name, v in jax.eval_shape(extra_init, jax.random.key(0)).items()}
     if linear is not None:
         def elementwise(params, h, xp_t, hh_t, dtype):
-            a, b = linear(params, xp_t, dtype)
-            h = a * h + b
+            h = linear_step(*linear(params, xp_t, dtype), h)
             return h, h
 
     def param_shapes(input_size: int) -> dict[str, tuple[int, ...]]:
@@ -279,7 +288,7 @@ def _make_cell(
             shapes["b"] = (G * H,)
             if separate_hn_bias:
                 shapes["b_hn"] = (H,)
-        return shapes
+        return shapes | extra_shapes
 
     def init_fn(key: Array, input_size: int) -> Params:
         _checks.check_positive_int("input_size", input_size)
@@ -312,7 +321,8 @@ def _make_cell(
                     if init == "torch"
                     else jnp.zeros((H,), param_dtype)
                 )
-        return params
+        # a key of their own, folded in: the other cells' draws stay as they were
+        return params | (extra_init(jax.random.fold_in(key, 5)) if extra_init else {})
 
     def initial_carry(batch_size: int | None = None) -> Carry:
         shape = (H,) if batch_size is None else (batch_size, H)
@@ -385,7 +395,8 @@ def linear_matches(cell: Cell) -> bool:
 def is_stock(cell: Cell) -> bool:
     """Whether ``cell`` computes exactly what its constructor made it compute.
 
-    True for any cell made by :func:`vanilla`, :func:`lstm`, :func:`gru`, :func:`mingru` or :func:`minlstm`,
+    True for any cell made by :func:`vanilla`, :func:`lstm`, :func:`gru`, :func:`mingru`, :func:`minlstm` or
+    :func:`lru`,
     also after ``_replace`` of ``init`` or ``gates``; false once any function
     that takes part in a step (``project``, ``elementwise``, ``hidden``,
     ``step_vjp``, ...) was replaced or removed, or ``kind``, ``hidden_size``,
@@ -850,6 +861,108 @@ def minlstm(
     )
 
 
+def lru(
+    hidden_size: int,
+    *,
+    r_min: float = 0.0,
+    r_max: float = 1.0,
+    max_phase: float = 2 * math.pi,
+    kernel_init: Initializer | None = None,
+    dtype: Any = jnp.float32,
+    param_dtype: Any = jnp.float32,
+) -> Cell:
+    r"""The linear recurrent unit (LRU; Orvieto et al. 2023, "Resurrecting recurrent neural networks for
+    long sequences"): a diagonal complex recurrence over N = H/2 units, its eigenvalues in exponential
+    form and its input normalised:
+
+    .. math::
+
+        \begin{array}{ll}
+        \lambda = \exp(-e^{\nu} + i e^{\theta}) \\
+        z_t = \lambda \odot z_{t-1} + e^{\gamma} \odot (x_t B), \quad B = B_{re} + i B_{im} \\
+        h_t = [\mathrm{Re}\, z_t, \ \mathrm{Im}\, z_t]
+        \end{array}
+
+    ``|lambda| = exp(-exp(nu))`` lies in (0, 1) whatever ``nu`` becomes, so
+    training cannot make the recurrence unstable. At initialisation
+    ``|lambda|`` is drawn uniformly on the ring ``r_min <= |lambda| <= r_max``
+    (by area), its phase uniformly in ``[0, max_phase]``, and
+    ``gamma = log sqrt(1 - |lambda|^2)``, so that under white-noise input each
+    unit's state keeps its input's variance however close ``|lambda|`` is to 1.
+
+    The carry, which is also the output, holds the N units' real parts and then
+    their imaginary parts. The paper's output map ``y = Re(C z) + D x`` is
+    linear in this output and in the input: a linear readout of ``h`` (or the
+    next layer's input projection) realises ``Re(C z)`` exactly, and the skip
+    term ``D x`` is the caller's to add. Stacked in :class:`jaxrnn.RNN`, which
+    puts no nonlinearity between layers, LRUs make one linear system; the
+    paper puts an MLP between them. What it trades, as for :func:`mingru`: the
+    decay reads neither the input nor the state.
+
+    Example::
+
+      >>> import jax, jaxrnn
+      >>> cell = jaxrnn.lru(16)                  # 8 complex units
+      >>> params = cell.init(jax.random.key(0), 3)
+      >>> xs = jax.numpy.ones((2, 50, 3))
+      >>> ys, h = jaxrnn.scan(cell, params, xs)
+      >>> ys_p, h_p = jaxrnn.scan(cell, params, xs, parallel="associative")
+      >>> bool(jax.numpy.allclose(ys, ys_p, rtol=1e-5, atol=1e-5)), sorted(params)
+      (True, ['gamma_log', 'nu_log', 'theta_log', 'w_i'])
+
+    Arguments:
+      hidden_size: H, even: the carry's width, twice the number of complex units.
+      r_min, r_max: the ring that ``|lambda|`` is drawn from, ``0 <= r_min < r_max <= 1``.
+      max_phase: the largest initial phase of ``lambda`` (radians).
+      kernel_init: for ``w_i`` (I, H), ``[B_re, B_im]`` side by side; by
+        default each entry ~ N(0, 1 / (2 I)), the paper's.
+      dtype, param_dtype: the carry's and the parameters' dtype (complex
+        arithmetic runs in complex64, or complex128 for float64).
+
+    Returns:
+      A :class:`Cell` whose carry is ``[Re z, Im z]`` of shape (B, H), with
+      ``linear`` set: complex ``a_t = lambda`` and ``b_t = exp(gamma) x_t B``,
+      each (..., H/2).
+    """
+    _checks.check_positive_int("hidden_size", hidden_size)
+    if hidden_size % 2:
+        raise ValueError(f"hidden_size: expected an even number (the carry holds the real and the imaginary "
+                         f"parts of hidden_size / 2 complex units), got {hidden_size}")
+    if not 0.0 <= r_min < r_max <= 1.0:
+        raise ValueError(f"r_min, r_max: expected 0 <= r_min < r_max <= 1, got r_min={r_min}, r_max={r_max}")
+    if not max_phase > 0:
+        raise ValueError(f"max_phase: expected a positive angle, got {max_phase}")
+    N = hidden_size // 2
+    real = jnp.promote_types(dtype, jnp.float32)  # complex numbers come in float32 or float64 parts
+
+    def extra_init(key: Array) -> Params:
+        # Drawn in float32 (or float64) and cast: in bfloat16, |lambda| near 1 would round to a few values,
+        # some to exactly 1 (nu_log = gamma_log = -inf).
+        k_r, k_phase = jax.random.split(key)
+        draw = jnp.promote_types(param_dtype, jnp.float32)
+        tiny = jnp.finfo(draw).tiny  # u = 0 would put nu or theta at infinity
+        u = jax.random.uniform(k_r, (N,), draw, minval=tiny)
+        nu = -0.5 * jnp.log(u * (r_max**2 - r_min**2) + r_min**2)  # |lambda|^2 uniform on [r_min^2, r_max^2]
+        phase = max_phase * jax.random.uniform(k_phase, (N,), draw, minval=tiny)
+        params = {"nu_log": jnp.log(nu), "theta_log": jnp.log(phase),
+                  "gamma_log": 0.5 * jnp.log1p(-jnp.exp(-2 * nu))}  # log sqrt(1 - |lambda|^2)
+        return {name: v.astype(param_dtype) for name, v in params.items()}
+
+    def linear(params, xp, dtype):
+        nu, theta, gamma = (params[k].astype(real) for k in ("nu_log", "theta_log", "gamma_log"))
+        xp = xp.astype(real)
+        b = jnp.exp(gamma) * jax.lax.complex(xp[..., :N], xp[..., N:])
+        return jnp.broadcast_to(jnp.exp(jax.lax.complex(-jnp.exp(nu), jnp.exp(theta))), b.shape), b
+
+    default_kernel = lambda key, shape, dtype: jax.random.normal(key, shape, dtype) / math.sqrt(2 * shape[0])
+    return _make_cell(
+        "lru", hidden_size, 1, None, lambda params, h, xp_t, hh_t, dtype: {},
+        use_bias=False, init="default", kernel_init=kernel_init or default_kernel, recurrent_init=None,
+        bias_offsets={}, dtype=dtype, param_dtype=param_dtype,
+        options=(("r_min", r_min), ("r_max", r_max), ("max_phase", max_phase)), linear=linear, extra_init=extra_init,
+    )
+
+
 CELLS: Mapping[str, Callable[..., Cell]] = {
-    "vanilla": vanilla, "lstm": lstm, "gru": gru, "mingru": mingru, "minlstm": minlstm,
+    "vanilla": vanilla, "lstm": lstm, "gru": gru, "mingru": mingru, "minlstm": minlstm, "lru": lru,
 }

@@ -16,6 +16,11 @@ composing it with what came before keeps it whole (a flag, not a zero
 coefficient: ``0 * NaN`` would carry a non-finite value from one packed
 sequence into the next, where the loop starts clean).
 
+Complex coefficients (the LRU's diagonal ``lambda``) act on a real carry that
+holds the real parts of the complex state in its first half and the imaginary
+parts in its second (:func:`as_complex`, :func:`as_real`): every function here
+takes that carry as it is and computes in complex numbers in between.
+
 Example::
 
   >>> import jax.numpy as jnp
@@ -40,6 +45,25 @@ METHODS = ("sequential", "associative")
 def apply(a: Array, h: Array) -> Array:
     """``a h``: elementwise, or, when ``a`` has one axis more than ``h``, a matrix (..., D, D) times ``h``."""
     return (a @ h[..., None])[..., 0] if a.ndim == h.ndim + 1 else a * h
+
+
+def as_complex(h: Array) -> Array:
+    """The complex state a real carry ``[Re z, Im z]`` (..., 2N) holds: (..., N)."""
+    n = h.shape[-1] // 2
+    h = h.astype(jnp.promote_types(h.dtype, jnp.float32))  # complex parts are float32 or float64
+    return jax.lax.complex(h[..., :n], h[..., n:])
+
+
+def as_real(z: Array, dtype) -> Array:
+    """The real carry ``[Re z, Im z]`` (..., 2N) of a complex state (..., N), in ``dtype``."""
+    return jnp.concatenate([z.real, z.imag], axis=-1).astype(dtype)
+
+
+def step(a: Array, b: Array, h: Array) -> Array:
+    """One step ``a h + b`` on the carry ``h``; with complex ``a`` and ``b``, on the complex state it holds."""
+    if jnp.iscomplexobj(a) or jnp.iscomplexobj(b):
+        return as_real(a * as_complex(h) + b, h.dtype)
+    return a * h + b
 
 
 def compose(first: tuple[Array, ...], second: tuple[Array, ...]) -> tuple[Array, ...]:
@@ -69,8 +93,11 @@ def recurrence(
 
     Arguments:
       a, b: (T, B, H) coefficients (``a`` may broadcast to ``b``'s shape:
-        (H,) for a recurrence whose decay does not depend on the step).
-      h0: the carry before step 0, (B, H) or broadcastable to it.
+        (H,) for a recurrence whose decay does not depend on the step); or
+        complex (T, B, N), acting on the complex state that a real carry of
+        width H = 2N holds (:func:`as_complex`).
+      h0: the carry before step 0, (B, H) or broadcastable to it (for
+        complex coefficients, its last axis the carry's whole width 2N).
       valid: (T, B) booleans, false at padded steps, which leave the carry as
         it was.
       resets: (T, B) booleans: the step starts from ``h0`` instead of the
@@ -79,11 +106,19 @@ def recurrence(
         (a ``lax.scan`` loop, as :func:`jaxrnn.scan`'s).
 
     Returns:
-      (T, B, H) in the dtype of ``a`` and ``b`` together: the carry after each
-      step (at a padded step, the carry it left as it was; outputs that
-      should be zero there are the caller's to mask).
+      (T, B, H) in the dtype of ``a`` and ``b`` together (of ``h0``, for
+      complex coefficients): the carry after each step (at a padded step, the
+      carry it left as it was; outputs that should be zero there are the
+      caller's to mask).
     """
     _checks.check_choice("method", method, METHODS)
+    h0 = jnp.asarray(h0)
+    if (jnp.iscomplexobj(a) or jnp.iscomplexobj(b)) and not jnp.iscomplexobj(h0):
+        if h0.ndim == 0 or h0.shape[-1] != 2 * jnp.shape(b)[-1]:
+            raise ValueError(f"h0: complex coefficients of width {jnp.shape(b)[-1]} act on a real carry [Re, Im] "
+                             f"of width {2 * jnp.shape(b)[-1]}, got shape {h0.shape}")
+        hs = recurrence(a, b, as_complex(h0), valid=valid, resets=resets, method=method)
+        return as_real(hs, h0.dtype)
     dtype = jnp.result_type(a, b)
     b = jnp.asarray(b, dtype)
     a = jnp.broadcast_to(jnp.asarray(a, dtype), b.shape)

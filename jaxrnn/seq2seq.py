@@ -87,7 +87,8 @@ class Seq2Seq:
       bidirectional: bidirectional encoder (outputs 2H wide).
       attention: ``None``, ``"bahdanau"`` or ``"luong"``.
       cell: a name of :data:`jaxrnn.CELLS` (encoder and decoder): ``"lstm"``,
-        ``"gru"``, ``"vanilla"``, or a linear cell, ``"mingru"`` or ``"minlstm"``.
+        ``"gru"``, ``"vanilla"``, or a linear cell, ``"mingru"``, ``"minlstm"``
+        or ``"lru"`` (an even ``hidden_size``).
     """
 
     src_vocab: int

@@ -160,7 +160,7 @@ def scan(
         Same values either way (to float rounding).
       parallel: None (default): the loop, one step after another.
         ``"associative"``: for a cell linear in its carry (``cell.linear``:
-        :func:`~jaxrnn.mingru`, :func:`~jaxrnn.minlstm`), all steps at once by
+        :func:`~jaxrnn.mingru`, :func:`~jaxrnn.minlstm`, :func:`~jaxrnn.lru`), all steps at once by
         a parallel prefix scan (:mod:`jaxrnn.linear`): O(log T) sequential
         depth for O(T) work, with the masks inside the scan; differentiated by
         JAX. Same values as the loop (to float rounding); ``unroll``,
@@ -214,7 +214,7 @@ def scan(
             return ys, final_carry
         if cell.linear is None:
             raise ValueError(f"parallel={parallel!r}: the {cell.kind} cell is not linear in its carry "
-                             "(cell.linear is None); the linear cells are jaxrnn.mingru and jaxrnn.minlstm")
+                             "(cell.linear is None); the linear cells are jaxrnn.mingru, jaxrnn.minlstm and jaxrnn.lru")
         if not linear_matches(cell):
             raise ValueError(f"parallel={parallel!r}: the cell's elementwise was replaced, and its linear (the "
                              "coefficients the scan solves with) was made for the old one; replace both, or "

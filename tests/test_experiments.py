@@ -184,8 +184,8 @@ def test_seq2seq_smoke_and_tasks(tmp_path):
     assert (tmp_path / "accuracy.png").exists() and (tmp_path / "attention.png").exists()
 
 
-@pytest.mark.parametrize("name", ["clipping", "curriculum", "forecasting", "seq2seq", "state_reset", "tagging",
-                                  "why_recurrence"])
+@pytest.mark.parametrize("name", ["clipping", "curriculum", "forecasting", "long_budget", "seq2seq", "state_reset",
+                                  "tagging", "why_recurrence"])
 def test_experiment_scripts_show_defaults_and_refuse_bad_arguments_in_one_line(name, capsys, monkeypatch):
     import argparse
     import importlib
@@ -200,3 +200,22 @@ def test_experiment_scripts_show_defaults_and_refuse_bad_arguments_in_one_line(n
         parser.parse_args(["--steps", "-3"])
     err = capsys.readouterr().err.splitlines()
     assert exit.value.code == 2 and len(err) == 1 and "--steps: expected a positive int, got '-3'" in err[0], err
+
+
+def test_long_budget_smoke_clipping_and_what_it_reads(tmp_path):
+    from experiments import long_budget
+    from jaxrnn.programs import long_range
+
+    assert long_range.MODELS["lstm-noclip"].clip_norm is None and long_range.MODELS["lstm"].clip_norm == 1.0
+    results = long_budget.run(long_budget.parser().parse_args(
+        ["--tasks", "adding", "--models", "lstm-noclip", "--steps", "4", "--eval-every", "2", "--seeds", "2",
+         "--out", str(tmp_path)]))
+    (run,) = results
+    assert run["model"] == "lstm-noclip" and not run["clipped"] and run["steps_run"] == 4 and len(run["eval_loss"]) == 2
+    table = (tmp_path / "results.md").read_text()
+    assert (tmp_path / "curves.png").exists() and "| lstm-noclip | no |" in table and "(on the held-out set 0.148" in table
+    # held-out loss 0.2, then 0.08 for seed 0 only: below half of 1/6 at step 20, seed 1 never
+    fake = {"eval_loss": [[0.2, 0.2], [0.08, 0.2]], "curve_steps": [10, 20], "baseline": 1 / 6}
+    assert long_budget.below_half(fake) == [20, None]
+    # the held-out set's own memoryless loss, mean (y - 1)^2 over its 512 targets
+    assert long_budget.held_out_baseline("adding") == pytest.approx(0.14799, abs=1e-4)

@@ -1,4 +1,4 @@
-"""The linear cells (minGRU, minLSTM) and their parallel prefix scan against the loop."""
+"""The linear cells (minGRU, minLSTM, LRU) and their parallel prefix scan against the loop."""
 
 import itertools
 import json
@@ -14,7 +14,13 @@ import jaxrnn
 from jaxrnn import linear
 from conftest import random_inputs, random_params
 
-LINEAR = {"mingru": jaxrnn.mingru, "minlstm": jaxrnn.minlstm}
+LINEAR = {"mingru": jaxrnn.mingru, "minlstm": jaxrnn.minlstm, "lru": jaxrnn.lru}
+
+
+def make(kind, units, **kwargs):
+    """A linear cell of ``units`` units: the LRU's are complex, each two of its carry's width."""
+    return LINEAR[kind](2 * units if kind == "lru" else units, **kwargs)
+
 # jaxrnn.scan, compiled: eagerly, the associative scan runs op by op, seconds a call
 scan = jax.jit(jaxrnn.scan, static_argnums=0, static_argnames=("parallel", "reverse", "time_major", "kernel",
                                                                  "checkpoint_every"))
@@ -47,9 +53,9 @@ MASKS = ["none", "lengths", "resets", "lengths+resets"]
 
 def _by_default(kind, size, mask, reverse) -> bool:
     """Every size, mask and direction with -m slow; by default, the minGRU with every mask at once at an
-    awkward size, reversed, and the minLSTM unmasked at the largest."""
-    if kind == "mingru":
-        return (size, mask, reverse) == ((3, 37, 7), "lengths+resets", True)
+    awkward size, reversed, the LRU so forwards, and the minLSTM unmasked at the largest."""
+    if kind in ("mingru", "lru"):
+        return (size, mask, reverse) == ((3, 37, 7), "lengths+resets", kind == "mingru")
     return (size, mask, reverse) == ((17, 37, 33), "none", False)
 
 
@@ -59,34 +65,34 @@ CASES = [pytest.param(*case[:1], *case[1], *case[2:], marks=() if _by_default(*c
 
 @pytest.mark.parametrize("kind, B, T, H, mask, reverse", CASES)
 def test_the_associative_scan_equals_the_loop(kind, B, T, H, mask, reverse):
-    cell = LINEAR[kind](H)
+    cell = make(kind, H)
     params = random_params(cell, jax.random.key(0), 5, scale=1.0)
     xs = random_inputs(jax.random.key(1), B, T, 5)
-    h0 = random_inputs(jax.random.key(2), B, H)
+    h0 = random_inputs(jax.random.key(2), B, cell.hidden_size)
     loop, parallel = run_both(cell, params, xs, h0, reverse=reverse, **masks(jax.random.key(3), B, T, mask))
     chex.assert_trees_all_close(parallel, loop, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["mingru", pytest.param("minlstm", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("kind", ["mingru", pytest.param("minlstm", marks=pytest.mark.slow), "lru"])
 def test_the_associative_scan_equals_the_loop_in_float64(kind):
     with jax.enable_x64(True):
-        for make in (LINEAR[kind],):
-            cell = make(6, dtype=jnp.float64, param_dtype=jnp.float64)
-            params = jax.tree_util.tree_map(lambda v: v.astype(jnp.float64), random_params(cell, jax.random.key(0), 3))
-            xs = random_inputs(jax.random.key(1), 3, 30, 3).astype(jnp.float64)
-            h0 = random_inputs(jax.random.key(2), 3, 6).astype(jnp.float64)
-            kwargs = {"lengths": jnp.array([30, 0, 17]), "resets": jnp.zeros((3, 30), bool).at[0, 10].set(True)}
-            loop, parallel = run_both(cell, params, xs, h0, **kwargs)
-            chex.assert_trees_all_close(parallel, loop, rtol=1e-10, atol=1e-12)
+        cell = make(kind, 6, dtype=jnp.float64, param_dtype=jnp.float64)
+        params = jax.tree_util.tree_map(lambda v: v.astype(jnp.float64), random_params(cell, jax.random.key(0), 3))
+        xs = random_inputs(jax.random.key(1), 3, 30, 3).astype(jnp.float64)
+        h0 = random_inputs(jax.random.key(2), 3, cell.hidden_size).astype(jnp.float64)
+        kwargs = {"lengths": jnp.array([30, 0, 17]), "resets": jnp.zeros((3, 30), bool).at[0, 10].set(True)}
+        loop, parallel = run_both(cell, params, xs, h0, **kwargs)
+        chex.assert_trees_all_close(parallel, loop, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("kind, modes", [("mingru", ("rev",)), pytest.param("mingru", ("fwd",), marks=pytest.mark.slow),
-                                         pytest.param("minlstm", ("fwd", "rev"), marks=pytest.mark.slow)])
+                                         pytest.param("minlstm", ("fwd", "rev"), marks=pytest.mark.slow),
+                                         ("lru", ("rev",)), pytest.param("lru", ("fwd",), marks=pytest.mark.slow)])
 def test_check_grads_on_the_associative_scan(kind, modes):
-    cell = LINEAR[kind](3)
+    cell = make(kind, 3)
     params = random_params(cell, jax.random.key(0), 2)
     xs = random_inputs(jax.random.key(1), 2, 6, 2)
-    h0 = random_inputs(jax.random.key(2), 2, 3)
+    h0 = random_inputs(jax.random.key(2), 2, cell.hidden_size)
     resets = jnp.zeros((2, 6), bool).at[1, 2].set(True)
     f = jax.jit(lambda p, x, h: jaxrnn.scan(cell, p, x, initial_carry=h, lengths=jnp.array([6, 4]), resets=resets,
                                             parallel="associative"))
@@ -123,24 +129,15 @@ def test_the_recurrence_with_constant_decay_and_each_method():
         linear.recurrence(a, b, h0, method="parallel")
 
 
-def test_layers_and_bidirectional_with_the_associative_scan():
-    rnn = jaxrnn.RNN(jaxrnn.mingru(5), num_layers=2, bidirectional=True)
-    params = rnn.init(jax.random.key(0), 3)
-    xs = random_inputs(jax.random.key(1), 4, 9, 3)
-    lengths = jnp.array([9, 3, 0, 5])
-    chex.assert_trees_all_close(rnn.apply(params, xs, lengths=lengths, parallel="associative"),
-                                rnn.apply(params, xs, lengths=lengths), rtol=1e-5, atol=1e-6)
-
-
 def test_linear_cells_have_no_recurrent_weights_and_are_stock():
-    for kind, make in LINEAR.items():
-        cell = make(4)
+    for kind, constructor in LINEAR.items():
+        cell = constructor(4)
         params = cell.init(jax.random.key(0), 3)
         assert "w_h" not in params and cell.hh(params, cell.initial_carry(2), jnp.zeros((2, 8))).shape == (2, 0)
         assert jaxrnn.cells.is_stock(cell)
-        assert not jaxrnn.cells.is_stock(cell._replace(linear=make(4).linear))
+        assert not jaxrnn.cells.is_stock(cell._replace(linear=constructor(4).linear))
         assert "the cell is" in jaxrnn.native.unsupported(cell, params, 32, "float32", steps=100)
-        assert jaxrnn.CELLS[kind] is make
+        assert jaxrnn.CELLS[kind] is constructor
 
 
 def test_the_minlstm_gates_are_normalised_where_both_underflow():
@@ -166,11 +163,12 @@ def test_parallel_errors_name_the_argument():
 
 def test_a_linear_cells_gradient_decays_by_log10_a_per_step():
     """With one unit, dL/dh_(t-1) = a_t dL/dh_t: the measured profile falls by exactly log10 |a_t| per step
-    (the gradient-flow benchmark's linear rows rest on this)."""
+    (the gradient-flow benchmark's linear rows rest on this; the LRU's complex a_t turns the gradient's
+    (Re, Im) pair and scales it by |a_t|)."""
     from jaxrnn import diagnostics
 
-    for make in LINEAR.values():
-        cell = make(1)
+    for kind in LINEAR:
+        cell = make(kind, 1)
         params = random_params(cell, jax.random.key(0), 2, scale=1.0)
         xs = random_inputs(jax.random.key(1), 3, 40, 2)
         prof = diagnostics.gradient_profile(cell, params, xs, lambda ys: jnp.sum(ys[:, -1]))
@@ -293,3 +291,93 @@ def test_the_parallel_benchmark_smoke(tmp_path, capsys):
     (row,) = json.loads(out.read_text())["results"]
     assert set(row["ms"]) == {"loop", "deer", "quasi-deer", "jaxrnn gru", "flax"}
     assert all(v["converged"] and v["iterations"] <= 4 for v in row["iterations"].values())
+
+
+def test_the_lru_is_its_equations():
+    """z_t = lambda z_(t-1) + exp(gamma) (x_t B) in numpy's complex128, lambda = exp(-exp(nu) + i exp(theta)),
+    B = w_i's halves as real and imaginary parts; the carry and output are [Re z, Im z]."""
+    cell = jaxrnn.lru(6)
+    params = random_params(cell, jax.random.key(0), 2)
+    xs, h0 = random_inputs(jax.random.key(1), 2, 9, 2), random_inputs(jax.random.key(2), 2, 6)
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    lam = np.exp(-np.exp(p["nu_log"]) + 1j * np.exp(p["theta_log"]))
+    B = p["w_i"][:, :3] + 1j * p["w_i"][:, 3:]
+    z, expected = np.asarray(h0[:, :3], np.float64) + 1j * np.asarray(h0[:, 3:], np.float64), []
+    for t in range(9):
+        z = lam * z + np.exp(p["gamma_log"]) * (np.asarray(xs[:, t], np.float64) @ B)
+        expected.append(np.concatenate([z.real, z.imag], axis=-1))
+    for parallel in (None, "associative"):
+        ys, final = scan(cell, params, xs, initial_carry=h0, parallel=parallel)
+        np.testing.assert_allclose(ys, np.stack(expected, axis=1), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(final, expected[-1], rtol=1e-5, atol=1e-5)
+
+
+def test_the_lru_initialisation_keeps_the_state_at_its_inputs_scale():
+    """|lambda| on the ring by area (|lambda|^2 uniform), phases in [0, max_phase], and gamma = log sqrt(1 -
+    |lambda|^2): under white-noise input the state's mean |z|^2 is the input's, E|x B|^2, even at |lambda| ~ 1."""
+    cell = jaxrnn.lru(4000, r_min=0.5, r_max=0.9, max_phase=1.0)
+    params = cell.init(jax.random.key(0), 2)
+    r2 = np.exp(-2 * np.exp(np.asarray(params["nu_log"], np.float64)))
+    phase = np.exp(np.asarray(params["theta_log"]))
+    assert 0.25 <= r2.min() and r2.max() <= 0.81 and 0.0 <= phase.min() and phase.max() <= 1.0
+    # by area: mean |lambda|^2 0.53 (uniform in |lambda| would give 0.503)
+    np.testing.assert_allclose([r2.mean(), phase.mean()], [(0.25 + 0.81) / 2, 0.5], atol=0.01)
+    np.testing.assert_allclose(np.exp(2 * np.asarray(params["gamma_log"], np.float64)), 1 - r2, rtol=1e-5)
+    np.testing.assert_allclose(np.std(params["w_i"]), 1 / np.sqrt(2 * 2), rtol=0.05)
+    slow = jaxrnn.lru(8, r_min=0.99, r_max=0.995)
+    params = slow.init(jax.random.key(1), 2)
+    xs = jax.random.normal(jax.random.key(2), (64, 3000, 2))
+    ys, _ = scan(slow, params, xs, parallel="associative")
+    z2 = ys[:, 1000:, :4] ** 2 + ys[:, 1000:, 4:] ** 2  # past the transient (|lambda|^1000 < 5e-5)
+    xb2 = jnp.sum(params["w_i"][:, :4] ** 2 + params["w_i"][:, 4:] ** 2, axis=0)  # E|x B|^2 for x ~ N(0, I)
+    np.testing.assert_allclose(jnp.mean(z2, axis=(0, 1)), xb2, rtol=0.25)
+
+
+def test_lru_arguments_are_checked_by_name():
+    with pytest.raises(ValueError, match="hidden_size: expected an even number.*got 5"):
+        jaxrnn.lru(5)
+    with pytest.raises(ValueError, match="r_min, r_max: expected 0 <= r_min < r_max <= 1, got r_min=0.9, r_max=0.5"):
+        jaxrnn.lru(4, r_min=0.9, r_max=0.5)
+    with pytest.raises(ValueError, match="max_phase: expected a positive angle, got 0"):
+        jaxrnn.lru(4, max_phase=0)
+
+
+@pytest.mark.parametrize("kind", ["mingru", pytest.param("minlstm", marks=pytest.mark.slow), "lru"])
+def test_layers_and_bidirectional_with_the_associative_scan(kind):
+    rnn = jaxrnn.RNN(make(kind, 3), num_layers=2, bidirectional=True)
+    params = rnn.init(jax.random.key(0), 3)
+    xs = random_inputs(jax.random.key(1), 3, 9, 3)
+    lengths = jnp.array([9, 3, 0])
+    chex.assert_trees_all_close(rnn.apply(params, xs, lengths=lengths, parallel="associative"),
+                                rnn.apply(params, xs, lengths=lengths), rtol=1e-5, atol=1e-5)
+
+
+def test_the_lru_in_bfloat16():
+    """Computed in complex64, kept in bfloat16; its eigenvalues drawn in float32 (in bfloat16, |lambda| near 1
+    would round to a few values, some to 1)."""
+    cell = jaxrnn.lru(512, r_min=0.99, r_max=0.999, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+    params = cell.init(jax.random.key(0), 3)
+    modulus = jnp.exp(-jnp.exp(params["nu_log"].astype(jnp.float32)))
+    assert params["nu_log"].dtype == jnp.bfloat16 and bool((modulus < 1).all()) and len(set(modulus.tolist())) > 20
+    xs = random_inputs(jax.random.key(1), 3, 9, 3)
+    ys, final = scan(cell, params, xs, parallel="associative")
+    loop, _ = scan(cell, params, xs)
+    assert ys.dtype == final.dtype == loop.dtype == jnp.bfloat16
+    np.testing.assert_allclose(ys.astype(jnp.float32), loop.astype(jnp.float32), atol=3e-2)
+    with pytest.raises(ValueError, match=r"h0: complex coefficients of width 2 act on a real carry \[Re, Im\] of "
+                                         r"width 4, got shape \(2,\)"):
+        linear.recurrence(jnp.ones((5, 1, 2), jnp.complex64), jnp.ones((5, 1, 2), jnp.complex64), jnp.zeros(2))
+
+
+def test_programs_refuse_an_odd_lru_in_one_line_before_any_work(tmp_path, capsys):
+    from jaxrnn.programs import cli, parallel
+
+    even = "hidden_size: expected an even number"
+    for argv, run in ((["gradient-flow", "--cells", "lru", "--hidden-size", "7", "--out", str(tmp_path / "g")], cli.main),
+                      (["long-range", "--models", "lru", "--hidden", "5", "--out", str(tmp_path / "l")], cli.main),
+                      (["--cells", "lru", "--hidden", "8", "3", "--json", str(tmp_path / "p.json")], parallel.main)):
+        with pytest.raises(SystemExit) as exit_:
+            run(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_.value.code == 2 and len(err) == 1 and " for lru: " in err[0] and even in err[0], err
+    assert not any(tmp_path.iterdir())  # no run folder, no record

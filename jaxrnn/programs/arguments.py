@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 
 class UsageError(ValueError):
@@ -60,6 +60,18 @@ def float_in(low: float | None = None, high: float | None = None, *, low_open: b
                 and (high is None or (v < high if high_open else v <= high)))
 
     return _arg_type(float, ok, expected, "float")
+
+
+def check_cells(makers: Mapping[str, Callable[[int], Any]], sizes: Sequence[int], flag: str) -> None:
+    """Make each cell of ``makers`` (name -> hidden size -> cell) at each hidden size of ``sizes`` before
+    a command's long work: a size a cell refuses (the LRU takes even ones) is a :class:`UsageError`
+    naming ``flag``, not a traceback minutes later."""
+    for name, make in makers.items():
+        for size in sizes:
+            try:
+                make(size)
+            except ValueError as e:
+                raise UsageError(f"{flag} {size} for {name}: {e}") from None
 
 
 positive_int = int_at_least(1)

@@ -47,7 +47,7 @@ class Model:
     """One row of the benchmark: a cell kind and how to initialise it."""
 
     name: str
-    kind: str  # "vanilla" | "lstm" | "gru" | "mingru" | "minlstm": models of a kind share compiled functions
+    kind: str  # a key of jaxrnn.CELLS: models of a kind share compiled functions
     radius: float | None = None  # vanilla: spectral radius of the orthogonal W_h
     forget_bias: float = 1.0  # lstm
 
@@ -60,6 +60,7 @@ MODELS: dict[str, Model] = {
     "gru": Model("gru", "gru"),
     "mingru": Model("mingru", "mingru"),
     "minlstm": Model("minlstm", "minlstm"),
+    "lru": Model("lru", "lru"),  # hidden_size / 2 complex units
 }
 
 
@@ -95,9 +96,9 @@ def init_model(model: Model, hidden_size: int, key: jax.Array) -> dict:
 class Compiled:
     """jit-compiled functions, one set per cell kind: models of a kind share them."""
 
-    def __init__(self, hidden_size: int):
+    def __init__(self, hidden_size: int, kinds: set[str]):
         self.hidden_size = hidden_size
-        self.cells = {k: jaxrnn.CELLS[k](hidden_size) for k in {m.kind for m in MODELS.values()}}
+        self.cells = {k: jaxrnn.CELLS[k](hidden_size) for k in kinds}
         self._cache: dict[tuple, Callable] = {}
 
     def _get(self, name: str, kind: str, make: Callable) -> Callable:
@@ -184,9 +185,10 @@ def summarize_row(phase: str, model: Model, length: int, log10_norm: np.ndarray)
 
 
 def run(args) -> pathlib.Path:
-    out = run_folder("gradient-flow", args.out)
-    compiled = Compiled(args.hidden_size)
     all_models = models(args.cells, args.radii)
+    arguments.check_cells({m.kind: jaxrnn.CELLS[m.kind] for m in all_models}, [args.hidden_size], "--hidden-size")
+    out = run_folder("gradient-flow", args.out)
+    compiled = Compiled(args.hidden_size, {m.kind for m in all_models})
     trained_models = [m for m in all_models if m.radius in (None, 1.0)] if args.train_steps else []
     lengths = sorted(args.lengths)
     jac_length = max([t for t in lengths if t <= 300] or lengths[:1])
@@ -388,7 +390,8 @@ def plot(results: dict, all_models, trained_models, lengths, jac_length, out: pa
         ax.plot(radii, np.log10(radii), "k--", lw=1, label="linear RNN: log10(rho)")
     gated = [r for r in summ if r["kind"] != "vanilla" and r["T"] == sweep_length]
     for r, ls in zip(gated, [":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (3, 1)), (0, (6, 2))]):
-        linear = jaxrnn.CELLS[r["kind"]](1).linear is not None  # linear cells in blue, gated ones in red
+        # linear cells in blue, gated ones in red (a cell of 2 units: the LRU's smallest, one complex unit)
+        linear = jaxrnn.CELLS[r["kind"]](2).linear is not None
         ax.axhline(r["decay_per_step"], ls=ls, lw=1.4, color="tab:blue" if linear else "tab:red",
                    label=f"{r['model']} (T={sweep_length})")
     ax.axhline(0, color="gray", lw=0.8)

@@ -1,12 +1,12 @@
 """Long-range dependency tasks, every cell, a ladder of lengths: ``jaxrnn long-range``.
 
 For each task of :mod:`jaxrnn.tasks`, each model of :data:`DEFAULT_MODELS` (or of
-:data:`MODELS`, with ``--models``: the linear minGRU and minLSTM too) and each
+:data:`MODELS`, with ``--models``: the linear minGRU, minLSTM and LRU too) and each
 length of the ladder, ``--seeds`` independent runs train side by side (``vmap``
 over seeds; ``lax.scan`` over ``--eval-every`` steps per dispatch) with the
 same budget: RMSProp (lr 1e-3, as Arjovsky et al. 2016 and Tallec & Ollivier
-2018), batch 32, ``--steps`` steps. Every model but ``tanh`` clips the global
-gradient norm at 1 (Pascanu et al. 2013). A model is one cell and a linear
+2018), batch 32, ``--steps`` steps. Every model but ``tanh`` and ``lstm-noclip`` clips
+the global gradient norm at 1 (Pascanu et al. 2013). A model is one cell and a linear
 readout of its last output (many-to-one) or of every output (copy memory).
 
 Writes to ``runs/long-range-<time>/`` (or ``--out``):
@@ -61,12 +61,14 @@ MODELS: dict[str, Model] = {
     "irnn": Model(lambda h: cells.vanilla(h, activation="relu", recurrent_init=cells.identity_init(),
                                           kernel_init=jax.nn.initializers.normal(1e-3)), 1.0),
     "lstm": Model(lambda h: cells.lstm(h, forget_bias=1.0), 1.0),
+    "lstm-noclip": Model(lambda h: cells.lstm(h, forget_bias=1.0), None),  # by name: clipping's effect
     "lstm-chrono": Model(lambda h: cells.lstm(h, forget_bias=0.0), 1.0, chrono=True),
     "gru": Model(lambda h: cells.gru(h), 1.0),
-    # Feng et al. 2024: linear in the carry (on the loop: the associative scan is no faster on a CPU,
+    # Feng et al. 2024 and Orvieto et al. 2023: linear in the carry (on the loop: the associative scan is no faster on a CPU,
     # docs/parallel.md). Asked for by name, outside the default run.
     "mingru": Model(lambda h: cells.mingru(h), 1.0),
     "minlstm": Model(lambda h: cells.minlstm(h), 1.0),
+    "lru": Model(lambda h: cells.lru(h), 1.0),  # h / 2 complex units
 }
 DEFAULT_MODELS = ("tanh", "tanh+clip", "irnn", "lstm", "lstm-chrono", "gru")
 
@@ -306,6 +308,7 @@ def write_plots(results: list[dict], profiles: dict, folder: pathlib.Path) -> No
 
 
 def run(args) -> pathlib.Path:
+    arguments.check_cells({m: MODELS[m].cell for m in args.models}, [args.hidden], "--hidden")
     ladder = FULL_LADDER if args.full else LADDER
     steps = args.steps or (10_000 if args.full else 2_000)
     folder = run_folder("long-range", args.out)
@@ -344,7 +347,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--full", action="store_true", help="the full length ladder and 10,000 steps")
     p.add_argument("--tasks", nargs="+", default=list(LADDER), choices=list(tasks.TASKS))
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=list(MODELS),
-                   help=f"default: {' '.join(DEFAULT_MODELS)} (the linear mingru and minlstm by name)")
+                   help=f"default: {' '.join(DEFAULT_MODELS)} (the linear mingru, minlstm and lru by name)")
     p.add_argument("--lengths", nargs="+", type=arguments.positive_int,
                    help="override the ladder (every task but the digits)")
     p.add_argument("--seeds", type=arguments.positive_int, default=3)

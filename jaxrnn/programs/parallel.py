@@ -34,13 +34,14 @@ import json
 import jax
 from tqdm.auto import tqdm
 
+import jaxrnn
 from jaxrnn import newton
 from jaxrnn.programs import arguments, speed
 from jaxrnn.programs.outputs import markdown_table, pyplot, save_figure
 
-LINEAR_CELLS = ("mingru", "minlstm")
+LINEAR_CELLS = ("mingru", "minlstm", "lru")
 NONLINEAR_CELLS = ("vanilla", "gru", "lstm")
-STANDS_FOR = {"mingru": "gru", "minlstm": "lstm"}  # the nonlinear cell each linear one stands in for
+STANDS_FOR = {"mingru": "gru", "minlstm": "lstm", "lru": "gru"}  # the nonlinear cell each linear one stands in for
 
 
 def parallel_methods(kind: str) -> tuple[str, ...]:
@@ -124,6 +125,7 @@ def plot(results: list[dict], path) -> None:
 
 
 def run(args) -> dict:
+    arguments.check_cells({kind: jaxrnn.CELLS[kind] for kind in args.cells}, args.hidden, "--hidden")
     out, path = speed.start_record("parallel", args)
     results = out["results"]
     cases = [(c, B, H, T, g) for c in args.cells for B in args.batch for H in args.hidden for T in args.lengths
@@ -150,7 +152,7 @@ def run(args) -> dict:
 
 def main(argv=None) -> None:
     p = arguments.ArgumentParser(prog="parallel", description=__doc__.split("\n\n")[0])
-    p.add_argument("--cells", nargs="+", choices=LINEAR_CELLS + NONLINEAR_CELLS, default=list(LINEAR_CELLS))
+    p.add_argument("--cells", nargs="+", choices=LINEAR_CELLS + NONLINEAR_CELLS, default=["mingru", "minlstm"])
     p.add_argument("--batch", nargs="+", type=arguments.positive_int, default=[8])
     p.add_argument("--hidden", nargs="+", type=arguments.positive_int, default=[64])
     p.add_argument("--lengths", nargs="+", type=arguments.positive_int, default=[100, 1000, 10_000])
@@ -159,7 +161,9 @@ def main(argv=None) -> None:
     p.add_argument("--block", type=arguments.int_at_least(2), default=3)
     p.add_argument("--precision", choices=speed.PRECISIONS, default="float32")
     p.add_argument("--json", help="where to write the JSON (default runs/parallel-<timestamp>.json)")
-    run(p.parse_args(argv))
+    from jaxrnn.programs.cli import run_command
+
+    run_command(p.prog, run, p.parse_args(argv))
 
 
 if __name__ == "__main__":
