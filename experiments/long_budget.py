@@ -7,7 +7,7 @@ of copy memory at T = 100. Arjovsky et al. (2016) train their LSTM far longer: R
 LSTM (128 units) on adding at T = 200 leaves the baseline after about 2,000 steps and is near 0 after
 about 15,000; in figure 1 the LSTM (40 units) on copy at T = 100 creeps below the baseline, to about
 0.145 against 0.173 after 1,000,000 examples. (Read in the authors' TeX draft and figure files,
-``amarshah/complex_RNN``; :data:`PUBLISHED`.)
+``amarshah/complex_RNN``; :data:`jaxrnn.programs.long_range.PUBLISHED`.)
 
 This trains the long-range program's models (:data:`jaxrnn.programs.long_range.MODELS`: same cells,
 readout, held-out set and RMSProp at 1e-3; 64 units, batch 32, ``--seeds`` seeds side by side) for
@@ -40,15 +40,6 @@ LENGTHS = {"adding": 200, "copy_memory": 100}
 EVAL_SIZE = 512  # held-out sequences per task
 #: The long-range program's models trained here: the tanh RNN and the LSTM with clipping and without.
 MODELS = ("tanh", "tanh+clip", "lstm-noclip", "lstm", "lstm-chrono", "gru")
-_SOURCE = "Arjovsky et al. 2016, authors' TeX draft and figure files"
-#: (task, model) -> what Arjovsky et al. report, read in their own draft and figures.
-PUBLISHED: dict[tuple[str, str], str] = {
-    ("adding", "lstm"): f"128 units: leaves the baseline after ~2,000 steps, near 0 after ~15,000 (fig. 2; {_SOURCE})",
-    ("adding", "tanh+clip"): f"128 units: at the baseline for all of its 36,000 steps (fig. 2; {_SOURCE})",
-    ("copy_memory", "lstm"): f"40 units: ~0.145 against the baseline's 0.173 after 1,000,000 examples "
-                             f"(fig. 1; {_SOURCE})",
-    ("copy_memory", "tanh+clip"): f"80 units: at the baseline for 1,000,000 examples (fig. 1; {_SOURCE})",
-}
 
 
 def held_out_baseline(task_name: str) -> float:
@@ -129,22 +120,26 @@ def run(args) -> list[dict]:
         r = {k: v for k, v in r.items() if k not in ("params", "initial_params")}
         results.append(r | {"model": name, "clipped": model.clip_norm is not None})
         (folder / "results.json").write_text(json.dumps(results, indent=1))  # nothing lost on a crash
-    table = ""
-    for task_name in args.tasks:
-        runs = [r for r in results if r["task"] == task_name]
-        table += (f"\n### {task_name}, T = {LENGTHS[task_name]}: baseline {runs[0]['baseline']:.4g} (on the held-out "
-                  f"set {held_out_baseline(task_name):.4g}), solved below {runs[0]['threshold']:.3g}\n\n")
-        table += markdown_table(
-            ["model", "clipped at 1", "final loss, median (seeds)", "lowest median", "below half the baseline (step, per seed)",
-             "solved at the end", "steps run", "published"],
-            [[r["model"], "yes" if r["clipped"] else "no", *row(r), PUBLISHED.get((task_name, r["model"]), "")]
-             for r in runs])
-    table = (f"{args.seeds} seeds, up to {args.steps:,} steps of RMSProp (lr {args.lr}), batch {args.batch_size}, "
-             f"64 units; held-out loss every {args.eval_every} steps; \"below half the baseline\": the first "
-             f"evaluation there.\n" + table)
-    write_outputs(folder, table, {"config": vars(args), "results": results})
+    write_outputs(folder, tables(results, args), {"config": vars(args), "results": results})
     plot(results, folder / "curves.png", args.steps, args.seeds, args.batch_size)
     return results
+
+
+def tables(results: list[dict], args) -> str:
+    """results.md: per task, a row per model."""
+    text = (f"{args.seeds} seeds, up to {args.steps:,} steps of RMSProp (lr {args.lr}), batch {args.batch_size}, "
+            f"64 units; held-out loss every {args.eval_every} steps; \"below half the baseline\": the first "
+            f"evaluation there.\n")
+    for task_name in args.tasks:
+        runs = [r for r in results if r["task"] == task_name]
+        text += (f"\n### {task_name}, T = {LENGTHS[task_name]}: baseline {runs[0]['baseline']:.4g} (on the held-out "
+                 f"set {held_out_baseline(task_name):.4g}), solved below {runs[0]['threshold']:.3g}\n\n")
+        text += markdown_table(
+            ["model", "clipped at 1", "final loss, median (seeds)", "lowest median",
+             "below half the baseline (step, per seed)", "solved at the end", "steps run", "published"],
+            [[r["model"], "yes" if r["clipped"] else "no", *row(r),
+              long_range.PUBLISHED.get((task_name, r["model"]), "")] for r in runs])
+    return text
 
 
 def parser() -> arguments.ArgumentParser:

@@ -884,7 +884,8 @@ def lru(
         \end{array}
 
     ``|lambda| = exp(-exp(nu))`` lies in (0, 1) whatever ``nu`` becomes, so
-    training cannot make the recurrence unstable. At initialisation
+    training cannot make the recurrence unstable (in float32 it rounds to
+    exactly 1 once ``nu < -16.6``: a unit that keeps everything, never growing). At initialisation
     ``|lambda|`` is drawn uniformly on the ring ``r_min <= |lambda| <= r_max``
     (by area), its phase uniformly in ``[0, max_phase]``, and
     ``gamma = log sqrt(1 - |lambda|^2)``, so that under white-noise input each

@@ -77,12 +77,13 @@ def test_the_affine_scan_and_the_kalman_smoother_solve_their_problems():
 
 @pytest.mark.parametrize("kind, method", [
     pytest.param(kind, method, marks=() if (kind, method) == ("lstm", "deer") else pytest.mark.slow)
-    for kind in ("vanilla", "gru", "lstm") for method in METHODS])
+    for kind in ("vanilla", "gru", "lstm", "lru") for method in METHODS])
 def test_newton_equals_the_loop_in_float64(kind, method):
     """Values and gradients to 1e-10, with lengths (0 and T among them), resets, reverse and an initial carry
-    (by default the LSTM by DEER; the float32 test runs quasi-ELK, the others quasi-DEER)."""
+    (by default the LSTM by DEER; the float32 test runs quasi-ELK, the others quasi-DEER; the LRU's
+    default test is in test_linear.py)."""
     with jax.enable_x64(True):
-        cell, params, xs, h0, masks = problem(kind)
+        cell, params, xs, h0, masks = problem(kind, H=6 if kind == "lru" else 5)
         run = lambda parallel: lambda p, x, h: jaxrnn.scan(cell, p, x, initial_carry=h, reverse=True,
                                                            parallel=parallel, kernel="xla", **masks)
         loop = loss_and_grads(run(None), cell, params, xs, h0)
@@ -196,3 +197,23 @@ def test_the_iterations_program_smoke(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         newton_iterations.main(["--radii", "nan"])
     assert exit_.value.code == 2 and "--radii" in capsys.readouterr().err
+
+
+def test_the_chunked_memory_program_smoke(tmp_path, capsys):
+    """Chunked DEER's values and gradients match the loop's (three chunks, the first short), and XLA plans
+    less memory for it than for the unchunked solve; a folder for --json is refused before any work."""
+    from jaxrnn.programs import newton_memory
+
+    out = tmp_path / "m.json"
+    small = ["--hidden", "4", "--batch", "2", "--length", "40", "--chunk", "16"]
+    newton_memory.main(["--methods", "deer", *small, "--json", str(out)])
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["converged"] and row["max_abs_diff"] < 1e-5 and row["max_rel_grad_diff"] < 1e-4
+    assert row["forward_temp_gb"] < row["unchunked_forward_temp_gb"]
+    capsys.readouterr()
+    for bad in (["--chunk", "0", "--json", str(tmp_path / "x.json")], [*small, "--json", str(tmp_path)]):
+        with pytest.raises(SystemExit) as exit_:
+            newton_memory.main(bad)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_.value.code == 2 and len(err) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]

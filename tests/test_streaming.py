@@ -9,7 +9,8 @@ import jaxrnn
 from jaxrnn import heads, streaming
 
 
-@pytest.mark.parametrize("kind,layers,residual", [("lstm", 2, False), ("gru", 1, False), ("vanilla", 3, True)])
+@pytest.mark.parametrize("kind,layers,residual", [("lstm", 2, False), ("gru", 1, False), ("vanilla", 3, True),
+                                                  ("lru", 2, True)])
 def test_stepping_equals_the_scan(kind, layers, residual):
     rnn = jaxrnn.RNN(jaxrnn.CELLS[kind](8), num_layers=layers, residual=residual)
     params = rnn.init(jax.random.key(0), 8)

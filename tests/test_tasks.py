@@ -121,16 +121,17 @@ def test_lstm_beats_the_baseline_on_adding_at_T50():
 
 
 def test_long_range_smoke(tmp_path):
-    folder = long_range.main(["--tasks", "copy_memory", "temporal_order",
-                              "--models", "lstm-chrono", "mingru", "--lengths", "20", "--seeds", "2",
+    # one task (copy memory's every-step readout: tests/test_experiments.py's long_budget smoke)
+    folder = long_range.main(["--tasks", "temporal_order",
+                              "--models", "lstm-chrono", "--lengths", "20", "--seeds", "2",
                               "--steps", "20", "--eval-every", "10", "--hidden", "8", "--out", str(tmp_path)])
     text = (folder / "results.md").read_text()
-    for heading in ("### copy_memory", "### temporal_order", "Gradient decay on temporal_order"):
+    for heading in ("### temporal_order", "Gradient decay on temporal_order"):
         assert heading in text
     assert (folder / "curves.png").stat().st_size > 0 and (folder / "gradients.png").stat().st_size > 0
     import json
 
     saved = json.loads((folder / "results.json").read_text())
-    assert len(saved["results"]) == 4 and saved["profiles"]["length"] == 20
+    assert len(saved["results"]) == 1 and saved["profiles"]["length"] == 20
     assert set(long_range.DEFAULT_MODELS) < set(long_range.MODELS) and "mingru" not in long_range.DEFAULT_MODELS
     assert all(np.isfinite(p["untrained"]["decay_per_step"]) for p in saved["profiles"]["models"].values())

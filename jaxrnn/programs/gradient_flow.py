@@ -1,7 +1,7 @@
 """The gradient-flow benchmark: how far back does the gradient reach, per cell and length?
 
 For vanilla tanh (orthogonal recurrent matrix, and a sweep of its spectral
-radius), LSTM (forget bias 0 and 1), GRU, and the linear minGRU and minLSTM
+radius), LSTM (forget bias 0 and 1), GRU, and the linear minGRU, minLSTM and LRU
 (whose gradient decays by exactly ``|a_t|`` per step), on the adding problem, at
 initialisation and after a short training run, it measures with
 :mod:`jaxrnn.diagnostics`:
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import itertools
 import json
 import pathlib
 import platform
@@ -389,7 +390,8 @@ def plot(results: dict, all_models, trained_models, lengths, jac_length, out: pa
     if len(radii):
         ax.plot(radii, np.log10(radii), "k--", lw=1, label="linear RNN: log10(rho)")
     gated = [r for r in summ if r["kind"] != "vanilla" and r["T"] == sweep_length]
-    for r, ls in zip(gated, [":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (3, 1)), (0, (6, 2))]):
+    styles = itertools.cycle([":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (3, 1)), (0, (6, 2)), "--"])
+    for r, ls in zip(gated, styles):
         # linear cells in blue, gated ones in red (a cell of 2 units: the LRU's smallest, one complex unit)
         linear = jaxrnn.CELLS[r["kind"]](2).linear is not None
         ax.axhline(r["decay_per_step"], ls=ls, lw=1.4, color="tab:blue" if linear else "tab:red",

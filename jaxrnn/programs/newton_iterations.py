@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 import jaxrnn
 from jaxrnn import newton
 from jaxrnn.programs import arguments, speed
-from jaxrnn.programs.outputs import markdown_table, pyplot, run_path, save_figure
+from jaxrnn.programs.outputs import markdown_table, pyplot, record_path, save_figure
 
 CELLS = ("vanilla", "gru")
 H, B, I = 8, 4, 4
@@ -118,10 +118,7 @@ def plot(results: list[dict], path, args) -> None:
 
 def run(args) -> dict:
     out = {"machine": speed.describe_machine(), "versions": speed.versions(), "argv": args.argv, "results": []}
-    path = run_path("newton-iterations", args.json, suffix=".json")
-    if path.is_dir():
-        raise arguments.UsageError(f"--json: {path} is a folder; give a file name")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = record_path("newton-iterations", args.json)
     cases = list(dict.fromkeys(
         [(k, args.rho, T, 1.0) for k in args.cells for T in args.lengths]
         + [(k, r, args.radius_length, 1.0) for k in args.cells for r in args.radii]

@@ -29,6 +29,18 @@ def run_path(name: str, given: str | pathlib.Path | None = None, *, suffix: str 
     return pathlib.Path(f"runs/{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}{suffix}")
 
 
+def record_path(name: str, given: str | pathlib.Path | None = None) -> pathlib.Path:
+    """Where a benchmark writes its JSON record (:func:`run_path` with ``.json``), checked before any work:
+    a folder given for it is a :class:`~jaxrnn.programs.arguments.UsageError`; its parent is made."""
+    from jaxrnn.programs.arguments import UsageError
+
+    path = run_path(name, given, suffix=".json")
+    if path.is_dir():
+        raise UsageError(f"--json: {path} is a folder; give a file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def run_folder(name: str, out: str | pathlib.Path | None = None) -> pathlib.Path:
     """The run's folder, :func:`run_path` (``out``, else ``runs/<name>-<time>``), created if missing."""
     folder = run_path(name, out)

@@ -17,7 +17,7 @@ inputs), interleaved in one process as ``jaxrnn speed`` times its peers:
   Jacobians of D x D: at D = 2H = 128 and T = 10,000, B = 8, 5 GB each;
   keep the nonlinear cells' H small);
 - ``jaxrnn gru`` / ``jaxrnn lstm`` / ``jaxrnn vanilla``: the nonlinear cell
-  (the one a linear cell stands in for: minGRU the GRU, minLSTM the LSTM) run
+  (the one a linear cell stands in for: minGRU and the LRU the GRU, minLSTM the LSTM) run
   as jaxrnn runs it by default (on a CPU, its native kernel);
 - ``flax``: flax's ``nn.RNN`` over that nonlinear cell.
 
@@ -39,9 +39,9 @@ from jaxrnn import newton
 from jaxrnn.programs import arguments, speed
 from jaxrnn.programs.outputs import markdown_table, pyplot, save_figure
 
-LINEAR_CELLS = ("mingru", "minlstm", "lru")
-NONLINEAR_CELLS = ("vanilla", "gru", "lstm")
 STANDS_FOR = {"mingru": "gru", "minlstm": "lstm", "lru": "gru"}  # the nonlinear cell each linear one stands in for
+LINEAR_CELLS = tuple(STANDS_FOR)
+NONLINEAR_CELLS = ("vanilla", "gru", "lstm")
 
 
 def parallel_methods(kind: str) -> tuple[str, ...]:

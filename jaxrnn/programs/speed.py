@@ -73,7 +73,7 @@ from tqdm.auto import tqdm
 
 import jaxrnn
 from jaxrnn.programs import arguments
-from jaxrnn.programs.outputs import markdown_table, pyplot, run_path, save_figure
+from jaxrnn.programs.outputs import markdown_table, pyplot, record_path, save_figure
 from jaxrnn.programs.timing import median_seconds
 
 PEERS = ("jaxrnn", "flax", "equinox", "haiku", "torch", "floor")
@@ -449,9 +449,7 @@ def start_record(kind: str, args, **extra) -> tuple[dict, pathlib.Path]:
            "versions": versions(), "native_helpers": "pool" if jaxrnn.native.pooled() else "threads",
            "precision": args.precision, "repeats": args.repeats, "block": args.block,
            "argv": sys.argv[1:], **extra, "results": []}
-    path = run_path(kind, args.json, suffix=".json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return out, path
+    return out, record_path(kind, args.json)
 
 
 def run(args) -> dict:
