@@ -10,7 +10,7 @@ this compiles the forward pass and the gradient of the summed squared outputs wi
 parameters (for the methods, the implicit adjoint, chunked the same way) and reads the temporary memory
 XLA plans for each (``memory_analysis``, as ``jaxrnn speed --memory`` does; the inputs, parameters and
 outputs come on top); for each method unchunked, it compiles the forward pass only, to read what it
-would need. It runs the chunked ones and records the seconds each took (after compiling), the
+would need. It runs the loop and the chunked solves and records the seconds each took (after compiling), the
 iterations, whether every chunk converged, the largest distance from the loop's outputs and the largest
 relative distance from its gradients. The GRU's input is ``--hidden`` wide too. Writes the JSON
 (``--json``) and prints a table.
@@ -56,8 +56,9 @@ def run(args) -> dict:
     loop = lambda p, x: jaxrnn.scan(cell, p, x)[0]
     loop_fwd, loop_fwd_gb = compiled(loop, params, xs)
     loop_bwd, loop_bwd_gb = compiled(gradient(loop), params, xs)
-    loop_ys, loop_grad = loop_fwd(params, xs), loop_bwd(params, xs)
-    out["loop"] = {"forward_temp_gb": loop_fwd_gb, "gradient_temp_gb": loop_bwd_gb}
+    (loop_ys, loop_forward_s), (loop_grad, loop_gradient_s) = timed(loop_fwd, params, xs), timed(loop_bwd, params, xs)
+    out["loop"] = {"forward_temp_gb": loop_fwd_gb, "gradient_temp_gb": loop_bwd_gb, "forward_s": loop_forward_s,
+                   "gradient_s": loop_gradient_s}
     for method in tqdm(args.methods, desc="newton memory", unit="method"):
         solve = lambda p, x, chunk: newton.solve(cell, p, x, method=method, chunk=chunk)
         chunked = lambda p, x: solve(p, x, args.chunk)[0]
@@ -75,7 +76,8 @@ def run(args) -> dict:
                                      for k in loop_grad)})
         path.write_text(json.dumps(out, indent=1))  # nothing lost on a crash
     print(f"GRU H={args.hidden}, B={args.batch}, T={args.length:,}, solved {min(args.chunk, args.length):,} steps at "
-          f"a time; XLA's temporary memory, GB (the loop: {loop_fwd_gb:.2f} forward, {loop_bwd_gb:.2f} gradient)\n")
+          f"a time; XLA's temporary memory, GB (the loop: {loop_fwd_gb:.2f} forward, {loop_bwd_gb:.2f} gradient; "
+          f"{loop_forward_s:.2f} s forward, {loop_gradient_s:.2f} s gradient)\n")
     print(markdown_table(
         ["method", "unchunked forward GB", "forward GB", "gradient GB", "forward s", "gradient s",
          "iterations (max over chunks)", "converged", "max abs. difference from the loop",
