@@ -277,11 +277,11 @@ def test_masks_with_nan_and_inf_and_odd_lengths_as_in_the_xla_loop(kind, case):
 
 
 # The small-batch layout against the wide one, each forced for every call (native.forced_layout): (kind, B, T, I, H,
-# masks, reverse, time_major, checkpoint_every, MASKED_SPECIALS case or None). Batches of 1 to 8, and 17 (a
-# second row in a lane of the bias gradient's sums); H of 1, 7, 9, 17 and 33 (a short 16-unit vector, two
-# shares); T of 1, 2, 37, 70 and 100, in chunks of 5 and 6 too. Each costs about a second, mostly making its inputs:
-# six by default (chunks, NaN and inf, the small layout's widest batch, three blocks of W_i rows, the vanilla
-# cell's tiles, the weight gradients' ring reused), all with -m slow.
+# masks, reverse, time_major, checkpoint_every, MASKED_SPECIALS case or None). Batches of 1 to 8, 13 and 17 (a
+# second row in a lane of the bias gradient's sums); H of 1, 7, 9, 17, 33 (a short 16-unit vector, two
+# shares) and 512; T of 1, 2, 20, 37, 70 and 100, in chunks of 5 and 6 too. Each costs about a second, mostly making its inputs:
+# seven by default (chunks, NaN and inf, the small layout's widest batch, three blocks of W_i rows, the vanilla
+# cell's tiles, the weight gradients' ring reused, weights of 8 MiB), all with -m slow.
 LAYOUT_CASES = [
     ("lstm", 1, 37, 2, 7, "lengths+resets", True, True, 5, None),
     ("gru", 2, 37, 3, 33, "lengths+resets", False, False, 6, "nan-in-w_i"),
@@ -297,12 +297,15 @@ LAYOUT_CASES = [
     ("vanilla", 3, 37, 5, 130, "lengths+resets", True, True, 6, "inf-in-w_h"),
     # The weight gradients' chunks (dw_chunk: 32 steps at B = 8): four, the ring's two halves each used twice.
     ("lstm", 8, 100, 5, 9, "lengths+resets", False, False, None, None),
+    # 8 MiB of weights (native.large_weight_bytes()): the small layout's x_t W_i and d x_t in the weight gradients'
+    # chunks (x_steps: 16 steps at B = 13, then 4), not x_chunk's 4.
+    ("lstm", 13, 20, 512, 512, "lengths+resets", True, False, None, None),
 ]
 
 
 @needs_kernel
-@pytest.mark.parametrize("picked", [(0, 1, 4, 6, 8, 9), pytest.param(range(len(LAYOUT_CASES)), marks=pytest.mark.slow)],
-                         ids=["six-cases", "every-case"])
+@pytest.mark.parametrize("picked", [(0, 1, 4, 6, 8, 9, 10), pytest.param(range(len(LAYOUT_CASES)), marks=pytest.mark.slow)],
+                         ids=["seven-cases", "every-case"])
 def test_the_small_batch_layout_gives_the_wide_layouts_bits(monkeypatch, request, picked):
     def inputs(kind, B, T, I, H, masks, reverse, time_major, chunk, special):
         _, params, xs, carry, lengths, resets = masked_setup(kind, B, T, I, H, masks)
@@ -318,7 +321,7 @@ def test_the_small_batch_layout_gives_the_wide_layouts_bits(monkeypatch, request
     cases = [inputs(*case) for case in picked]  # made once: clearing the caches makes eager ops recompile
     taken = []
     real = native.layout_for
-    monkeypatch.setattr(native, "layout_for", lambda kind, batch: taken.append(real(kind, batch)) or taken[-1])
+    monkeypatch.setattr(native, "layout_for", lambda *a: taken.append(real(*a)) or taken[-1])
     runs = {}
     request.addfinalizer(jax.clear_caches)  # other tests must not find the forced layouts' traces
     for layout in ("wide", "small"):
@@ -331,6 +334,30 @@ def test_the_small_batch_layout_gives_the_wide_layouts_bits(monkeypatch, request
     for case, wide, small in zip(picked, runs["wide"], runs["small"], strict=True):
         for (path, w), (_, s) in zip(wide, small, strict=True):
             np.testing.assert_array_equal(s, w, err_msg=f"{case} {jax.tree_util.keystr(path)}", strict=True)
+
+
+@needs_kernel
+def test_weights_too_large_for_the_caches_take_the_small_layout(monkeypatch):
+    large = native.large_weight_bytes()
+    assert large == 4 * (512 + 512) * 4 * 512  # an LSTM's at I = H = 512: the LAYOUT_CASES case below takes it
+    monkeypatch.setattr(native, "isa", lambda: "avx512")
+    assert [native.layout_for("lstm", B, large) for B in (0, 1, 12, 13, 512)] == \
+        ["wide", "small", "small", "small", "small"]
+    assert [native.layout_for("gru", B, large - 1) for B in (12, 13)] == ["small", "wide"]
+    with native.forced_layout("wide"):
+        assert native.layout_for("lstm", 13, 4 * large) == "wide"
+    with native.forced_layout("small"):
+        assert native.layout_for("lstm", 13, 0) == "small"
+    # What a forward call keeps tells its layout: (T, B, kept, H) small, (T, kept H, B padded) wide.
+    cell = make_cell("lstm", 512)
+    w = native.weights(cell, cell.init(jax.random.key(0), 512))
+    carry = (jnp.zeros((13, 512)),) * 2
+    kept = lambda: jax.eval_shape(lambda x: native.forward_call("lstm", x, carry, w, True, keep=True)[2],
+                                  jax.ShapeDtypeStruct((13, 2, 512), jnp.float32)).shape
+    assert kept() == (2, 13, 5, 512)
+    monkeypatch.setattr(native, "isa", lambda: "avx2")  # its small tiles take one row: it keeps the wide layout
+    assert native.layout_for("lstm", 13, 4 * large) == "wide"
+    assert kept() == (2, 5 * 512, 16)
 
 
 @needs_kernel

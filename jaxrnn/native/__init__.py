@@ -8,7 +8,7 @@ packed once, each step is one pass over them per core with the gates computed
 on the accumulators, and the cores meet once per step. A call runs in one of
 two layouts, which give the same bits: the vector lanes along batch rows
 (``"wide"``, the batch padded to 16) or, for a few rows, along hidden units
-(``"small"``); :func:`layout_for` picks one by the batch.
+(``"small"``), which also takes weights too large for the caches; :func:`layout_for` picks one.
 
 The kernels are compiled on first use with the machine's C++ compiler
 (``$CXX``, else ``c++``, GCC or Clang; about 10 s) for this machine's CPU
@@ -166,10 +166,13 @@ def _library() -> tuple:
     for name in (f"jaxrnn_{kind}_{way}" for kind in KINDS for way in ("forward", "backward")):
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
     _BLOCKS.update({kind: divmod(lib.jaxrnn_cell_blocks(i), 16) for i, kind in enumerate(KINDS)})
+    lib.jaxrnn_large_weight_bytes.restype = ctypes.c_int64
+    _LARGE_WEIGHT_BYTES[:] = [lib.jaxrnn_large_weight_bytes()]
     return None, isa
 
 
 _BLOCKS: dict[str, tuple[int, int]] = {}  # filled by _library from rnn_cpu.cc's cells
+_LARGE_WEIGHT_BYTES: list[int] = []  # filled by _library: rnn_cpu.cc's kLargeWeightBytes
 
 
 def blocks(kind: str) -> tuple[int, int]:
@@ -211,29 +214,51 @@ AUTO = {"lstm": ((8, 1), (1, 32)), "gru": ((16, 1),), "vanilla": ((16, 32), (12,
 
 
 # The kernels' two layouts (rnn_cpu.cc): "wide", the vector lanes along batch rows (the batch padded to a
-# multiple of 16), and "small", the lanes along hidden units (no padding), for batches up to these, where it
-# measured faster than the wide one (docs/kernels.md, "Where the kernels are taken"). Both give the same bits.
+# multiple of 16), and "small", the lanes along hidden units (no padding). Both give the same bits. The small
+# one runs batches up to these, where it measured faster than the wide one (docs/kernels.md, "Where the
+# kernels are taken"), and, built for AVX-512, any batch whose weights take large_weight_bytes() or more: the
+# wide layout reads all of [W_i; W_h] every step, the small one W_i once per chunk of steps and W_h alone
+# every step, which is the cheaper once the weights no longer fit in the caches (an LSTM at I = H = 1024,
+# 32 MiB: 1.4-1.6x as fast forward+backward at B = 32; level at 2-8 MiB). The AVX2 build's small tiles take one
+# batch row, and read the weights once per row: it keeps the wide layout there.
 SMALL_BATCH = {"lstm": 12, "gru": 12, "vanilla": 12}
+_forced_layout: str | None = None  # set within forced_layout
 
 
-def layout_for(kind: str, batch: int) -> str:
-    """The layout a kernel call of this batch runs in: ``"small"`` from 1 row up to ``SMALL_BATCH[kind]``,
-    else ``"wide"`` (an empty batch too)."""
-    return "small" if 1 <= batch <= SMALL_BATCH[_split(kind)[0]] else "wide"
+def large_weight_bytes() -> int:
+    """The bytes of float32 weights ``[W_i; W_h]`` from which the kernels built for AVX-512 run any batch in
+    the small layout (``kLargeWeightBytes`` in ``rnn_cpu.cc``, which also reads ``W_i`` less often there).
+    Raises RuntimeError, as every call into the kernels does, where they cannot run."""
+    _require()
+    return _LARGE_WEIGHT_BYTES[0]
+
+
+def layout_for(kind: str, batch: int, weight_bytes: int = 0) -> str:
+    """The layout a kernel call runs in: ``"small"`` from 1 row up to ``SMALL_BATCH[kind]``, and for any
+    batch when its weights ``[W_i; W_h]`` take ``weight_bytes >= large_weight_bytes()`` and the kernels are
+    built for AVX-512; else ``"wide"`` (an empty batch too). Within :func:`forced_layout`, that layout."""
+    if batch < 1:
+        return "wide"
+    if _forced_layout is not None:
+        return _forced_layout
+    if batch <= SMALL_BATCH[_split(kind)[0]]:
+        return "small"
+    return "small" if isa() == "avx512" and weight_bytes >= large_weight_bytes() else "wide"
 
 
 @contextlib.contextmanager
 def forced_layout(layout: str):
-    """Within it, every kernel call traced runs in ``layout`` (``"small"`` or ``"wide"``) whatever its batch:
-    to compare the layouts (tests, ``benchmarks/variants.py``). The layout is chosen when a call is traced,
-    so a function jitted outside it keeps the layout of its first trace."""
-    global SMALL_BATCH
-    saved = SMALL_BATCH
-    SMALL_BATCH = {kind: (1 << 30 if layout == "small" else 0) for kind in saved}
+    """Within it, every kernel call traced runs in ``layout`` (``"small"`` or ``"wide"``) whatever its batch
+    (an empty one stays wide) and weights: to compare the layouts (tests, ``benchmarks/variants.py``). The layout is chosen when a call
+    is traced, so a function jitted outside it keeps the layout of its first trace."""
+    global _forced_layout
+    if layout not in ("small", "wide"):
+        raise ValueError(f"layout: expected 'small' or 'wide', got {layout!r}")
+    saved, _forced_layout = _forced_layout, layout
     try:
         yield
     finally:
-        SMALL_BATCH = saved
+        _forced_layout = saved
 
 
 def unsupported(cell, params, batch: int, dtype, *, steps: int, backward: str = "fused",
@@ -377,7 +402,7 @@ def forward_call(kind, x, carry, w, batch_major: bool, keep: bool, start=0, step
     B, H = carry[0].shape
     T = x.shape[1 if batch_major else 0] if steps is None else steps
     rows = _rows(batch_major, B, T)
-    small = layout_for(kind, B) == "small"
+    small = layout_for(kind, B, 4 * (w[0].size + w[1].size)) == "small"
     # The kept activations in the layout's own order: the backward call tells the layout from their rank.
     kept_blocks = blocks(kind)[1]
     activations = _f32(T, B, kept_blocks, H) if small else _f32(T, kept_blocks * H, -(-B // 16) * 16)

@@ -26,8 +26,9 @@
 //
 // That layout is "wide". Batches of a few rows, where most of its 16 lanes
 // would be padding, run in a second one, "small" (ForwardSmall,
-// BackwardSmall): lanes along hidden units, states row-major (B, H). Both give
-// the same bits (see "small batches"); Python picks one by the batch
+// BackwardSmall): lanes along hidden units, states row-major (B, H); so do
+// weights too large for the caches (kLargeWeightBytes). Both give the same
+// bits (see "small batches"); Python picks one by the batch and the weights
 // (layout_for in __init__.py) and the backward call takes the forward's.
 //
 // Threads. A step is split into one share of contiguous hidden units per
@@ -1001,7 +1002,8 @@ inline void pack_rows(const float* const* row, int R, int GH, float* block, int 
 // by step and row by row, whichever thread or tile computes it; both layouts chunk alike (dw_chunk), so
 // that they give the same bits here as everywhere else.
 
-// The small layout's chunk of steps for d x_t (and x_t W_i forward): about 64 rows of dG (or x).
+// The small layout's chunk of steps for d x_t (and x_t W_i forward): about 64 rows of dG (or x); for large
+// weights x_steps takes a longer one.
 inline int x_chunk(int B) { return std::max(1, 64 / B); }
 
 // Steps per chunk of the weight gradients: about 256 rows of dG (a d W tile is loaded and stored once a
@@ -1011,6 +1013,21 @@ inline int dw_chunk(int B) {
   B = std::max(B, 1);  // an empty batch: chunks of no rows, which set d W to zeros
   const int x = x_chunk(B);
   return x * std::max(1, 256 / (x * B));
+}
+
+// Weights [W_i; W_h] of this many bytes or more have outgrown the caches: the kernels built for AVX-512 run
+// any batch of them in the small layout (jaxrnn.native.layout_for, which reads this value through
+// jaxrnn_large_weight_bytes), which then takes x_t W_i and d x_t a weight-gradient chunk at a time (x_steps).
+// Measured: the two layouts level from 2 to 8 MiB, the small one ahead from 13.5, by up to 2.4x (docs/kernels.md).
+constexpr int64_t kLargeWeightBytes = int64_t{8} << 20;
+
+// The small layout's chunk of steps for x_t W_i and d x_t, given the weights [W_i; W_h], (I + H) x G H
+// floats: x_chunk, or, for large weights, the weight gradients' whole chunk, about 256 rows: W_i is then
+// read from memory once per chunk, and a chunk of 64 rows would read it four times as often (an LSTM at
+// B = 32, I = H = 1024: 16 MiB of W_i every two steps, beside W_h's 16 every step). Either way a chain of
+// FMAs is the same: the chunk changes no bits.
+inline int x_steps(int B, int I, int H, int G) {
+  return int64_t{I + H} * G * H * 4 >= kLargeWeightBytes ? dw_chunk(B) : x_chunk(B);
 }
 
 // dG's rows, a chunk of `steps` steps at a time: step t's in half (t / steps) % 2.
@@ -1316,8 +1333,9 @@ struct Backward {
 
 // -------------------------------------------------------- small batches ----
 //
-// A second layout for a few batch rows (up to SMALL_BATCH: layout_for in __init__.py), where the wide one's
-// 16 lanes of batch rows are mostly padding (a batch of one uses one lane in 16). Its lanes run along
+// A second layout for a few batch rows (up to SMALL_BATCH, and any batch of large weights: layout_for in
+// __init__.py), where the wide one's 16 lanes of batch rows are mostly padding (a batch of one uses one
+// lane in 16). Its lanes run along
 // hidden units instead: states are row-major (B, H), and a step is one GEMV-like pass over the weights,
 // packed as 16 units of each gate per operand element, in which each weight vector loaded feeds one FMA
 // per batch row (the row's operand element broadcast). The backward pass runs its lanes along the rows
@@ -1376,12 +1394,13 @@ struct ForwardSmall {
   float* operands;  // as Forward's
   float* cT;        // LSTM: (B, H)
   float* h[2];      // (B, H) twice: h_{t-1} and h_t, double-buffered
-  float* xw;        // (x_chunk(B) B rows, groups, S slots, 16): the slots' bias + x_t W_i, see x_part
+  float* xw;        // (min(xs(), T) B rows, groups, S slots, 16): the slots' bias + x_t W_i, see x_part
   const float* zeros;  // I zeros: a padded step's x_t (see Masks)
   const Masks* m;
   const float *h_init, *c_init;  // (B, H): the carry a reset starts over from; null without resets
 
   static int groups(int H) { return (H + 15) / 16; }
+  int xs() const { return x_steps(B, I, H, G); }  // steps per x_part
 
   // Groups [glo, ghi); each share packs those it reads, a weight row at a time across all of them, so
   // that each cache line of a row is read once.
@@ -1444,7 +1463,7 @@ struct ForwardSmall {
   }
 
   void x_part(int t0, int glo, int ghi) const {
-    const int rows = std::min(x_chunk(B), T - t0) * B;
+    const int rows = std::min(xs(), T - t0) * B;
     for_group_tiles<kGroups>(glo, ghi, [&](int g0, auto ng) {
       for_row_tiles<kSmallRows>(rows, [&](int i0, auto nb) {
         x_tile<decltype(ng)::value, decltype(nb)::value>(t0, g0, i0);
@@ -1455,7 +1474,7 @@ struct ForwardSmall {
   // Groups [g0, g0 + NG)'s units for rows [b0, b0 + NB) at step t: x_part's sums, then h_{t-1}'s elements.
   template <int NG, int NB>
   void tile(int t, int g0, int b0, const float* h_prev, float* h_next) const {
-    const int64_t i0 = int64_t{t % x_chunk(B)} * B + b0;  // the chunk's row
+    const int64_t i0 = int64_t{t % xs()} * B + b0;  // the chunk's row
     V acc[S * NG][NB];
     for (int r = 0; r < NB; ++r)
       for (int j = 0; j < NG; ++j)
@@ -1515,7 +1534,7 @@ struct ForwardSmall {
     const int t = static_cast<int>(p - 1);
     const float* h_prev = h[t & 1];
     float* h_next = h[(t + 1) & 1];
-    if (t % x_chunk(B) == 0) x_part(t, mine.lo, mine.hi);
+    if (t % xs() == 0) x_part(t, mine.lo, mine.hi);
     for_group_tiles<kGroups>(mine.lo, mine.hi, [&](int g0, auto ng) {
       for_row_tiles<kSmallRows>(B, [&](int b0, auto nb) {
         tile<decltype(ng)::value, decltype(nb)::value>(t, g0, b0, h_prev, h_next);
@@ -1643,7 +1662,7 @@ struct BackwardSmall {
   }
 
   // Blocks [lo, hi) of d x_s's rows for the steps s in [t0, t1), from their dG rows in the ring: a chunk of
-  // steps at a time (x_chunk), which reads W_i once per chunk. Zero at padded steps, as Backward's.
+  // steps at a time (x_steps), which reads W_i once per chunk. Zero at padded steps, as Backward's.
   void x_rows(int t0, int t1, int lo, int hi) const {
     const int n_rows = (t1 - t0) * B;  // row i: step t0 + i / B, batch row i % B
     for_blocks(lo, hi, [&](int i, auto blocks) {
@@ -1698,7 +1717,8 @@ struct BackwardSmall {
       h_rows(mine.lo, mine.hi, g[t & 1]);
       if (m->resets()) cut(t, ulo, uhi);
       // d x_s for a chunk of steps once all their dG are out (every share's, from earlier phases).
-      if (t % x_chunk(B) == 0) x_rows(t, std::min(T, t + x_chunk(B)), xs.lo, xs.hi);
+      const int chunk = x_steps(B, I, H, G);
+      if (t % chunk == 0) x_rows(t, std::min(T, t + chunk), xs.lo, xs.hi);
     }
     if (t > 0) gates(t - 1, ulo, uhi, g[(t - 1) & 1]);
     if (p > 0) dw->phase(t, j, n);
@@ -1751,7 +1771,8 @@ void advise_huge_pages(const void* p, int64_t bytes) {
   if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
 }
 
-// A call's scratch (its packed weights, (I+H) x G*H floats; the backward's ring of dG rows), leased from
+// A call's scratch (its packed weights, (I+H) x G*H floats; the backward's ring of dG rows; the small
+// layout's x_t W_i sums), leased from
 // buffers kept across calls. Allocated afresh they would be fresh pages on every call once they pass
 // glibc's largest heap block (32 MiB: the weights of an LSTM at H = 1024), zeroed and faulted in 4 KiB at a
 // time, about 8,200 faults a forward call, and a vector would zero them besides. A lease takes the
@@ -1891,10 +1912,12 @@ void forward_small(ffi::ThreadPool& pool, const float* x, Shape seq, int I, int 
   if (operands) advise_huge_pages(operands, int64_t{seq.T} * B * K * 4);
   Scratch wp(int64_t{groups} * 16 * K * Cell::kGates);
   std::vector<float> h0s(h0, h0 + int64_t{B} * H), h1s(int64_t{B} * H, 0.f), zeros(I, 0.f);
-  std::vector<float> xw(int64_t{x_chunk(B)} * B * groups * Cell::kSlots * 16);
+  // Rows for a chunk of steps, or all T when fewer; from the pool of scratch (x_part writes every row it
+  // reads): a fresh vector of large weights' chunk was 4 MiB zeroed and faulted in on every call.
+  Scratch xw(int64_t{std::min(x_steps(B, I, H, Cell::kGates), seq.T)} * B * groups * Cell::kSlots * 16);
   std::vector<float> c = c0 ? std::vector<float>(c0, c0 + int64_t{B} * H) : std::vector<float>();
   ForwardSmall<Cell> f{seq.T, B, I, H, K, seq.in, seq.out, x, w_i, w_h, {bias[0], bias[1], bias[2], bias[3]},
-                       wp.get(), ys, res, operands, c.data(), {h0s.data(), h1s.data()}, xw.data(), zeros.data(),
+                       wp.get(), ys, res, operands, c.data(), {h0s.data(), h1s.data()}, xw.get(), zeros.data(),
                        &masks, masks.resets() ? h_init : nullptr, masks.resets() ? c_init : nullptr};
   const int n = threads_for(threads, H);
   run_phases(pool, pooled, int64_t{seq.T} + 1, n, [&f, n](int64_t p, int j) { f.phase(p, j, n); });
@@ -2051,6 +2074,9 @@ ffi::Error VanillaBackward(ffi::ThreadPool pool, F32 res, F32 operands, F32 w_i,
 // anything else (SSE, NEON, ...) they compile from the same source, untested
 // and without FMA instructions where the target has none, and say they do not.
 extern "C" int jaxrnn_native_available() { return JAXRNN_SUPPORTED; }
+
+// kLargeWeightBytes, for the layout's choice in Python (jaxrnn/native/__init__.py, layout_for).
+extern "C" int64_t jaxrnn_large_weight_bytes() { return kLargeWeightBytes; }
 
 // The vector instruction set the kernels were built for: "avx512", "avx2", "avx", "sse2", "neon" or "generic".
 extern "C" const char* jaxrnn_native_isa() { return JAXRNN_ISA; }

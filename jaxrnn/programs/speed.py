@@ -4,10 +4,11 @@ For each case (cell, batch B, hidden H, length T, forward or forward+backward)
 every implementation is compiled and warmed up first (compile time reported
 apart), then timed in interleaved rounds (A B C A B C ...) so that the shared
 machine's drift hits all of them alike. In each round every implementation
-runs ``--block`` calls back to back and the first is not timed: it absorbs
-what the previous implementation left behind (whatever ran right after torch
-took 4-5 ms longer for a 13 ms LSTM forward, most likely torch's OpenMP
-workers spin-waiting on a core after each parallel region). The median of
+first runs untimed calls, one and then more until 30 ms have passed
+(:data:`SETTLE_S`), and then ``--block`` - 1 timed calls back to back: the
+untimed ones absorb what the previous implementation left behind (whatever
+ran right after torch took 4-5 ms longer for a 13 ms LSTM forward: torch's
+OpenMP workers spin-waiting on a core after each parallel region). The median of
 the timed calls is reported, each ending in ``block_until_ready`` (torch: the
 call returns when done on CPU; ``torch.cuda.synchronize`` on a GPU). Inputs are (B, T, H) with
 input size = H; forward+backward differentiates ``sum(outputs**2)`` with
@@ -259,18 +260,28 @@ def flops(kind: str, B: int, T: int, H: int, with_grad: bool) -> float:
     return B * T * step_flops(kind, H, H, with_grad)
 
 
+# How long each implementation runs untimed in a round before its timed calls (``settle``): torch's OpenMP
+# workers spin-wait on a core for milliseconds after each parallel region, and one untimed call of a
+# millisecond did not outlast them (jaxrnn's LSTM at B = 1, T = 200: 3.3 ms a forward+backward timed after
+# flax, 4.8-5.6 after torch).
+SETTLE_S = 0.03
+
+
 def interleaved_ms(calls: dict[str, Callable], repeats: int, timed: int = 1, settle: bool = False) -> dict[str, float]:
     """Median ms per call of each no-argument ``call``, over ``repeats`` rounds A B C A B C ...
 
-    Each round runs every call ``timed`` times back to back, after one untimed
-    call if ``settle`` (it absorbs what the previous one left running: module
-    docstring).
+    Each round runs every call ``timed`` times back to back, after untimed calls if ``settle``: one, and
+    more until :data:`SETTLE_S` has passed (they absorb what the previous implementation left running:
+    module docstring).
     """
     times = {name: [] for name in calls}
     for _ in range(repeats):
         for name, call in calls.items():
             if settle:
+                until = time.perf_counter() + SETTLE_S
                 call()
+                while time.perf_counter() < until:
+                    call()
             for _ in range(timed):
                 t0 = time.perf_counter()
                 call()
@@ -512,7 +523,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=arguments.positive_int, default=7,
                    help="interleaved timing rounds (median reported)")
     p.add_argument("--block", type=arguments.int_at_least(2), default=3,
-                   help="calls per implementation per round, the first untimed (module docstring)")
+                   help="calls per implementation per round: the first, and more for 30 ms, untimed; then "
+                        "block - 1 timed (module docstring)")
     p.add_argument("--memory", action="store_true", help="also measure memory at T=10,000")
     p.add_argument("--precision", choices=PRECISIONS, default="float32",
                    help="float32 matmul arithmetic for every peer, or TF32 tensor cores on a GPU")
