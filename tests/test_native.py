@@ -3,6 +3,7 @@
 import functools
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -697,6 +698,23 @@ def test_the_avx2_build_compiles_from_source_and_gives_the_same_bits(tmp_path, c
             assert sorted(theirs) == sorted(ours)
             for key in ours:
                 np.testing.assert_array_equal(theirs[key], ours[key], err_msg=f"{kind} {key}", strict=True)
+
+
+@needs_kernel
+def test_the_trace_reports_each_call_and_its_helpers(monkeypatch, capfd):
+    cell = make_cell("lstm", 16)
+    params, xs = cell.init(jax.random.key(0), 4), random_inputs(jax.random.key(1), 32, 3, 4)
+    run = lambda: jax.block_until_ready(jaxrnn.scan(cell, params, xs, kernel="native"))
+    monkeypatch.setenv("JAXRNN_NATIVE_TRACE", "1")
+    run()
+    lines = capfd.readouterr().err.splitlines()
+    traced = [line for line in lines if line.startswith("jaxrnn native: ")]
+    assert len(traced) == 1, lines
+    assert re.fullmatch(r"jaxrnn native: 4 phases x \d+ shares in [0-9.]+ ms, \d+ tasks on helpers; "
+                        r"(no helper began|the first helper began [0-9.]+ ms in)", traced[0]), traced[0]
+    monkeypatch.delenv("JAXRNN_NATIVE_TRACE")
+    run()
+    assert "jaxrnn native: " not in capfd.readouterr().err
 
 
 @needs_kernel

@@ -28,6 +28,9 @@ them for less than this CPU has, to test or time those builds on it:
 unset or ``native``, everything this CPU has. ``JAXRNN_NATIVE_HELPERS=threads``
 gives each call helper threads of its own instead of XLA's pool's
 (:func:`pooled`; any other value than ``pool`` or ``threads`` is an error).
+``JAXRNN_NATIVE_TRACE`` (any value, read at every call) writes one line on
+stderr per kernel call: its time, and when its first helper thread began and
+how many of its tasks the helpers ran.
 
 Differentiable (a custom VJP: the kernel's backward loop produces the gate
 gradients ``dG`` and, from the same pass over them, the input gradients, and

@@ -59,8 +59,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -451,16 +453,42 @@ struct Phases {
     }
   }
 
-  void work() {
+  // For JAXRNN_NATIVE_TRACE: when the first helper began (ns after the call did, -1 before), and how many
+  // tasks the helpers ran.
+  std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+  std::thread::id caller = std::this_thread::get_id();
+  std::atomic<int64_t> helper_start_ns{-1}, helper_tasks{0};
+
+  void work(bool helper = false) {
+    helper = helper && std::this_thread::get_id() != caller;  // a pool may run a scheduled task inline
+    if (helper) {
+      int64_t none = -1;
+      helper_start_ns.compare_exchange_strong(none, std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                                        std::chrono::steady_clock::now() - start).count());
+    }
     const uint64_t own = float_mode();
     set_float_mode(mode);
     const int64_t total = phases * shares;
     for (int64_t k; (k = next.fetch_add(1, std::memory_order_relaxed)) < total;) {
       wait_for(k / shares * shares);  // all of the previous phase
       task(k / shares, static_cast<int>(k % shares));
+      if (helper) helper_tasks.fetch_add(1, std::memory_order_relaxed);
       done.fetch_add(1, std::memory_order_acq_rel);
     }
     set_float_mode(own);  // a pool thread goes back to its own mode
+  }
+
+  // With JAXRNN_NATIVE_TRACE set (read at every call), one line on stderr for the call: its time, and
+  // when its helpers began and how much of its work they did. A helper that starts late leaves the
+  // caller to run the shares alone meanwhile (docs/performance.md, the batch of 8).
+  void trace() const {
+    if (!std::getenv("JAXRNN_NATIVE_TRACE")) return;
+    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    const int64_t began = helper_start_ns.load();
+    char helpers[64] = "no helper began";
+    if (began >= 0) std::snprintf(helpers, sizeof helpers, "the first helper began %.3f ms in", began * 1e-6);
+    std::fprintf(stderr, "jaxrnn native: %lld phases x %d shares in %.3f ms, %lld tasks on helpers; %s\n",
+                 static_cast<long long>(phases), shares, ms, static_cast<long long>(helper_tasks.load()), helpers);
   }
 };
 
@@ -477,11 +505,12 @@ void run_phases(ffi::ThreadPool& pool, bool pooled, int64_t phases, int shares,
   state->task = std::move(task);
   std::vector<std::thread> own;
   for (int i = 1; i < shares; ++i) {
-    if (pooled) pool.Schedule([state] { state->work(); });
-    else own.emplace_back([state] { state->work(); });
+    if (pooled) pool.Schedule([state] { state->work(true); });
+    else own.emplace_back([state] { state->work(true); });
   }
   state->work();
   state->wait_for(phases * shares);  // a helper may still be in its last task
+  state->trace();
   for (auto& t : own) t.join();
 }
 
