@@ -252,8 +252,9 @@ def layout_for(kind: str, batch: int, weight_bytes: int = 0) -> str:
 @contextlib.contextmanager
 def forced_layout(layout: str):
     """Within it, every kernel call traced runs in ``layout`` (``"small"`` or ``"wide"``) whatever its batch
-    (an empty one stays wide) and weights: to compare the layouts (tests, ``benchmarks/variants.py``). The layout is chosen when a call
-    is traced, so a function jitted outside it keeps the layout of its first trace."""
+    (an empty one stays wide) and weights: to compare the layouts (tests, ``benchmarks/variants.py``). The
+    layout is chosen when a call is traced, so a function jitted outside it keeps the layout of its first
+    trace."""
     global _forced_layout
     if layout not in ("small", "wide"):
         raise ValueError(f"layout: expected 'small' or 'wide', got {layout!r}")

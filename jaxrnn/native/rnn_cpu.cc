@@ -1942,7 +1942,8 @@ void forward_small(ffi::ThreadPool& pool, const float* x, Shape seq, int I, int 
   Scratch wp(int64_t{groups} * 16 * K * Cell::kGates);
   std::vector<float> h0s(h0, h0 + int64_t{B} * H), h1s(int64_t{B} * H, 0.f), zeros(I, 0.f);
   // Rows for a chunk of steps, or all T when fewer; from the pool of scratch (x_part writes every row it
-  // reads): a fresh vector of large weights' chunk was 4 MiB zeroed and faulted in on every call.
+  // reads), where a fresh vector would be zeroed, and past glibc's thresholds faulted in, on every call
+  // (4 MiB for large weights' chunk at B = 1, H = 1024).
   Scratch xw(int64_t{std::min(x_steps(B, I, H, Cell::kGates), seq.T)} * B * groups * Cell::kSlots * 16);
   std::vector<float> c = c0 ? std::vector<float>(c0, c0 + int64_t{B} * H) : std::vector<float>();
   ForwardSmall<Cell> f{seq.T, B, I, H, K, seq.in, seq.out, x, w_i, w_h, {bias[0], bias[1], bias[2], bias[3]},
